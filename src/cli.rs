@@ -1,0 +1,17 @@
+//! The command line: clap-derive types, parsed once, then dispatched.
+
+use clap::{Parser, Subcommand};
+
+/// kdit keeps Klaviyo in step with customer data in PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "kdit", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local Klaviyo-compatible API server for trying and testing jobs.
+    Sandbox(crate::sandbox::SandboxArgs),
+}

@@ -1,0 +1,10 @@
+//! kdit keeps Klaviyo in step with customer data in PostgreSQL.
+//!
+//! The pipeline (see ARCHITECTURE.md): `spec` reads job files, `compile` checks them into a
+//! `Job`, `source` streams rows from PostgreSQL, `transform` turns rows into Klaviyo profile
+//! payloads, `diff` compares them with `state` into a `plan`, `render` prints it and `apply`
+//! carries it out through the `klaviyo` client. `sandbox` is a local Klaviyo API for tests.
+
+pub mod cli;
+pub mod exit;
+pub mod sandbox;
