@@ -1,10 +1,18 @@
-//! The command line: clap-derive types, parsed once, then dispatched.
+//! The command line: clap-derive types, parsed once, then dispatched by `main`.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::diagnostic::Format;
 
 /// kdit keeps Klaviyo in step with customer data in PostgreSQL.
+///
+/// Job files (YAML, in git) say which rows to read and how they become Klaviyo profiles,
+/// list members, segments and tags. kdit checks them offline (`validate`), shows what a run
+/// would change (`plan`) and makes it so (`run`).
 #[derive(Debug, Parser)]
-#[command(name = "kdit", version, about, long_about = None)]
+#[command(name = "kdit", version, about, long_about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -12,6 +20,33 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check job files offline: YAML, schema and meaning. Reports every problem at once.
+    ///
+    /// Needs no database and no credentials. Exit status: 0 valid, 65 invalid job files,
+    /// 64 usage error (e.g. a path that does not exist).
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of job files (or, with --project, of kdit.yaml).
+    ///
+    /// The committed copies live in schemas/; editors with yaml-language-server use them
+    /// for completion and hover docs.
+    Schema(SchemaArgs),
     /// Run a local Klaviyo-compatible API server for trying and testing jobs.
     Sandbox(crate::sandbox::SandboxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Job files or folders to check (folders are searched for *.yaml and *.yml).
+    #[arg(default_value = "jobs")]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Print the schema of the project file (kdit.yaml) instead of job files.
+    #[arg(long)]
+    pub project: bool,
 }

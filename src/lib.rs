@@ -7,6 +7,11 @@
 
 pub mod attributes;
 pub mod cli;
+pub mod compile;
+pub mod diagnostic;
 pub mod exit;
+pub mod load;
 pub mod sandbox;
+pub mod segment;
 pub mod spec;
+pub mod validate;

@@ -1,20 +1,69 @@
+//! The `kdit` binary: parse the command line, run the command, turn its outcome into the
+//! process exit code (the one place that happens).
+
+use std::io::Write;
+
 use clap::Parser;
 use kdit::cli::{Cli, Command};
 use kdit::exit::ExitStatus;
 
 fn main() {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let status = rt.block_on(async {
-        match cli.command {
-            Command::Sandbox(args) => match kdit::sandbox::run(args).await {
-                Ok(()) => ExitStatus::Success,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitStatus::Failure
-                }
-            },
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let status = if e.use_stderr() {
+                ExitStatus::Usage
+            } else {
+                ExitStatus::Success
+            };
+            std::process::exit(status.code());
         }
-    });
+    };
+    let status = match run(cli) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitStatus::Failure
+        }
+    };
     std::process::exit(status.code());
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+    match cli.command {
+        Command::Validate(args) => {
+            let v = match kdit::validate::validate(&args.paths) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("hint: give job files or folders that exist (default: jobs/)");
+                    return Ok(ExitStatus::Usage);
+                }
+            };
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            kdit::validate::render(&v, args.format, &mut out)?;
+            out.flush()?;
+            Ok(if v.errors() > 0 {
+                ExitStatus::InvalidJobs
+            } else {
+                ExitStatus::Success
+            })
+        }
+        Command::Schema(args) => {
+            let schema = if args.project {
+                kdit::spec::project_schema()
+            } else {
+                kdit::spec::job_schema()
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitStatus::Success)
+        }
+        Command::Sandbox(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(kdit::sandbox::run(args))?;
+            Ok(ExitStatus::Success)
+        }
+    }
 }

@@ -380,7 +380,7 @@ pub struct SegmentSpec {
     /// Who is in the segment. `all` holds condition groups that must all match; a group is a
     /// condition, or `any:` of conditions of which one must match. Conditions read like
     /// `properties.lifetime_value > 500`, `email ends with "@example.com"`,
-    /// `properties.kdit_tags contains "vip"`, `properties.plan is set`,
+    /// `properties.kdit_tags has "vip"`, `properties.plan is set`,
     /// `in list "Weekly Active"` or `not in list "Lapsed"`.
     pub definition: SegmentDefinition,
 }

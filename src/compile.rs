@@ -1,0 +1,625 @@
+//! Spec → Job: the meaning checks no schema can express, and the checked job later stages use.
+//!
+//! In: a loaded job file (typed spec + source map) and its project, if any. Out: a `Job` and
+//! every problem found, each located in the job file. Reads the stored query file (through
+//! `load::read_query`); otherwise pure.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::attributes::FieldPath;
+use crate::diagnostic::Diagnostic;
+use crate::load::{Loaded, pointer_join};
+use crate::spec::{
+    FieldMapping, GuardsSpec, JobSpec, ListMode, NullPolicy, ProfileKey, ProjectSpec, Transform,
+};
+
+/// Klaviyo's cap on profiles per bulk import job.
+pub const MAX_BATCH: u64 = 10_000;
+/// kdit's default bulk import size.
+pub const DEFAULT_BATCH: u64 = 10_000;
+/// Bulk import jobs in flight by default.
+pub const DEFAULT_CONCURRENCY: u64 = 4;
+/// Default profile property holding profile tags.
+pub const DEFAULT_TAG_PROPERTY: &str = "kdit_tags";
+
+/// A project file with its location.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub path: PathBuf,
+    pub spec: ProjectSpec,
+}
+
+impl Project {
+    /// Every tag the catalog defines, when the project has a catalog.
+    pub fn catalog(&self) -> Option<BTreeSet<&str>> {
+        self.spec.tags.as_ref().map(|c| {
+            c.groups
+                .iter()
+                .flat_map(|g| g.tags.iter().map(String::as_str))
+                .collect()
+        })
+    }
+}
+
+/// One mapped profile field.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub key: String,
+    pub path: FieldPath,
+    pub mapping: FieldMapping,
+    pub on_null: NullPolicy,
+    /// Region for `e164`, resolved from the field, the job, then the project.
+    pub region: Option<String>,
+}
+
+/// A checked job, ready for the source and the diff.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub spec: JobSpec,
+    pub path: PathBuf,
+    /// The stored query file, when the job uses one.
+    pub query_file: Option<PathBuf>,
+    /// The query's text (a minijinja template for structure).
+    pub query_text: String,
+    pub key: ProfileKey,
+    pub fields: Vec<Field>,
+    pub batch_size: u64,
+    pub concurrency: u64,
+    pub guards: GuardsSpec,
+    pub tag_property: String,
+    pub project: Option<Project>,
+}
+
+impl Job {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Lists this job mirrors (it removes members whose rows left the query).
+    pub fn mirrored_lists(&self) -> impl Iterator<Item = &str> {
+        self.spec
+            .lists
+            .iter()
+            .filter(|l| l.mode == ListMode::Mirror)
+            .map(|l| l.name.as_str())
+    }
+}
+
+/// Checks a loaded job. Returns the job when there were no errors.
+pub fn compile(
+    loaded: &Loaded<JobSpec>,
+    project: Option<&Project>,
+) -> (Option<Job>, Vec<Diagnostic>) {
+    let Some(spec) = &loaded.spec else {
+        return (None, Vec::new());
+    };
+    let path = loaded.file.path.as_path();
+    let mut out = Vec::new();
+    let err = |code: &'static str, msg: String| Diagnostic::error(code, path, msg);
+    let defaults = project
+        .and_then(|p| p.spec.defaults.clone())
+        .unwrap_or_default();
+
+    // The query.
+    let mut query_file = None;
+    let mut query_text = String::new();
+    match (&spec.query.file, &spec.query.sql) {
+        (Some(_), Some(_)) => out.push(
+            loaded.at_key(
+                err("query-source", "the query has both `file` and `sql`".into())
+                    .hint("keep one: a stored query file, or inline SQL"),
+                "/query/sql",
+            ),
+        ),
+        (None, None) => out.push(
+            loaded.at_key(
+                err(
+                    "query-source",
+                    "the query has neither `file` nor `sql`".into(),
+                )
+                .hint("add `file: queries/<name>.sql` (a stored query) or `sql: \"select …\"`"),
+                "/query",
+            ),
+        ),
+        (Some(file), None) => {
+            let resolved = resolve_relative(path, file);
+            match std::fs::read_to_string(&resolved) {
+                Ok(text) => {
+                    query_text = text;
+                    query_file = Some(resolved);
+                }
+                Err(e) => out.push(
+                    loaded.at_value(
+                        err(
+                            "query-file-missing",
+                            format!("query file `{file}` cannot be read: {}", io_reason(&e)),
+                        )
+                        .hint(format!(
+                            "paths are relative to the job file; looked for {}",
+                            resolved.display()
+                        )),
+                        "/query/file",
+                    ),
+                ),
+            }
+        }
+        (None, Some(sql)) => query_text = sql.clone(),
+    }
+    if let Some(t) = spec.query.timeout
+        && t.0.is_zero()
+    {
+        out.push(
+            loaded.at_value(
+                err(
+                    "invalid-value",
+                    "`query.timeout` must be longer than zero".into(),
+                )
+                .hint("e.g. `timeout: 2m`"),
+                "/query/timeout",
+            ),
+        );
+    }
+    if !query_text.is_empty() {
+        for problem in query_problems(&query_text, spec) {
+            let pointer = match &problem.param {
+                Some(p) if spec.query.params.contains_key(p) => pointer_join("/query/params", p),
+                _ if query_file.is_some() => "/query/file".to_string(),
+                _ => "/query/sql".to_string(),
+            };
+            let mut d = err(problem.code, problem.message);
+            if let Some(h) = problem.hint {
+                d = d.hint(h);
+            }
+            out.push(loaded.at_value(d, &pointer));
+        }
+    }
+
+    // The profile fields.
+    let mut fields = Vec::new();
+    let mut columns: BTreeSet<String> = spec.query.columns.iter().cloned().collect();
+    for (key, source) in &spec.profiles.fields {
+        if let Some(c) = &source.mapping().column {
+            columns.insert(c.clone());
+        }
+        let _ = key;
+    }
+    let job_region = spec
+        .profiles
+        .default_region
+        .clone()
+        .or(defaults.default_region.clone());
+    if let Some(r) = &spec.profiles.default_region {
+        check_region(loaded, &mut out, r, "/profiles/default_region");
+    }
+    for (key, source) in &spec.profiles.fields {
+        let pointer = pointer_join("/profiles/fields", key);
+        let fpath = match FieldPath::parse(key) {
+            Ok(p) => p,
+            Err(e) => {
+                let code = if key.starts_with("properties") {
+                    "malformed-property"
+                } else {
+                    "unknown-attribute"
+                };
+                out.push(loaded.at_key(err(code, e.message).hint(e.hint), &pointer));
+                continue;
+            }
+        };
+        let mapping = source.mapping().into_owned();
+        let given = [
+            mapping.column.is_some(),
+            mapping.template.is_some(),
+            mapping.value.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            out.push(loaded.at_key(
+                err(
+                    "field-source",
+                    format!(
+                        "field `{key}` needs exactly one of `column`, `template` or `value` ({given} given)"
+                    ),
+                )
+                .hint("e.g. `first_name: { column: first_name, transform: trim }`"),
+                &pointer,
+            ));
+        }
+        if let Some(template) = &mapping.template {
+            check_template(
+                loaded,
+                &mut out,
+                template,
+                &columns,
+                &pointer_join(&pointer, "template"),
+            );
+        }
+        if let Some(r) = &mapping.default_region {
+            check_region(
+                loaded,
+                &mut out,
+                r,
+                &pointer_join(&pointer, "default_region"),
+            );
+        }
+        let region = mapping.default_region.clone().or(job_region.clone());
+        if mapping.transform.as_slice().contains(&Transform::E164) && region.is_none() {
+            out.push(
+                loaded.at_value(
+                    err(
+                        "phone-region",
+                        format!("field `{key}` uses the `e164` transform but no region is set"),
+                    )
+                    .hint(
+                        "add `default_region: US` (ISO country code) to the field or to `profiles`",
+                    ),
+                    &pointer,
+                ),
+            );
+        }
+        let on_null = mapping
+            .on_null
+            .or(spec.profiles.on_null)
+            .or(defaults.on_null)
+            .unwrap_or_default();
+        fields.push(Field {
+            key: key.clone(),
+            path: fpath,
+            mapping,
+            on_null,
+            region,
+        });
+    }
+    let key = spec.profiles.key;
+    if !spec.profiles.fields.contains_key(key.field()) {
+        out.push(
+            loaded.at_value(
+                err(
+                    "key-not-mapped",
+                    format!("the profile key is `{key}` but no field maps `{key}`"),
+                )
+                .hint(format!("add `{key}: <column>` under `profiles.fields`")),
+                "/profiles/key",
+            ),
+        );
+    }
+
+    // Lists.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, list) in spec.lists.iter().enumerate() {
+        let pointer = format!("/lists/{i}/name");
+        if list.name.trim().is_empty() {
+            out.push(loaded.at_value(
+                err("invalid-value", "a list name is empty".into()),
+                &pointer,
+            ));
+            continue;
+        }
+        let norm = list.name.trim().to_lowercase();
+        if let Some(first) = seen.get(&norm) {
+            let (line, _, _) = loaded.map.value(&format!("/lists/{first}/name"));
+            out.push(
+                loaded.at_value(
+                    err(
+                        "duplicate-list",
+                        format!("list `{}` is named twice", list.name),
+                    )
+                    .hint(format!(
+                        "first named on line {line}; a job manages each list once"
+                    )),
+                    &pointer,
+                ),
+            );
+        } else {
+            seen.insert(norm, i);
+        }
+    }
+
+    // Tags.
+    let catalog = project.and_then(Project::catalog);
+    for (group, tags) in [
+        ("profiles", &spec.tags.profiles),
+        ("lists", &spec.tags.lists),
+        ("segments", &spec.tags.segments),
+    ] {
+        for (i, tag) in tags.iter().enumerate() {
+            let pointer = format!("/tags/{group}/{i}");
+            match &catalog {
+                Some(cat) if !cat.contains(tag.as_str()) => {
+                    let all: Vec<&str> = cat.iter().copied().collect();
+                    let hint = match crate::attributes::suggest(tag, &all) {
+                        Some(s) => format!(
+                            "did you mean `{s}`? Or add `{tag}` to the catalog in {}",
+                            project_name(project)
+                        ),
+                        None => format!(
+                            "add `{tag}` to the tag catalog in {}",
+                            project_name(project)
+                        ),
+                    };
+                    out.push(
+                        loaded.at_value(
+                            err(
+                                "unknown-tag",
+                                format!("tag `{tag}` is not in the project's tag catalog"),
+                            )
+                            .hint(hint),
+                            &pointer,
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    if !spec.tags.segments.is_empty() && spec.segments.is_empty() {
+        out.push(
+            loaded.at_key(
+                err(
+                    "tags-without-segments",
+                    "`tags.segments` is set but the job defines no segments".into(),
+                )
+                .warning(),
+                "/tags/segments",
+            ),
+        );
+    }
+
+    // Segments.
+    let job_lists: BTreeSet<String> = spec.lists.iter().map(|l| l.name.clone()).collect();
+    let mut seen_segments: HashMap<String, usize> = HashMap::new();
+    for (i, segment) in spec.segments.iter().enumerate() {
+        if let Some(first) = seen_segments.insert(segment.name.to_lowercase(), i) {
+            let (line, _, _) = loaded.map.value(&format!("/segments/{first}/name"));
+            out.push(
+                loaded.at_value(
+                    err(
+                        "duplicate-segment",
+                        format!("segment `{}` is defined twice", segment.name),
+                    )
+                    .hint(format!("first defined on line {line}")),
+                    &format!("/segments/{i}/name"),
+                ),
+            );
+        }
+        for (g, group) in segment.definition.all.iter().enumerate() {
+            let conditions: Vec<(String, &str)> = match group {
+                crate::spec::ConditionGroupSpec::One(c) => {
+                    vec![(format!("/segments/{i}/definition/all/{g}"), c.as_str())]
+                }
+                crate::spec::ConditionGroupSpec::Any(a) => a
+                    .any
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| {
+                        (
+                            format!("/segments/{i}/definition/all/{g}/any/{j}"),
+                            c.as_str(),
+                        )
+                    })
+                    .collect(),
+            };
+            for (pointer, text) in conditions {
+                match crate::segment::parse_condition(text) {
+                    Ok(cond) => {
+                        if let Some(list) = cond.list_name()
+                            && !job_lists.contains(list)
+                        {
+                            out.push(loaded.at_value(
+                                err("unknown-list", format!("the condition refers to list `{list}`, which this job does not manage"))
+                                    .hint(format!("lists of this job: {}", if job_lists.is_empty() { "none".to_string() } else { job_lists.iter().cloned().collect::<Vec<_>>().join(", ") })),
+                                &pointer,
+                            ));
+                        }
+                        if let Some(prop) = cond.custom_property()
+                            && !sets_property(spec, prop)
+                        {
+                            out.push(loaded.at_value(
+                                err("unknown-property", format!("the condition uses `properties.{prop}`, which this job never sets"))
+                                    .hint("map it under `profiles.fields`, or check the spelling")
+                                    .warning(),
+                                &pointer,
+                            ));
+                        }
+                    }
+                    Err(e) => out.push(
+                        loaded.at_value(err("segment-condition", e.message).hint(e.hint), &pointer),
+                    ),
+                }
+            }
+        }
+    }
+
+    // Consent.
+    if let Some(consent) = &spec.consent {
+        if !consent.unsubscribe.is_empty() && consent.unsubscribe_column.is_none() {
+            out.push(
+                loaded.at_key(
+                    err(
+                        "consent",
+                        "`consent.unsubscribe` needs `unsubscribe_column`".into(),
+                    )
+                    .hint("name the boolean column that says a row's profile withdrew consent"),
+                    "/consent/unsubscribe",
+                ),
+            );
+        }
+        if consent.subscribe.is_empty() && consent.unsubscribe.is_empty() {
+            out.push(
+                loaded.at_key(
+                    err(
+                        "consent",
+                        "`consent` is set but subscribes and unsubscribes nothing".into(),
+                    )
+                    .warning(),
+                    "/consent",
+                ),
+            );
+        }
+    }
+
+    // Batch and guards.
+    let batch = spec
+        .batch
+        .clone()
+        .or(defaults.batch.clone())
+        .unwrap_or_default();
+    let batch_size = batch.size.unwrap_or(DEFAULT_BATCH);
+    if batch_size > MAX_BATCH {
+        out.push(loaded.at_value(
+            err(
+                "batch-too-large",
+                format!("batch size {batch_size} is above Klaviyo's limit of {MAX_BATCH} profiles per bulk import job"),
+            )
+            .hint(format!("use `size: {MAX_BATCH}` or less")),
+            "/batch/size",
+        ));
+    }
+    let guards = spec
+        .guards
+        .clone()
+        .or(defaults.guards.clone())
+        .unwrap_or_default();
+    let tag_property = spec
+        .tags
+        .property
+        .clone()
+        .or_else(|| project.and_then(|p| p.spec.tags.as_ref()?.profile_property.clone()))
+        .unwrap_or_else(|| DEFAULT_TAG_PROPERTY.to_string());
+
+    let has_errors = out
+        .iter()
+        .any(|d| d.severity == crate::diagnostic::Severity::Error);
+    let job = (!has_errors).then(|| Job {
+        spec: spec.clone(),
+        path: path.to_path_buf(),
+        query_file,
+        query_text,
+        key,
+        fields,
+        batch_size,
+        concurrency: batch.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        guards,
+        tag_property,
+        project: project.cloned(),
+    });
+    (job, out)
+}
+
+/// A problem in a job's query, found offline.
+struct QueryProblem {
+    code: &'static str,
+    param: Option<String>,
+    message: String,
+    hint: Option<String>,
+}
+
+/// Offline checks of the query text against the job's parameters.
+fn query_problems(_text: &str, _spec: &JobSpec) -> Vec<QueryProblem> {
+    // Stored-query parameter checks join here once `query` lands (see ARCHITECTURE.md).
+    Vec::new()
+}
+
+fn sets_property(spec: &JobSpec, prop: &str) -> bool {
+    let tag_prop = spec
+        .tags
+        .property
+        .as_deref()
+        .unwrap_or(DEFAULT_TAG_PROPERTY);
+    (prop == tag_prop && !spec.tags.profiles.is_empty())
+        || spec.profiles.fields.keys().any(|k| {
+            k.strip_prefix("properties.")
+                .is_some_and(|p| p == prop || p.starts_with(&format!("{prop}.")))
+        })
+}
+
+fn project_name(project: Option<&Project>) -> String {
+    project
+        .map(|p| p.path.display().to_string())
+        .unwrap_or_else(|| "kdit.yaml".into())
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// A path in a job file, relative to the job file's folder.
+pub fn resolve_relative(job_path: &Path, relative: &str) -> PathBuf {
+    let rel = Path::new(relative);
+    if rel.is_absolute() {
+        rel.to_path_buf()
+    } else {
+        job_path.parent().unwrap_or(Path::new(".")).join(rel)
+    }
+}
+
+fn check_region(loaded: &Loaded<JobSpec>, out: &mut Vec<Diagnostic>, region: &str, pointer: &str) {
+    if region.parse::<phonenumber::country::Id>().is_err() {
+        out.push(
+            loaded.at_value(
+                Diagnostic::error(
+                    "phone-region",
+                    &loaded.file.path,
+                    format!("`{region}` is not a country code phone numbers know"),
+                )
+                .hint("use an ISO 3166 alpha-2 code in capitals, e.g. `US`, `GB`, `DE`"),
+                pointer,
+            ),
+        );
+    }
+}
+
+fn check_template(
+    loaded: &Loaded<JobSpec>,
+    out: &mut Vec<Diagnostic>,
+    template: &str,
+    columns: &BTreeSet<String>,
+    pointer: &str,
+) {
+    let env = minijinja::Environment::new();
+    match env.template_from_str(template) {
+        Err(e) => out.push(
+            loaded.at_value(
+                Diagnostic::error(
+                    "template-syntax",
+                    &loaded.file.path,
+                    format!(
+                        "the template does not parse: {}",
+                        e.detail().unwrap_or("syntax error")
+                    ),
+                )
+                .hint("templates are minijinja (Jinja2): `{{ column | filter }}`"),
+                pointer,
+            ),
+        ),
+        Ok(t) => {
+            let mut unknown: Vec<String> = t
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|v| !columns.contains(v) && v != "row")
+                .collect();
+            unknown.sort();
+            for v in unknown {
+                out.push(
+                    loaded.at_value(
+                        Diagnostic::error(
+                            "template-column",
+                            &loaded.file.path,
+                            format!("the template uses `{v}`, a column the mapping never defines"),
+                        )
+                        .hint(format!(
+                            "map it in a field, or declare it under `query.columns: [{v}]`"
+                        )),
+                        pointer,
+                    ),
+                );
+            }
+        }
+    }
+}
