@@ -268,8 +268,15 @@ fn remove_pointer(value: &mut Value, pointer: &str) {
 fn yaml_error(path: &Path, text: &str, e: &yaml_serde::Error) -> Diagnostic {
     let message = e.to_string();
     // yaml_serde appends " at line N column M"; the location is shown separately.
+    // (the context after it, "while parsing … at line N", is worth keeping).
     let short = match message.find(" at line ") {
-        Some(i) => message[..i].to_string(),
+        Some(i) => {
+            let rest = &message[i + 1..];
+            match rest.find(", while ") {
+                Some(j) => format!("{} ({})", &message[..i], &rest[j + 2..]),
+                None => message[..i].to_string(),
+            }
+        }
         None => message.clone(),
     };
     let (code, hint) = if short.contains("recursion limit") {
@@ -495,9 +502,11 @@ fn describe(
         K::Type { kind } => {
             let expected = match kind {
                 jsonschema::error::TypeKind::Single(t) => t.to_string(),
+                // Optional keys are `[T, "null"]`; nobody means to write null there.
                 jsonschema::error::TypeKind::Multiple(ts) => ts
                     .iter()
                     .map(|t| t.to_string())
+                    .filter(|t| t != "null")
                     .collect::<Vec<_>>()
                     .join(" or "),
             };

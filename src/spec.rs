@@ -220,7 +220,7 @@ pub enum FieldSource {
     /// The name of a column of the query.
     Column(String),
     /// A column, template or constant, with transforms.
-    Mapping(FieldMapping),
+    Mapping(Box<FieldMapping>),
 }
 
 /// A full field mapping. Give exactly one of `column`, `template` or `value`.
@@ -262,7 +262,7 @@ impl FieldSource {
                 column: Some(c.clone()),
                 ..FieldMapping::default()
             }),
-            FieldSource::Mapping(m) => Cow::Borrowed(m),
+            FieldSource::Mapping(m) => Cow::Borrowed(m.as_ref()),
         }
     }
 }

@@ -1,0 +1,4 @@
+//! Shared test harness: run the real `kdit` binary against temporary files.
+#![allow(dead_code)]
+
+pub mod cli;
