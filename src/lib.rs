@@ -10,6 +10,7 @@ pub mod cli;
 pub mod compile;
 pub mod diagnostic;
 pub mod exit;
+pub mod klaviyo;
 pub mod load;
 pub mod sandbox;
 pub mod segment;
