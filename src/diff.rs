@@ -1,0 +1,401 @@
+//! Rows vs state → what must change. Pure and streaming: rows go through one at a time, so
+//! memory holds the state's fingerprints, never the rows.
+//!
+//! In: the job's desired profiles (from `transform`), rejects, and the `Snapshot` from
+//! `state`. Out: a `Decision` per row (what to send) and, at the end, the `Plan`.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::plan::{FieldChange, ListChange, Plan, RejectCount, UpdateSample};
+use crate::state::{Hash, Snapshot, hash_payload, hex};
+
+/// A profile as the job wants it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// 1-based row number in the query's result.
+    pub row: u64,
+    /// The job's key value (email, phone number or external id).
+    pub key: String,
+    /// Klaviyo profile attributes (standard, `location`, `properties`).
+    pub attributes: Value,
+    /// Fields to clear (`on_null: unset`), as field keys (`first_name`, `properties.plan`).
+    pub unset: Vec<String>,
+}
+
+/// A row that will not be sent, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rejected {
+    pub row: u64,
+    /// The key, masked when personal.
+    pub key: String,
+    pub field: String,
+    pub rule: String,
+    pub message: String,
+}
+
+/// What the source hands the diff for each row.
+#[derive(Debug, Clone)]
+pub enum RowOutcome {
+    Profile(Desired),
+    Reject(Rejected),
+}
+
+/// What to do with a row's profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update,
+    /// Same payload, but not yet in every list the job adds it to.
+    ListsOnly,
+    Unchanged,
+}
+
+/// The diff's verdict on one row.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    pub action: Action,
+    pub hash: Hash,
+    /// Bits (by the job's list index) of the lists the profile must be added to.
+    pub add_lists: u64,
+}
+
+impl Decision {
+    pub fn sends(&self) -> bool {
+        self.action != Action::Unchanged
+    }
+}
+
+/// How many examples a plan keeps of each kind of change.
+pub const SAMPLES: usize = 20;
+
+/// The streaming diff of one job run.
+pub struct Differ<'s> {
+    snapshot: &'s mut Snapshot,
+    list_names: Vec<String>,
+    mirrored: u64,
+    all_lists: u64,
+    plan: Plan,
+    /// Order-independent digest of the rows (sum of per-row hashes), so a saved plan can tell
+    /// whether the query's result moved even when the query has no ORDER BY.
+    digest: u128,
+    update_new: Vec<(String, Value, Vec<String>)>,
+    list_adds: Vec<u64>,
+    list_add_samples: Vec<Vec<String>>,
+}
+
+impl<'s> Differ<'s> {
+    /// `lists` are the job's lists as (name, mirrored).
+    pub fn new(snapshot: &'s mut Snapshot, lists: &[(String, bool)], plan: Plan) -> Differ<'s> {
+        for e in snapshot.entries.values_mut() {
+            e.seen = false;
+        }
+        let mut mirrored = 0;
+        for (i, (_, m)) in lists.iter().enumerate() {
+            if *m {
+                mirrored |= 1 << i;
+            }
+        }
+        let n = lists.len();
+        Differ {
+            snapshot,
+            list_names: lists.iter().map(|(n, _)| n.clone()).collect(),
+            mirrored,
+            all_lists: if n == 0 { 0 } else { u64::MAX >> (64 - n) },
+            plan,
+            digest: 0,
+            update_new: Vec::new(),
+            list_adds: vec![0; n],
+            list_add_samples: vec![Vec::new(); n],
+        }
+    }
+
+    /// Classifies one desired profile.
+    pub fn observe(&mut self, d: &Desired) -> Decision {
+        let hash = hash_payload(&d.attributes, &d.unset);
+        self.mix(d.key.as_bytes(), &hash);
+        self.plan.rows += 1;
+        let (action, add_lists) = match self.snapshot.entries.get_mut(d.key.as_str()) {
+            None => (Action::Create, self.all_lists),
+            Some(e) => {
+                e.seen = true;
+                let missing = self.all_lists & !e.lists;
+                if e.hash != hash {
+                    (Action::Update, missing)
+                } else if missing != 0 {
+                    (Action::ListsOnly, missing)
+                } else {
+                    (Action::Unchanged, 0)
+                }
+            }
+        };
+        match action {
+            Action::Create => {
+                self.plan.creates += 1;
+                if self.plan.create_samples.len() < SAMPLES {
+                    self.plan.create_samples.push(d.key.clone());
+                }
+            }
+            Action::Update => {
+                self.plan.updates += 1;
+                if self.update_new.len() < SAMPLES {
+                    self.update_new
+                        .push((d.key.clone(), d.attributes.clone(), d.unset.clone()));
+                }
+            }
+            Action::ListsOnly | Action::Unchanged => self.plan.unchanged += 1,
+        }
+        for i in 0..self.list_names.len() {
+            if add_lists & (1 << i) != 0 {
+                self.list_adds[i] += 1;
+                if self.list_add_samples[i].len() < SAMPLES {
+                    self.list_add_samples[i].push(d.key.clone());
+                }
+            }
+        }
+        Decision {
+            action,
+            hash,
+            add_lists,
+        }
+    }
+
+    /// Counts a rejected row.
+    pub fn reject(&mut self, r: &Rejected) {
+        self.plan.rows += 1;
+        self.plan.rejected += 1;
+        let mut h = Sha256::new();
+        h.update(r.row.to_le_bytes());
+        h.update(r.rule.as_bytes());
+        let full = h.finalize();
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&full[..16]);
+        self.mix(b"\0reject", &hash);
+        match self
+            .plan
+            .reject_counts
+            .iter_mut()
+            .find(|c| c.rule == r.rule && c.field == r.field)
+        {
+            Some(c) => c.count += 1,
+            None => self.plan.reject_counts.push(RejectCount {
+                field: r.field.clone(),
+                rule: r.rule.clone(),
+                count: 1,
+            }),
+        }
+        if self.plan.reject_samples.len() < SAMPLES {
+            self.plan.reject_samples.push(r.clone());
+        }
+    }
+
+    fn mix(&mut self, key: &[u8], hash: &Hash) {
+        let mut h = Sha256::new();
+        h.update(key);
+        h.update(hash);
+        let full = h.finalize();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&full[..16]);
+        self.digest = self.digest.wrapping_add(u128::from_le_bytes(b));
+    }
+
+    /// Keys to remove from each mirrored list: members kdit added whose rows left the query.
+    pub fn removals(&self) -> Vec<Vec<String>> {
+        let mut out = vec![Vec::new(); self.list_names.len()];
+        for (key, e) in &self.snapshot.entries {
+            if e.seen {
+                continue;
+            }
+            let gone = e.lists & self.mirrored;
+            for (i, keys) in out.iter_mut().enumerate() {
+                if gone & (1 << i) != 0 {
+                    keys.push(key.to_string());
+                }
+            }
+        }
+        for keys in &mut out {
+            keys.sort();
+        }
+        out
+    }
+
+    /// Finishes the plan. `old` gives the last confirmed payloads of the update samples;
+    /// `existing` says which lists already exist in Klaviyo.
+    pub fn finish(
+        mut self,
+        old: &std::collections::HashMap<String, Value>,
+        existing: &[bool],
+    ) -> (Plan, Vec<Vec<String>>) {
+        let removals = self.removals();
+        for (key, new, unset) in std::mem::take(&mut self.update_new) {
+            let before = old.get(&key).cloned().unwrap_or(Value::Null);
+            self.plan.update_samples.push(UpdateSample {
+                changes: field_changes(&before, &new, &unset),
+                key,
+            });
+        }
+        for (i, name) in self.list_names.iter().enumerate() {
+            let remove = &removals[i];
+            self.plan.lists.push(ListChange {
+                name: name.clone(),
+                mirror: self.mirrored & (1 << i) != 0,
+                exists: existing.get(i).copied().unwrap_or(false),
+                adds: self.list_adds[i],
+                removes: remove.len() as u64,
+                add_samples: std::mem::take(&mut self.list_add_samples[i]),
+                remove_samples: remove.iter().take(SAMPLES).cloned().collect(),
+            });
+        }
+        self.plan.state_profiles = self.snapshot.entries.len() as u64;
+        self.plan.rows_digest = hex(&self.digest.to_le_bytes());
+        self.plan.state_version = self.snapshot.version.clone();
+        (self.plan, removals)
+    }
+}
+
+/// Field-level differences between two payloads, flattened to field keys.
+pub fn field_changes(old: &Value, new: &Value, unset: &[String]) -> Vec<FieldChange> {
+    let mut a = Vec::new();
+    flatten("", old, &mut a);
+    let mut b = Vec::new();
+    flatten("", new, &mut b);
+    let mut out = Vec::new();
+    for (k, v) in &b {
+        match a.iter().find(|(ka, _)| ka == k) {
+            Some((_, va)) if va == v => {}
+            Some((_, va)) => out.push(FieldChange {
+                field: k.clone(),
+                old: Some(va.clone()),
+                new: Some(v.clone()),
+            }),
+            None => out.push(FieldChange {
+                field: k.clone(),
+                old: None,
+                new: Some(v.clone()),
+            }),
+        }
+    }
+    for (k, va) in &a {
+        if !b.iter().any(|(kb, _)| kb == k) && unset.iter().any(|u| u == k) {
+            out.push(FieldChange {
+                field: k.clone(),
+                old: Some(va.clone()),
+                new: None,
+            });
+        }
+    }
+    out
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m)
+            if prefix.is_empty() || prefix == "location" || prefix.starts_with("properties") =>
+        {
+            for (k, inner) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if matches!(inner, Value::Object(_))
+                    && (key == "location" || key.starts_with("properties"))
+                {
+                    flatten(&key, inner, out);
+                } else {
+                    out.push((key, inner.clone()));
+                }
+            }
+        }
+        Value::Null => {}
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Entry;
+    use serde_json::json;
+
+    fn desired(row: u64, key: &str, name: &str) -> Desired {
+        Desired {
+            row,
+            key: key.into(),
+            attributes: json!({"email": key, "first_name": name}),
+            unset: vec![],
+        }
+    }
+
+    #[test]
+    fn creates_updates_unchanged_and_mirror_removals() {
+        let mut snap = Snapshot::default();
+        let same = desired(1, "a@x.com", "A");
+        snap.entries.insert(
+            "a@x.com".into(),
+            Entry {
+                hash: hash_payload(&same.attributes, &[]),
+                lists: 1,
+                seen: false,
+            },
+        );
+        snap.entries.insert(
+            "b@x.com".into(),
+            Entry {
+                hash: [0; 16],
+                lists: 1,
+                seen: false,
+            },
+        );
+        snap.entries.insert(
+            "gone@x.com".into(),
+            Entry {
+                hash: [0; 16],
+                lists: 1,
+                seen: false,
+            },
+        );
+        let lists = vec![("VIP".to_string(), true)];
+        let mut d = Differ::new(&mut snap, &lists, Plan::default());
+        assert_eq!(d.observe(&same).action, Action::Unchanged);
+        assert_eq!(
+            d.observe(&desired(2, "b@x.com", "B")).action,
+            Action::Update
+        );
+        let c = d.observe(&desired(3, "c@x.com", "C"));
+        assert_eq!((c.action, c.add_lists), (Action::Create, 1));
+        let (plan, removals) = d.finish(&Default::default(), &[true]);
+        assert_eq!((plan.creates, plan.updates, plan.unchanged), (1, 1, 1));
+        assert_eq!(removals, vec![vec!["gone@x.com".to_string()]]);
+        assert_eq!(plan.lists[0].adds, 1);
+        assert_eq!(plan.lists[0].removes, 1);
+    }
+
+    #[test]
+    fn the_rows_digest_ignores_row_order() {
+        let rows = [desired(1, "a@x.com", "A"), desired(2, "b@x.com", "B")];
+        let digest = |order: &[usize]| {
+            let mut snap = Snapshot::default();
+            let mut d = Differ::new(&mut snap, &[], Plan::default());
+            for i in order {
+                d.observe(&rows[*i]);
+            }
+            d.finish(&Default::default(), &[]).0.rows_digest
+        };
+        assert_eq!(digest(&[0, 1]), digest(&[1, 0]));
+        assert_ne!(digest(&[0, 1]), digest(&[0]));
+    }
+
+    #[test]
+    fn field_changes_flatten_nested_attributes() {
+        let old = json!({"first_name": "Bob", "properties": {"ltv": 412.5, "plan": "free"}});
+        let new = json!({"first_name": "Robert", "properties": {"ltv": 530.0}});
+        let changes = field_changes(&old, &new, &["properties.plan".to_string()]);
+        let names: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["first_name", "properties.ltv", "properties.plan"]
+        );
+        assert_eq!(changes[2].new, None);
+    }
+}

@@ -1,0 +1,338 @@
+//! Plans as text: the human rendering in the Terraform manner (`+` create, `~` change,
+//! `-` remove, a reason each, a summary line or `No changes.`) and the JSON rendering.
+//!
+//! In: a `Plan` and display options. Out: text. Pure.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::plan::{Plan, mask};
+
+/// How to show a plan.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Examples shown per kind of change.
+    pub show: usize,
+    /// Mask emails and phone numbers (for plans posted to pull requests).
+    pub mask: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            show: 3,
+            mask: false,
+        }
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
+fn value(v: &Option<Value>) -> String {
+    match v {
+        None => "(none)".into(),
+        Some(Value::String(s)) => format!("{s:?}"),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The human rendering.
+pub fn human(plan: &Plan, opts: Options) -> String {
+    let key = |k: &str| if opts.mask { mask(k) } else { k.to_string() };
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "query   {}   {} in {:.1}s",
+        plan.query,
+        plural(plan.rows, "row", "rows"),
+        plan.query_seconds
+    );
+    match &plan.last_run {
+        Some((id, when)) => {
+            let _ = writeln!(
+                o,
+                "state   last run #{id}, {when}, {}",
+                plural(plan.state_profiles, "profile", "profiles")
+            );
+        }
+        None => {
+            let _ = writeln!(o, "state   no previous run: every profile is new to kdit");
+        }
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Profiles");
+    let samples = |keys: &[String], total: u64| -> String {
+        if keys.is_empty() || opts.show == 0 {
+            return String::new();
+        }
+        let shown: Vec<String> = keys.iter().take(opts.show).map(|k| key(k)).collect();
+        let more = total.saturating_sub(shown.len() as u64);
+        let tail = if more > 0 {
+            ", … (--show N for more)"
+        } else {
+            ""
+        };
+        format!("   e.g. {}{tail}", shown.join(", "))
+    };
+    let width = [plan.creates, plan.updates, plan.rejected, plan.unchanged]
+        .iter()
+        .map(|n| thousands(*n).len())
+        .max()
+        .unwrap_or(1);
+    if plan.creates > 0 {
+        let _ = writeln!(
+            o,
+            "  + {:>width$} to create{}",
+            thousands(plan.creates),
+            samples(&plan.create_samples, plan.creates)
+        );
+    }
+    if plan.updates > 0 {
+        let _ = writeln!(o, "  ~ {:>width$} to update", thousands(plan.updates));
+        for s in plan.update_samples.iter().take(opts.show) {
+            let _ = writeln!(o, "      ~ {}", key(&s.key));
+            let fw = s.changes.iter().map(|c| c.field.len()).max().unwrap_or(0);
+            for c in &s.changes {
+                let _ = writeln!(
+                    o,
+                    "          {:<fw$}  {} → {}",
+                    c.field,
+                    value(&c.old),
+                    value(&c.new)
+                );
+            }
+        }
+        let shown = plan.update_samples.len().min(opts.show) as u64;
+        if plan.updates > shown && shown > 0 {
+            let _ = writeln!(o, "      … {} more", thousands(plan.updates - shown));
+        }
+    }
+    if plan.rejected > 0 {
+        let reasons: Vec<String> = plan
+            .reject_counts
+            .iter()
+            .map(|r| format!("{} {} ({})", r.field, r.rule, thousands(r.count)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  ! {:>width$} rejected   {}   → --rejects FILE",
+            thousands(plan.rejected),
+            reasons.join(", ")
+        );
+    }
+    let _ = writeln!(o, "    {:>width$} unchanged", thousands(plan.unchanged));
+    if !plan.lists.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Lists");
+        let lw = plan.lists.iter().map(|l| l.name.len()).max().unwrap_or(0);
+        for l in &plan.lists {
+            let sym = if !l.exists {
+                "+"
+            } else if l.adds > 0 || l.removes > 0 {
+                "~"
+            } else {
+                " "
+            };
+            let mut parts = Vec::new();
+            if !l.exists {
+                parts.push("created".to_string());
+            }
+            if l.adds > 0 {
+                parts.push(format!("+ {} add", thousands(l.adds)));
+            }
+            if l.removes > 0 {
+                parts.push(format!(
+                    "- {} remove (rows left the query)",
+                    thousands(l.removes)
+                ));
+            }
+            if parts.is_empty() {
+                parts.push("no change".to_string());
+            }
+            let _ = writeln!(o, "  {sym} {:<lw$}   {}", l.name, parts.join(", "));
+            if opts.show > 0 && l.removes > 0 {
+                let shown: Vec<String> = l
+                    .remove_samples
+                    .iter()
+                    .take(opts.show)
+                    .map(|k| key(k))
+                    .collect();
+                let _ = writeln!(o, "      - e.g. {}", shown.join(", "));
+            }
+        }
+    }
+    let _ = writeln!(o);
+    if !plan.has_changes() {
+        let _ = writeln!(
+            o,
+            "No changes. Klaviyo matches the query's {}.",
+            plural(plan.rows - plan.rejected, "profile", "profiles")
+        );
+    } else {
+        let e = plan.estimate();
+        let adds: u64 = plan.lists.iter().map(|l| l.adds).sum();
+        let removes: u64 = plan.lists.iter().map(|l| l.removes).sum();
+        let changed_lists = plan
+            .lists
+            .iter()
+            .filter(|l| l.adds > 0 || l.removes > 0)
+            .count() as u64;
+        let created = plan.lists.iter().filter(|l| !l.exists).count() as u64;
+        let mut parts = vec![format!(
+            "{} to write in {}",
+            plural(plan.profile_writes(), "profile", "profiles"),
+            plural(e.bulk_jobs, "bulk job", "bulk jobs")
+        )];
+        if changed_lists > 0 {
+            parts.push(format!(
+                "{} to change ({} adds, {} removals)",
+                plural(changed_lists, "list", "lists"),
+                thousands(adds),
+                thousands(removes)
+            ));
+        }
+        if created > 0 {
+            parts.push(format!("{} to create", plural(created, "list", "lists")));
+        }
+        let _ = writeln!(o, "Plan: {}.", parts.join(", "));
+        let _ = writeln!(
+            o,
+            "Klaviyo calls: ~{} — about {:.0} s at Klaviyo's rate limits.",
+            thousands(e.calls),
+            e.seconds.max(1.0)
+        );
+    }
+    if !plan.guards.is_empty() {
+        let parts: Vec<String> = plan
+            .guards
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} {} ≤ {} of {} {}",
+                    g.name,
+                    thousands(g.value),
+                    g.threshold,
+                    thousands(g.of),
+                    if g.ok { "✓" } else { "✗ STOP" }
+                )
+            })
+            .collect();
+        let _ = writeln!(o, "Guards: {}", parts.join("   "));
+    }
+    o
+}
+
+/// The JSON rendering (the same document `kdit plan -o` saves).
+pub fn json(plan: &Plan, opts: Options) -> String {
+    let mut p = plan.clone();
+    if opts.mask {
+        p.create_samples = p.create_samples.iter().map(|k| mask(k)).collect();
+        for s in &mut p.update_samples {
+            s.key = mask(&s.key);
+        }
+        for l in &mut p.lists {
+            l.add_samples = l.add_samples.iter().map(|k| mask(k)).collect();
+            l.remove_samples = l.remove_samples.iter().map(|k| mask(k)).collect();
+        }
+    }
+    serde_json::to_string_pretty(&p).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{FieldChange, ListChange, UpdateSample};
+    use serde_json::json;
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn an_empty_plan_says_no_changes() {
+        let plan = Plan {
+            rows: 5,
+            unchanged: 5,
+            query: "q.sql".into(),
+            last_run: Some((3, "2026-11-20 06:00 UTC".into())),
+            state_profiles: 5,
+            batch_size: 10000,
+            ..Plan::default()
+        };
+        let text = human(&plan, Options::default());
+        assert!(
+            text.ends_with("No changes. Klaviyo matches the query's 5 profiles.\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn changes_render_with_symbols_and_a_summary() {
+        let plan = Plan {
+            query: "q.sql".into(),
+            rows: 1200,
+            creates: 1000,
+            updates: 1,
+            unchanged: 199,
+            create_samples: vec!["ana@example.com".into()],
+            update_samples: vec![UpdateSample {
+                key: "bob@example.com".into(),
+                changes: vec![FieldChange {
+                    field: "first_name".into(),
+                    old: Some(json!("Bob")),
+                    new: Some(json!("Robert")),
+                }],
+            }],
+            lists: vec![ListChange {
+                name: "VIP".into(),
+                mirror: true,
+                exists: false,
+                adds: 1000,
+                removes: 2,
+                add_samples: vec![],
+                remove_samples: vec!["x@y.z".into()],
+            }],
+            batch_size: 10000,
+            ..Plan::default()
+        };
+        let text = human(
+            &plan,
+            Options {
+                show: 3,
+                mask: true,
+            },
+        );
+        assert!(
+            text.contains("  + 1,000 to create   e.g. a**@example.com, … (--show N for more)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      ~ b**@example.com\n          first_name  \"Bob\" → \"Robert\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  + VIP   created, + 1,000 add, - 2 remove (rows left the query)\n"),
+            "{text}"
+        );
+        assert!(text.contains("Plan: 1,001 profiles to write in 1 bulk job, 1 list to change (1,000 adds, 2 removals), 1 list to create.\n"), "{text}");
+    }
+}

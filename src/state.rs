@@ -1,0 +1,523 @@
+//! The state store in PostgreSQL: what Klaviyo last confirmed for each job and key, list
+//! memberships kdit made, the run ledger, and the per-job run lock.
+//!
+//! In: a connection and a schema name. Out: a `Snapshot` for the diff, and writes recorded
+//! only after Klaviyo confirms them. I/O (PostgreSQL). Migrations are versioned in
+//! `MIGRATIONS`; kdit creates its schema on first use.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client as PgClient;
+
+/// A payload's fingerprint: the first 16 bytes of SHA-256 over its canonical JSON.
+pub type Hash = [u8; 16];
+
+/// Hashes a profile payload (attributes plus fields to unset).
+pub fn hash_payload(attributes: &Value, unset: &[String]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(attributes).unwrap_or_default());
+    for u in unset {
+        h.update([0u8]);
+        h.update(u.as_bytes());
+    }
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// Schema migrations, applied in order; `{schema}` is replaced by the state schema's name.
+const MIGRATIONS: &[&str] = &[
+    // 1: profiles, list memberships, lists, ledger.
+    r#"
+    create table {schema}.profiles (
+        job text not null,
+        key text not null,
+        hash bytea not null,
+        payload jsonb not null,
+        lists text[] not null default '{}',
+        run_id bigint,
+        updated_at timestamptz not null default now(),
+        primary key (job, key)
+    );
+    create table {schema}.lists (
+        job text not null,
+        name text not null,
+        klaviyo_id text not null,
+        primary key (job, name)
+    );
+    create table {schema}.runs (
+        id bigserial primary key,
+        job text not null,
+        started_at timestamptz not null default now(),
+        finished_at timestamptz,
+        status text not null default 'running',
+        holder text not null,
+        summary jsonb
+    );
+    create index on {schema}.runs (job, id desc);
+    create table {schema}.batches (
+        run_id bigint not null references {schema}.runs(id),
+        seq int not null,
+        bulk_job_id text,
+        profiles int not null,
+        failed int not null default 0,
+        status text not null,
+        confirmed_at timestamptz,
+        primary key (run_id, seq)
+    );
+    "#,
+];
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(
+        "job `{job}` is already running (run #{run} by {holder}, since {since}); wait for it, or stop it first"
+    )]
+    Locked {
+        job: String,
+        run: i64,
+        holder: String,
+        since: String,
+    },
+    #[error("state schema name `{0}` is not a plain identifier (letters, digits, underscores)")]
+    BadSchema(String),
+}
+
+/// A handle on the state store.
+pub struct State<'a> {
+    db: &'a PgClient,
+    schema: String,
+}
+
+/// What the state says about one key, in memory for the diff.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub hash: Hash,
+    /// Indexes (into the job's lists) of the lists kdit added this key to.
+    pub lists: u64,
+    /// Set by the diff when the key shows up in this run's rows.
+    pub seen: bool,
+}
+
+/// Everything the diff needs from the state, for one job.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub entries: HashMap<Box<str>, Entry>,
+    /// The last finished run, if any: (id, finished at).
+    pub last_run: Option<(i64, String)>,
+    /// A fingerprint of the state as loaded, so a saved plan can tell it moved.
+    pub version: String,
+}
+
+impl<'a> State<'a> {
+    /// Opens the store, creating and migrating its schema as needed.
+    pub async fn open(db: &'a PgClient, schema: &str) -> Result<State<'a>, StateError> {
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || schema.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(StateError::BadSchema(schema.to_string()));
+        }
+        let state = State {
+            db,
+            schema: schema.to_string(),
+        };
+        state.migrate().await?;
+        Ok(state)
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    async fn migrate(&self) -> Result<(), StateError> {
+        let s = &self.schema;
+        // Serialise concurrent first runs on one advisory lock.
+        self.db
+            .execute(
+                "select pg_advisory_lock(hashtextextended('kdit:migrate', 0))",
+                &[],
+            )
+            .await?;
+        let result = async {
+            self.db
+                .batch_execute(&format!(
+                    "create schema if not exists {s};
+                     create table if not exists {s}.migrations (
+                         version int primary key,
+                         applied_at timestamptz not null default now());"
+                ))
+                .await?;
+            let row = self
+                .db
+                .query_one(&format!("select coalesce(max(version), 0) from {s}.migrations"), &[])
+                .await?;
+            let current: i32 = row.get(0);
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                let version = i as i32 + 1;
+                self.db
+                    .batch_execute(&format!(
+                        "begin; {} insert into {s}.migrations (version) values ({version}); commit;",
+                        sql.replace("{schema}", s)
+                    ))
+                    .await?;
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        }
+        .await;
+        self.db
+            .execute(
+                "select pg_advisory_unlock(hashtextextended('kdit:migrate', 0))",
+                &[],
+            )
+            .await?;
+        result?;
+        Ok(())
+    }
+
+    /// Takes the job's run lock (held by this connection until `finish_run` or disconnect)
+    /// and opens a ledger entry. Refuses, naming the holder, when another run has it.
+    pub async fn begin_run(&self, job: &str, holder: &str) -> Result<i64, StateError> {
+        let got: bool = self
+            .db
+            .query_one(
+                "select pg_try_advisory_lock(hashtextextended('kdit:job:' || $1, 0))",
+                &[&job],
+            )
+            .await?
+            .get(0);
+        if !got {
+            let s = &self.schema;
+            let row = self
+                .db
+                .query_opt(
+                    &format!(
+                        "select id, holder, to_char(started_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"')
+                         from {s}.runs where job = $1 and status = 'running' order by id desc limit 1"
+                    ),
+                    &[&job],
+                )
+                .await?;
+            let (run, holder, since) = row
+                .map(|r| {
+                    (
+                        r.get::<_, i64>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                    )
+                })
+                .unwrap_or((0, "another kdit process".into(), "a moment ago".into()));
+            return Err(StateError::Locked {
+                job: job.to_string(),
+                run,
+                holder,
+                since,
+            });
+        }
+        let s = &self.schema;
+        // A run that died (kill -9) left its entry 'running'; we hold the lock, so it is over.
+        self.db
+            .execute(
+                &format!("update {s}.runs set status = 'interrupted' where job = $1 and status = 'running'"),
+                &[&job],
+            )
+            .await?;
+        let row = self
+            .db
+            .query_one(
+                &format!("insert into {s}.runs (job, holder) values ($1, $2) returning id"),
+                &[&job, &holder],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Closes a ledger entry and releases the job's lock.
+    pub async fn finish_run(
+        &self,
+        job: &str,
+        run: i64,
+        status: &str,
+        summary: &Value,
+    ) -> Result<(), StateError> {
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!("update {s}.runs set status = $2, finished_at = now(), summary = $3 where id = $1"),
+                &[&run, &status, summary],
+            )
+            .await?;
+        self.db
+            .execute(
+                "select pg_advisory_unlock(hashtextextended('kdit:job:' || $1, 0))",
+                &[&job],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Loads the job's state for the diff. `lists` are the job's list names, in order.
+    pub async fn snapshot(&self, job: &str, lists: &[String]) -> Result<Snapshot, StateError> {
+        let s = &self.schema;
+        let index: HashMap<&str, usize> = lists
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect();
+        let rows = self
+            .db
+            .query(
+                &format!("select key, hash, lists from {s}.profiles where job = $1"),
+                &[&job],
+            )
+            .await?;
+        let mut snap = Snapshot::default();
+        let mut version = Sha256::new();
+        snap.entries.reserve(rows.len());
+        for row in rows {
+            let key: String = row.get(0);
+            let hash_bytes: Vec<u8> = row.get(1);
+            let member_of: Vec<String> = row.get(2);
+            let mut hash = [0u8; 16];
+            let n = hash_bytes.len().min(16);
+            hash[..n].copy_from_slice(&hash_bytes[..n]);
+            let mut bits = 0u64;
+            for l in &member_of {
+                if let Some(i) = index.get(l.as_str()) {
+                    bits |= 1 << i;
+                }
+            }
+            version.update(key.as_bytes());
+            version.update(hash);
+            version.update(bits.to_le_bytes());
+            snap.entries.insert(
+                key.into_boxed_str(),
+                Entry {
+                    hash,
+                    lists: bits,
+                    seen: false,
+                },
+            );
+        }
+        let last = self
+            .db
+            .query_opt(
+                &format!(
+                    "select id, to_char(finished_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"')
+                     from {s}.runs where job = $1 and status in ('ok', 'partial') order by id desc limit 1"
+                ),
+                &[&job],
+            )
+            .await?;
+        snap.last_run = last.map(|r| (r.get(0), r.get(1)));
+        snap.version = hex(&version.finalize()[..16]);
+        Ok(snap)
+    }
+
+    /// The last confirmed payloads of some keys (for field-level diffs of samples).
+    pub async fn payloads(
+        &self,
+        job: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Value>, StateError> {
+        let s = &self.schema;
+        let rows = self
+            .db
+            .query(
+                &format!("select key, payload from {s}.profiles where job = $1 and key = any($2)"),
+                &[&job, &keys],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Klaviyo ids of the job's lists that kdit resolved before.
+    pub async fn list_ids(&self, job: &str) -> Result<HashMap<String, String>, StateError> {
+        let s = &self.schema;
+        let rows = self
+            .db
+            .query(
+                &format!("select name, klaviyo_id from {s}.lists where job = $1"),
+                &[&job],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn save_list_id(&self, job: &str, name: &str, id: &str) -> Result<(), StateError> {
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!(
+                    "insert into {s}.lists (job, name, klaviyo_id) values ($1, $2, $3)
+                     on conflict (job, name) do update set klaviyo_id = excluded.klaviyo_id"
+                ),
+                &[&job, &name, &id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records profiles Klaviyo confirmed: their payloads, hashes and list memberships.
+    pub async fn confirm_profiles(
+        &self,
+        job: &str,
+        run: i64,
+        confirmed: &[Confirmed],
+    ) -> Result<(), StateError> {
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        let s = &self.schema;
+        let keys: Vec<&str> = confirmed.iter().map(|c| c.key.as_str()).collect();
+        let hashes: Vec<&[u8]> = confirmed.iter().map(|c| c.hash.as_slice()).collect();
+        let payloads: Vec<&Value> = confirmed.iter().map(|c| &c.payload).collect();
+        // text[][] cannot be ragged, so lists travel as one JSON array per row.
+        let lists: Vec<Value> = confirmed
+            .iter()
+            .map(|c| Value::from(c.lists.clone()))
+            .collect();
+        self.db
+            .execute(
+                &format!(
+                    "insert into {s}.profiles (job, key, hash, payload, lists, run_id)
+                     select $1, k, h, p, array(select jsonb_array_elements_text(l)), $6
+                     from unnest($2::text[], $3::bytea[], $4::jsonb[], $5::jsonb[]) as t(k, h, p, l)
+                     on conflict (job, key) do update
+                       set hash = excluded.hash, payload = excluded.payload,
+                           lists = excluded.lists, run_id = excluded.run_id, updated_at = now()"
+                ),
+                &[&job, &keys, &hashes, &payloads, &lists, &run],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records that keys left a list (mirror removals Klaviyo confirmed).
+    pub async fn confirm_removals(
+        &self,
+        job: &str,
+        list: &str,
+        keys: &[String],
+    ) -> Result<(), StateError> {
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!(
+                    "update {s}.profiles set lists = array_remove(lists, $2), updated_at = now()
+                     where job = $1 and key = any($3)"
+                ),
+                &[&job, &list, &keys],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a bulk import batch in the ledger.
+    pub async fn record_batch(
+        &self,
+        run: i64,
+        seq: i32,
+        bulk_job: Option<&str>,
+        profiles: i32,
+        failed: i32,
+        status: &str,
+    ) -> Result<(), StateError> {
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!(
+                    "insert into {s}.batches (run_id, seq, bulk_job_id, profiles, failed, status, confirmed_at)
+                     values ($1, $2, $3, $4, $5, $6, case when $6 = 'confirmed' then now() end)
+                     on conflict (run_id, seq) do update set bulk_job_id = excluded.bulk_job_id,
+                       failed = excluded.failed, status = excluded.status, confirmed_at = excluded.confirmed_at"
+                ),
+                &[&run, &seq, &bulk_job, &profiles, &failed, &status],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Past runs of a job, newest first.
+    pub async fn history(&self, job: &str, limit: i64) -> Result<Vec<RunRecord>, StateError> {
+        let s = &self.schema;
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "select id, status, holder,
+                            to_char(started_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                            extract(epoch from (coalesce(finished_at, now()) - started_at))::float8,
+                            coalesce(summary, 'null'::jsonb)
+                     from {s}.runs where job = $1 order by id desc limit $2"
+                ),
+                &[&job, &limit],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunRecord {
+                id: r.get(0),
+                status: r.get(1),
+                holder: r.get(2),
+                started_at: r.get(3),
+                seconds: r.get(4),
+                summary: r.get(5),
+            })
+            .collect())
+    }
+}
+
+/// A profile Klaviyo confirmed, to record.
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    pub key: String,
+    pub hash: Hash,
+    pub payload: Value,
+    pub lists: Vec<String>,
+}
+
+/// One run from the ledger.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub status: String,
+    pub holder: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub summary: Value,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payload_hashes_change_with_any_field() {
+        let a = hash_payload(&json!({"email": "a@x.com", "first_name": "A"}), &[]);
+        let b = hash_payload(&json!({"email": "a@x.com", "first_name": "B"}), &[]);
+        let c = hash_payload(
+            &json!({"email": "a@x.com", "first_name": "A"}),
+            &["plan".into()],
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            a,
+            hash_payload(&json!({"email": "a@x.com", "first_name": "A"}), &[])
+        );
+    }
+}
