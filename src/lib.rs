@@ -5,6 +5,7 @@
 //! payloads, `diff` compares them with `state` into a `plan`, `render` prints it and `apply`
 //! carries it out through the `klaviyo` client. `sandbox` is a local Klaviyo API for tests.
 
+pub mod apply;
 pub mod attributes;
 pub mod cli;
 pub mod compile;

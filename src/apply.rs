@@ -1,0 +1,595 @@
+//! Apply: rows in, Klaviyo changed, state recorded only after Klaviyo confirms.
+//!
+//! In: the job, the rows (a channel fed by the source), the state store and the Klaviyo
+//! client. Out: a `Report` of every row. Profiles go in bulk import jobs (≤ 10,000 / 5 MB,
+//! several in flight), grouped by the lists they must join; per-profile import errors are tied
+//! back to rows; a batch Klaviyo refuses whole is split so valid rows still go; mirror
+//! removals go by Klaviyo id, looked up by the job's key. I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::compile::Job;
+use crate::diff::{Action, Desired, Differ, RowOutcome};
+use crate::klaviyo::{BULK_MAX_BYTES, BulkJob, Client, KlaviyoError, Stats};
+use crate::plan::Plan;
+use crate::state::{Confirmed, Hash, Snapshot, State, StateError};
+
+/// A row that did not make it into Klaviyo (rejected before sending, or refused by Klaviyo).
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub row: u64,
+    pub key: String,
+    pub field: String,
+    pub rule: String,
+    pub message: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub format_version: u32,
+    pub job: String,
+    pub run_id: i64,
+    pub status: String,
+    pub seconds: f64,
+    pub rows: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    pub confirmed: u64,
+    pub bulk_jobs: u64,
+    pub cleared: u64,
+    pub lists_created: Vec<String>,
+    pub list_adds: u64,
+    pub list_removals: u64,
+    pub api: Stats,
+    pub success_rate: f64,
+}
+
+/// Errors that stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Klaviyo(#[from] KlaviyoError),
+    #[error("reading rows: {0}")]
+    Source(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// One profile on its way to Klaviyo.
+#[derive(Debug, Clone)]
+struct Item {
+    row: u64,
+    key: String,
+    attributes: Value,
+    unset: Vec<String>,
+    hash: Hash,
+    action: Action,
+    /// Lists this send adds the profile to.
+    adds: u32,
+    /// Every list of the job: where the profile is once the batch confirms.
+    lists: Vec<String>,
+}
+
+/// What one bulk batch came back with.
+#[derive(Debug, Default)]
+struct BatchOutcome {
+    seq: i32,
+    bulk_ids: Vec<String>,
+    confirmed: Vec<Item>,
+    failures: Vec<Failure>,
+}
+
+/// Settings of one apply.
+pub struct Settings {
+    pub batch_size: usize,
+    pub concurrency: usize,
+    /// Set by Ctrl-C: stop sending new batches, let in-flight ones confirm.
+    pub stop: Arc<AtomicBool>,
+    /// Called with (rows seen, profiles confirmed) as work progresses.
+    pub progress: Box<dyn Fn(u64, u64) + Send + Sync>,
+}
+
+/// Klaviyo list ids for the job's lists, creating the absent ones.
+pub async fn resolve_lists(
+    job: &Job,
+    client: &Client,
+    state: &State<'_>,
+    create: bool,
+) -> Result<(Vec<Option<String>>, Vec<String>), ApplyError> {
+    let mut ids = Vec::new();
+    let mut created = Vec::new();
+    for list in &job.spec.lists {
+        let found = client.find_list(&list.name).await?;
+        let id = match found {
+            Some(id) => Some(id),
+            None if create => {
+                let id = client.create_list(&list.name).await?;
+                created.push(list.name.clone());
+                Some(id)
+            }
+            None => None,
+        };
+        if let Some(id) = &id {
+            state.save_list_id(job.name(), &list.name, id).await?;
+        }
+        ids.push(id);
+    }
+    Ok((ids, created))
+}
+
+/// Sends what the rows need. `snapshot` is the state as loaded for this run.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply(
+    job: &Job,
+    run_id: i64,
+    client: &Client,
+    state: &State<'_>,
+    mut snapshot: Snapshot,
+    list_ids: &[String],
+    mut rows: mpsc::Receiver<Result<RowOutcome, String>>,
+    settings: Settings,
+) -> Result<(Report, Vec<Failure>, Plan), ApplyError> {
+    let started = Instant::now();
+    let lists: Vec<(String, bool)> = job
+        .spec
+        .lists
+        .iter()
+        .map(|l| (l.name.clone(), l.mode == crate::spec::ListMode::Mirror))
+        .collect();
+    let mut differ = Differ::new(&mut snapshot, &lists, Plan::default());
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut report = Report {
+        format_version: 1,
+        job: job.name().to_string(),
+        run_id,
+        ..Report::default()
+    };
+    // Pending batches, by the set of lists their profiles join.
+    let mut buckets: HashMap<u64, (Vec<Item>, usize)> = HashMap::new();
+    let mut in_flight: JoinSet<BatchOutcome> = JoinSet::new();
+    let mut seq = 0i32;
+    let batch_size = settings.batch_size.max(1);
+    // Room for the envelope around the profiles.
+    let byte_budget = BULK_MAX_BYTES - 64 * 1024;
+    let key_field = job.key.field();
+
+    let mut confirmed_total = 0u64;
+    let mut seen = 0u64;
+    while let Some(next) = rows.recv().await {
+        if settings.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let outcome = next.map_err(ApplyError::Source)?;
+        seen += 1;
+        match outcome {
+            RowOutcome::Reject(r) => {
+                differ.reject(&r);
+                failures.push(Failure {
+                    row: r.row,
+                    key: r.key,
+                    field: r.field,
+                    rule: r.rule,
+                    message: r.message,
+                });
+            }
+            RowOutcome::Profile(d) => {
+                let decision = differ.observe(&d);
+                if !decision.sends() {
+                    continue;
+                }
+                let Desired {
+                    row,
+                    key,
+                    attributes,
+                    unset,
+                } = d;
+                let item_lists: Vec<String> = lists.iter().map(|(n, _)| n.clone()).collect();
+                let size = serde_json::to_vec(&attributes)
+                    .map(|v| v.len())
+                    .unwrap_or(0)
+                    + 64;
+                let bucket = buckets.entry(decision.add_lists).or_default();
+                if !bucket.0.is_empty() && bucket.1 + size > byte_budget {
+                    let items = std::mem::take(&mut bucket.0);
+                    bucket.1 = 0;
+                    seq += 1;
+                    dispatch(
+                        &mut in_flight,
+                        client,
+                        items,
+                        decision.add_lists,
+                        list_ids,
+                        key_field,
+                        seq,
+                        settings.concurrency,
+                        &mut |o| on_batch(o, &mut report, &mut failures, &mut confirmed_total),
+                        job,
+                        run_id,
+                        state,
+                    )
+                    .await?;
+                }
+                let bucket = buckets.entry(decision.add_lists).or_default();
+                bucket.0.push(Item {
+                    row,
+                    key,
+                    attributes,
+                    unset,
+                    hash: decision.hash,
+                    action: decision.action,
+                    adds: decision.add_lists.count_ones(),
+                    lists: item_lists,
+                });
+                bucket.1 += size;
+                if bucket.0.len() >= batch_size {
+                    let items = std::mem::take(&mut bucket.0);
+                    bucket.1 = 0;
+                    seq += 1;
+                    dispatch(
+                        &mut in_flight,
+                        client,
+                        items,
+                        decision.add_lists,
+                        list_ids,
+                        key_field,
+                        seq,
+                        settings.concurrency,
+                        &mut |o| on_batch(o, &mut report, &mut failures, &mut confirmed_total),
+                        job,
+                        run_id,
+                        state,
+                    )
+                    .await?;
+                }
+            }
+        }
+        if seen % 5_000 == 0 {
+            (settings.progress)(seen, confirmed_total);
+        }
+    }
+    let interrupted = settings.stop.load(Ordering::Relaxed);
+    if !interrupted {
+        let mut rest: Vec<(u64, Vec<Item>)> = buckets
+            .into_iter()
+            .map(|(bits, (items, _))| (bits, items))
+            .filter(|(_, i)| !i.is_empty())
+            .collect();
+        rest.sort_by_key(|(bits, _)| *bits);
+        for (bits, items) in rest {
+            seq += 1;
+            dispatch(
+                &mut in_flight,
+                client,
+                items,
+                bits,
+                list_ids,
+                key_field,
+                seq,
+                settings.concurrency,
+                &mut |o| on_batch(o, &mut report, &mut failures, &mut confirmed_total),
+                job,
+                run_id,
+                state,
+            )
+            .await?;
+        }
+    }
+    // Let every batch in flight confirm, even when interrupted: they were sent.
+    while let Some(done) = in_flight.join_next().await {
+        let outcome = done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
+        record(&outcome, job, run_id, state).await?;
+        on_batch(outcome, &mut report, &mut failures, &mut confirmed_total);
+        (settings.progress)(seen, confirmed_total);
+    }
+    if interrupted {
+        return Err(ApplyError::Interrupted);
+    }
+
+    // Mirror removals: members kdit added whose rows left the query.
+    let removals = differ.removals();
+    for (i, keys) in removals.iter().enumerate() {
+        if keys.is_empty() {
+            continue;
+        }
+        let found = client.profile_ids(key_field, keys).await?;
+        let ids: Vec<String> = found.iter().map(|(_, id)| id.clone()).collect();
+        client.list_membership(&list_ids[i], &ids, false).await?;
+        state
+            .confirm_removals(job.name(), &lists[i].0, keys)
+            .await?;
+        report.list_removals += keys.len() as u64;
+    }
+
+    let (plan, _) = differ.finish(&HashMap::new(), &vec![true; lists.len()]);
+    report.rows = plan.rows;
+    report.unchanged = plan.unchanged;
+    report.rejected = plan.rejected;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.api = client.stats();
+    let attempted = report.rows.max(1);
+    report.success_rate = (report.rows - report.rejected - report.failed) as f64 / attempted as f64;
+    report.status = if report.failed + report.rejected > 0 {
+        "partial".into()
+    } else {
+        "ok".into()
+    };
+    failures.sort_by_key(|f| f.row);
+    Ok((report, failures, plan))
+}
+
+fn on_batch(
+    o: BatchOutcome,
+    report: &mut Report,
+    failures: &mut Vec<Failure>,
+    confirmed_total: &mut u64,
+) {
+    report.bulk_jobs += o.bulk_ids.len() as u64;
+    for item in &o.confirmed {
+        match item.action {
+            Action::Create => report.created += 1,
+            Action::Update => report.updated += 1,
+            _ => {}
+        }
+        report.list_adds += u64::from(item.adds);
+    }
+    *confirmed_total += o.confirmed.len() as u64;
+    report.confirmed += o.confirmed.len() as u64;
+    report.failed += o.failures.len() as u64;
+    failures.extend(o.failures);
+}
+
+/// Records a finished batch: state for what Klaviyo confirmed, the ledger entry.
+async fn record(
+    o: &BatchOutcome,
+    job: &Job,
+    run_id: i64,
+    state: &State<'_>,
+) -> Result<(), ApplyError> {
+    let confirmed: Vec<Confirmed> = o
+        .confirmed
+        .iter()
+        .map(|i| Confirmed {
+            key: i.key.clone(),
+            hash: i.hash,
+            payload: i.attributes.clone(),
+            lists: i.lists.clone(),
+        })
+        .collect();
+    state
+        .confirm_profiles(job.name(), run_id, &confirmed)
+        .await?;
+    let status = if o.failures.is_empty() {
+        "confirmed"
+    } else {
+        "partial"
+    };
+    state
+        .record_batch(
+            run_id,
+            o.seq,
+            o.bulk_ids.first().map(String::as_str),
+            (o.confirmed.len() + o.failures.len()) as i32,
+            o.failures.len() as i32,
+            status,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Starts a batch, first waiting for (and recording) one in flight when at the limit.
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    in_flight: &mut JoinSet<BatchOutcome>,
+    client: &Client,
+    items: Vec<Item>,
+    bits: u64,
+    list_ids: &[String],
+    key_field: &'static str,
+    seq: i32,
+    concurrency: usize,
+    on_done: &mut dyn FnMut(BatchOutcome),
+    job: &Job,
+    run_id: i64,
+    state: &State<'_>,
+) -> Result<(), ApplyError> {
+    while in_flight.len() >= concurrency.max(1) {
+        if let Some(done) = in_flight.join_next().await {
+            let outcome =
+                done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
+            record(&outcome, job, run_id, state).await?;
+            on_done(outcome);
+        }
+    }
+    let ids: Vec<String> = (0..list_ids.len())
+        .filter(|i| bits & (1 << i) != 0)
+        .map(|i| list_ids[i].clone())
+        .collect();
+    let client = client.clone();
+    in_flight.spawn(async move { send_batch(client, items, ids, key_field, seq).await });
+    Ok(())
+}
+
+/// Sends one batch to completion: bulk import, poll, import errors, field clearing.
+async fn send_batch(
+    client: Client,
+    items: Vec<Item>,
+    list_ids: Vec<String>,
+    key_field: &'static str,
+    seq: i32,
+) -> BatchOutcome {
+    let mut out = BatchOutcome {
+        seq,
+        ..BatchOutcome::default()
+    };
+    let mut queue = vec![items];
+    while let Some(chunk) = queue.pop() {
+        let profiles: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"type": "profile", "attributes": i.attributes}))
+            .collect();
+        let job = match client.start_bulk_import(profiles, &list_ids).await {
+            Ok(job) => job,
+            Err(KlaviyoError::Api {
+                status,
+                code,
+                detail,
+                ..
+            }) if status == 400 || status == 413 => {
+                // Refused whole: split so the valid profiles still go; a single profile
+                // refused is a failure of that row.
+                if chunk.len() > 1 {
+                    let mut a = chunk;
+                    let b = a.split_off(a.len() / 2);
+                    queue.push(a);
+                    queue.push(b);
+                } else {
+                    let i = &chunk[0];
+                    out.failures.push(Failure {
+                        row: i.row,
+                        key: i.key.clone(),
+                        field: String::new(),
+                        rule: code,
+                        message: detail,
+                    });
+                }
+                continue;
+            }
+            Err(e) => {
+                for i in &chunk {
+                    out.failures.push(Failure {
+                        row: i.row,
+                        key: i.key.clone(),
+                        field: String::new(),
+                        rule: "klaviyo".into(),
+                        message: e.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
+        out.bulk_ids.push(job.id.clone());
+        let finished = match poll(&client, job).await {
+            Ok(j) => j,
+            Err(e) => {
+                for i in &chunk {
+                    out.failures.push(Failure {
+                        row: i.row,
+                        key: i.key.clone(),
+                        field: String::new(),
+                        rule: "klaviyo".into(),
+                        message: e.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
+        let mut failed: HashMap<String, (String, String)> = HashMap::new();
+        if finished.failed > 0 {
+            match client.import_errors(&finished.id).await {
+                Ok(errors) => {
+                    for e in errors {
+                        let ident = e.original["attributes"][key_field]
+                            .as_str()
+                            .or_else(|| e.original[key_field].as_str())
+                            .unwrap_or_default()
+                            .to_string();
+                        failed.insert(ident, (e.code, e.detail));
+                    }
+                }
+                Err(e) => {
+                    for i in &chunk {
+                        out.failures.push(Failure {
+                            row: i.row,
+                            key: i.key.clone(),
+                            field: String::new(),
+                            rule: "klaviyo".into(),
+                            message: format!("import errors unavailable: {e}"),
+                        });
+                    }
+                    continue;
+                }
+            }
+        }
+        let identifiers: HashSet<String> = failed.keys().cloned().collect();
+        for item in chunk {
+            let ident = item.attributes[key_field]
+                .as_str()
+                .unwrap_or(&item.key)
+                .to_string();
+            if identifiers.contains(&ident) {
+                let (code, detail) = failed.get(&ident).cloned().unwrap_or_default();
+                out.failures.push(Failure {
+                    row: item.row,
+                    key: item.key.clone(),
+                    field: String::new(),
+                    rule: code,
+                    message: detail,
+                });
+                continue;
+            }
+            if item.action == Action::Update && !item.unset.is_empty() {
+                // Bulk import cannot clear fields: the profile-import endpoint can.
+                if let Err(e) = clear_fields(&client, &item, key_field).await {
+                    out.failures.push(Failure {
+                        row: item.row,
+                        key: item.key.clone(),
+                        field: item.unset.join(","),
+                        rule: "clear".into(),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            }
+            out.confirmed.push(item);
+        }
+    }
+    out
+}
+
+async fn poll(client: &Client, mut job: BulkJob) -> Result<BulkJob, KlaviyoError> {
+    let mut wait = Duration::from_millis(300);
+    let deadline = Instant::now() + Duration::from_secs(30 * 60);
+    while !job.is_done() {
+        if Instant::now() > deadline {
+            return Err(KlaviyoError::GaveUp {
+                method: "GET".into(),
+                path: format!("/api/profile-bulk-import-jobs/{}", job.id),
+                attempts: 0,
+                last: "the bulk import job did not finish within 30 minutes".into(),
+            });
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        job = client.bulk_import(&job.id).await?;
+    }
+    Ok(job)
+}
+
+async fn clear_fields(client: &Client, item: &Item, key_field: &str) -> Result<(), KlaviyoError> {
+    let mut attributes = json!({ key_field: item.attributes[key_field].clone() });
+    let mut props = Vec::new();
+    for field in &item.unset {
+        if let Some(p) = field.strip_prefix("properties.") {
+            props.push(p.split('.').next().unwrap_or(p).to_string());
+        } else if let Some(l) = field.strip_prefix("location.") {
+            attributes["location"][l] = Value::Null;
+        } else {
+            attributes[field.as_str()] = Value::Null;
+        }
+    }
+    client.import_profile(attributes, &props).await.map(|_| ())
+}
