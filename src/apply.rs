@@ -566,8 +566,7 @@ async fn poll(client: &Client, mut job: BulkJob) -> Result<BulkJob, KlaviyoError
     while !job.is_done() {
         if Instant::now() > deadline {
             return Err(KlaviyoError::GaveUp {
-                method: "GET".into(),
-                path: format!("/api/profile-bulk-import-jobs/{}", job.id),
+                request: format!("GET /api/profile-bulk-import-jobs/{}", job.id),
                 attempts: 0,
                 last: "the bulk import job did not finish within 30 minutes".into(),
             });

@@ -199,6 +199,11 @@ impl<'s> Differ<'s> {
         self.digest = self.digest.wrapping_add(u128::from_le_bytes(b));
     }
 
+    /// Keys of the update samples, whose old payloads `finish` wants.
+    pub fn update_sample_keys(&self) -> Vec<String> {
+        self.update_new.iter().map(|(k, _, _)| k.clone()).collect()
+    }
+
     /// Keys to remove from each mirrored list: members kdit added whose rows left the query.
     pub fn removals(&self) -> Vec<Vec<String>> {
         let mut out = vec![Vec::new(); self.list_names.len()];

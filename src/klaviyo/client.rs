@@ -75,28 +75,23 @@ impl Config {
 /// A request Klaviyo refused for good, or that kept failing.
 #[derive(Debug, thiserror::Error)]
 pub enum KlaviyoError {
-    #[error("Klaviyo answered {status} to {method} {path}: {code}: {detail}")]
+    #[error("Klaviyo answered {status} to {request}: {code}: {detail}")]
     Api {
         status: u16,
-        method: String,
-        path: String,
+        /// `METHOD /path`.
+        request: String,
         code: String,
         detail: String,
-        body: Value,
+        body: Box<Value>,
     },
-    #[error("{method} {path} failed after {attempts} attempts: {last}")]
+    #[error("{request} failed after {attempts} attempts: {last}")]
     GaveUp {
-        method: String,
-        path: String,
+        request: String,
         attempts: u32,
         last: String,
     },
-    #[error("Klaviyo sent a response kdit cannot read for {method} {path}: {why}")]
-    Unreadable {
-        method: String,
-        path: String,
-        why: String,
-    },
+    #[error("Klaviyo sent a response kdit cannot read for {request}: {why}")]
+    Unreadable { request: String, why: String },
 }
 
 impl KlaviyoError {
@@ -268,8 +263,7 @@ impl Client {
                     Ok(v) => Some(v),
                     Err(e) => {
                         return Err(KlaviyoError::Unreadable {
-                            method: method.to_string(),
-                            path,
+                            request: format!("{method} {path}"),
                             why: e.to_string(),
                         });
                     }
@@ -279,11 +273,10 @@ impl Client {
                 let (code, detail) = first_error(&bytes);
                 return Err(KlaviyoError::Api {
                     status: status.as_u16(),
-                    method: method.to_string(),
-                    path,
+                    request: format!("{method} {path}"),
                     code,
                     detail,
-                    body: parsed.unwrap_or(Value::Null),
+                    body: Box::new(parsed.unwrap_or(Value::Null)),
                 });
             }
             return Ok(Response {
@@ -292,8 +285,7 @@ impl Client {
             });
         }
         Err(KlaviyoError::GaveUp {
-            method: method.to_string(),
-            path,
+            request: format!("{method} {path}"),
             attempts: MAX_ATTEMPTS,
             last,
         })

@@ -58,8 +58,7 @@ pub struct ImportError {
 
 fn unreadable(method: &str, path: &str, why: &str) -> KlaviyoError {
     KlaviyoError::Unreadable {
-        method: method.into(),
-        path: path.into(),
+        request: format!("{method} {path}"),
         why: why.into(),
     }
 }

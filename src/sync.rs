@@ -1,0 +1,383 @@
+//! The sync commands — `plan`, `run`, `apply`, `history` — wiring the stages together:
+//! rows from the source, state from PostgreSQL, lists from Klaviyo, the diff into a plan,
+//! the plan rendered, then applied.
+//!
+//! In: a compiled job, a row feed, a state store, a Klaviyo client. Out: plans, reports,
+//! exit statuses. I/O through the stages it calls; no logic of its own beyond the order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::apply::{ApplyError, Failure, Report, Settings, apply, resolve_lists};
+use crate::compile::Job;
+use crate::diff::{Differ, RowOutcome};
+use crate::exit::ExitStatus;
+use crate::klaviyo::Client;
+use crate::plan::{FORMAT_VERSION, Plan};
+use crate::progress::Progress;
+use crate::render::{self, Options};
+use crate::state::{Snapshot, State, StateError};
+
+/// Rows flowing from the source: outcomes on a bounded channel, and the task producing them
+/// (which reports the row count and query time, or the error that stopped it).
+pub type Feed = (
+    mpsc::Receiver<Result<RowOutcome, String>>,
+    JoinHandle<Result<QueryDone, String>>,
+);
+
+/// How a query went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryDone {
+    pub rows: u64,
+    pub seconds: f64,
+}
+
+/// Something that can run the job's query (again) and feed its rows.
+pub trait RowSource: Send + Sync {
+    fn feed(&self) -> Feed;
+    /// The query as shown in plans: file name (or "inline SQL") and parameters.
+    fn label(&self) -> String;
+}
+
+/// Output options shared by plan, run and apply.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub show: usize,
+    pub mask: bool,
+    pub json: bool,
+    pub quiet: bool,
+    pub report: Option<PathBuf>,
+    pub rejects: Option<PathBuf>,
+}
+
+/// Errors of a sync command.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Klaviyo(#[from] crate::klaviyo::KlaviyoError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs the query through the diff: the plan, and the snapshot (reusable for the apply).
+pub async fn make_plan(
+    job: &Job,
+    rows: &dyn RowSource,
+    state: &State<'_>,
+    client: &Client,
+) -> Result<(Plan, Snapshot), SyncError> {
+    let list_names: Vec<String> = job.spec.lists.iter().map(|l| l.name.clone()).collect();
+    let mut snapshot = state.snapshot(job.name(), &list_names).await?;
+    let mut existing = Vec::new();
+    for name in &list_names {
+        existing.push(client.find_list(name).await?.is_some());
+    }
+    let lists: Vec<(String, bool)> = job
+        .spec
+        .lists
+        .iter()
+        .map(|l| (l.name.clone(), l.mode == crate::spec::ListMode::Mirror))
+        .collect();
+    let last_run = snapshot.last_run.clone();
+    let base = Plan {
+        format_version: FORMAT_VERSION,
+        job: job.name().to_string(),
+        job_file: job.path.display().to_string(),
+        query: rows.label(),
+        batch_size: job.batch_size,
+        last_run,
+        ..Plan::default()
+    };
+    let (mut rx, task) = rows.feed();
+    let mut differ = Differ::new(&mut snapshot, &lists, base);
+    while let Some(next) = rx.recv().await {
+        match next.map_err(SyncError::Other)? {
+            RowOutcome::Profile(d) => {
+                differ.observe(&d);
+            }
+            RowOutcome::Reject(r) => differ.reject(&r),
+        }
+    }
+    let done = task
+        .await
+        .map_err(|e| SyncError::Other(format!("the query task failed: {e}")))?
+        .map_err(SyncError::Other)?;
+    // Old payloads of the update samples, for field-level diffs.
+    let sample_keys = differ.update_sample_keys();
+    let old = if sample_keys.is_empty() {
+        HashMap::new()
+    } else {
+        state.payloads(job.name(), &sample_keys).await?
+    };
+    let (mut plan, _) = differ.finish(&old, &existing);
+    plan.query_seconds = done.seconds;
+    plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
+    Ok((plan, snapshot))
+}
+
+/// Prints a plan to stdout in the chosen rendering.
+pub fn print_plan(plan: &Plan, out: &Output) {
+    let opts = Options {
+        show: out.show,
+        mask: out.mask,
+    };
+    if out.json {
+        println!("{}", render::json(plan, opts));
+    } else {
+        print!("{}", render::human(plan, opts));
+    }
+}
+
+/// Writes a plan file (`kdit plan -o`).
+pub fn save_plan(plan: &Plan, path: &Path) -> Result<(), SyncError> {
+    let text = serde_json::to_string_pretty(plan).map_err(|e| SyncError::Other(e.to_string()))?;
+    std::fs::write(path, text)
+        .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Reads a plan file.
+pub fn load_plan(path: &Path) -> Result<Plan, SyncError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SyncError::Other(format!("cannot read {}: {e}", path.display())))?;
+    let plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| SyncError::Other(format!("{} is not a kdit plan: {e}", path.display())))?;
+    if plan.format_version != FORMAT_VERSION {
+        return Err(SyncError::Other(format!(
+            "{} has plan format {}, this kdit reads format {FORMAT_VERSION}; make a new plan",
+            path.display(),
+            plan.format_version
+        )));
+    }
+    Ok(plan)
+}
+
+/// Why a saved plan no longer applies, if it doesn't.
+pub fn stale_reason(saved: &Plan, fresh: &Plan) -> Option<String> {
+    if saved.job != fresh.job {
+        return Some(format!(
+            "it is a plan for job `{}`, not `{}`",
+            saved.job, fresh.job
+        ));
+    }
+    if saved.state_version != fresh.state_version {
+        return Some(
+            "the state moved since the plan was made (another run applied changes)".into(),
+        );
+    }
+    if saved.rows_digest != fresh.rows_digest {
+        return Some(format!(
+            "the query's result changed since the plan was made ({} rows then, {} now)",
+            render::thousands(saved.rows),
+            render::thousands(fresh.rows)
+        ));
+    }
+    None
+}
+
+/// Plans and applies one job under its run lock. `saved`: a plan to hold the run to.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    job: &Job,
+    rows: &dyn RowSource,
+    state: &State<'_>,
+    client: &Client,
+    holder: &str,
+    saved: Option<&Plan>,
+    out: &Output,
+    stop: Arc<AtomicBool>,
+) -> Result<ExitStatus, SyncError> {
+    let run_id = state.begin_run(job.name(), holder).await?;
+    let result = run_locked(job, rows, state, client, run_id, saved, out, stop).await;
+    let (status, summary) = match &result {
+        Ok((status, report)) => (
+            match status {
+                ExitStatus::Success => "ok",
+                ExitStatus::PartialFailure => "partial",
+                ExitStatus::GuardTripped => "guard",
+                _ => "failed",
+            },
+            serde_json::to_value(report).unwrap_or_default(),
+        ),
+        Err(SyncError::Apply(ApplyError::Interrupted)) => ("interrupted", serde_json::Value::Null),
+        Err(e) => ("failed", serde_json::json!({ "error": e.to_string() })),
+    };
+    state
+        .finish_run(job.name(), run_id, status, &summary)
+        .await?;
+    result.map(|(s, _)| s)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_locked(
+    job: &Job,
+    rows: &dyn RowSource,
+    state: &State<'_>,
+    client: &Client,
+    run_id: i64,
+    saved: Option<&Plan>,
+    out: &Output,
+    stop: Arc<AtomicBool>,
+) -> Result<(ExitStatus, Option<Report>), SyncError> {
+    let (plan, snapshot) = make_plan(job, rows, state, client).await?;
+    if let Some(saved) = saved {
+        if let Some(why) = stale_reason(saved, &plan) {
+            return Err(SyncError::Other(format!(
+                "the saved plan is stale: {why}; run `kdit plan` again"
+            )));
+        }
+    } else {
+        print_plan(&plan, out);
+    }
+    if !plan.guards_ok() {
+        eprintln!("error: a guard stopped the run before any write (see Guards above)");
+        eprintln!("hint: if the change is intended, raise the guard in the job file for this run");
+        return Ok((ExitStatus::GuardTripped, None));
+    }
+    if !plan.has_changes() {
+        if let Some(path) = &out.rejects {
+            write_rejects(path, &plan_failures(&plan))?;
+        }
+        return Ok((
+            if plan.rejected > 0 {
+                ExitStatus::PartialFailure
+            } else {
+                ExitStatus::Success
+            },
+            None,
+        ));
+    }
+    let (list_ids, created) = resolve_lists(job, client, state, true).await?;
+    let list_ids: Vec<String> = list_ids
+        .into_iter()
+        .map(|i| i.unwrap_or_default())
+        .collect();
+    let progress = Arc::new(Progress::new(plan.rows, out.quiet));
+    let p = progress.clone();
+    let settings = Settings {
+        batch_size: job.batch_size as usize,
+        concurrency: job.concurrency as usize,
+        stop: stop.clone(),
+        progress: Box::new(move |rows, confirmed| p.update(rows, confirmed)),
+    };
+    let started = Instant::now();
+    let (rx, task) = rows.feed();
+    let result = apply(
+        job, run_id, client, state, snapshot, &list_ids, rx, settings,
+    )
+    .await;
+    progress.finish();
+    let _ = task.await;
+    let (mut report, failures, _) = match result {
+        Ok(r) => r,
+        Err(ApplyError::Interrupted) => {
+            eprintln!(
+                "interrupted: batches already sent were confirmed and recorded; run `kdit run {}` again to resume",
+                job.path.display()
+            );
+            return Err(SyncError::Apply(ApplyError::Interrupted));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    report.lists_created = created;
+    report.seconds = started.elapsed().as_secs_f64();
+    if let Some(path) = &out.report {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| SyncError::Other(e.to_string()))?;
+        std::fs::write(path, text)
+            .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &out.rejects {
+        write_rejects(path, &failures)?;
+    }
+    if !out.quiet {
+        eprintln!(
+            "done: {} created, {} updated, {} unchanged, {} rejected, {} failed; {} list adds, {} removals; {} API calls ({} rate-limited, {} retries) in {:.1}s",
+            render::thousands(report.created),
+            render::thousands(report.updated),
+            render::thousands(report.unchanged),
+            render::thousands(report.rejected),
+            render::thousands(report.failed),
+            render::thousands(report.list_adds),
+            render::thousands(report.list_removals),
+            render::thousands(report.api.total_calls),
+            report.api.rate_limited,
+            report.api.retries,
+            report.seconds
+        );
+        if let Some(path) = &out.report {
+            eprintln!("report: {}", path.display());
+        }
+    }
+    let status = if report.failed + report.rejected > 0 {
+        ExitStatus::PartialFailure
+    } else {
+        ExitStatus::Success
+    };
+    Ok((status, Some(report)))
+}
+
+fn plan_failures(plan: &Plan) -> Vec<Failure> {
+    plan.reject_samples
+        .iter()
+        .map(|r| Failure {
+            row: r.row,
+            key: r.key.clone(),
+            field: r.field.clone(),
+            rule: r.rule.clone(),
+            message: r.message.clone(),
+        })
+        .collect()
+}
+
+/// Writes rejected and failed rows: CSV when the file ends in `.csv`, JSON lines otherwise.
+pub fn write_rejects(path: &Path, failures: &[Failure]) -> Result<(), SyncError> {
+    let mut text = String::new();
+    let csv = path.extension().is_some_and(|e| e == "csv");
+    if csv {
+        text.push_str("row,key,field,rule,message\n");
+    }
+    for f in failures {
+        if csv {
+            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            text.push_str(&format!(
+                "{},{},{},{},{}\n",
+                f.row,
+                q(&f.key),
+                q(&f.field),
+                q(&f.rule),
+                q(&f.message)
+            ));
+        } else {
+            text.push_str(&serde_json::to_string(f).unwrap_or_default());
+            text.push('\n');
+        }
+    }
+    std::fs::write(path, text)
+        .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Sets `stop` on the first Ctrl-C; the second one ends the process at once.
+pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping: letting batches in flight confirm (Ctrl-C again to quit now)");
+            s.store(true, Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(ExitStatus::Interrupted.code());
+            }
+        }
+    });
+    stop
+}
