@@ -1,4 +1,41 @@
-//! `kdit sandbox`: a local, stateful server that behaves like Klaviyo's API (placeholder).
+//! `kdit sandbox`: a local, stateful server that behaves like Klaviyo's REST API (revision
+//! 2026-07-15) for everything kdit uses — accounts, profiles, bulk import jobs, lists,
+//! segments, tags and subscriptions — with Klaviyo's status codes, error objects, rate limits
+//! and switchable faults. In: `SandboxArgs` from the command line, or a `SandboxConfig` from a
+//! test; out: a server on 127.0.0.1 that runs until Ctrl-C (`run`) or until the `Sandbox`
+//! handle is dropped. State is in memory, optionally saved to `--state-file`.
+//!
+//! The in-process handle also reads the state directly (`profiles()`, `lists()`, `stats()`)
+//! so tests can assert what a sync did; the same views are served under `/_sandbox/...`.
+
+mod bulk;
+mod faults;
+mod filter;
+mod http;
+mod inspect;
+mod lists;
+mod profiles;
+mod ratelimit;
+mod ratelimit_table;
+mod segments;
+mod server;
+mod store;
+mod subscriptions;
+mod tags;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+pub use faults::FaultSpec;
+pub use http::REVISION;
+pub use server::Stats;
+
+use server::Shared;
 
 /// Options of `kdit sandbox`.
 #[derive(Debug, Clone, clap::Args)]
@@ -6,9 +43,351 @@ pub struct SandboxArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 4010)]
     pub port: u16,
+    /// `klaviyo` enforces Klaviyo's per-endpoint limits; `off` for speed runs.
+    #[arg(long, value_enum, default_value_t = RateLimits::Klaviyo)]
+    pub rate_limits: RateLimits,
+    /// Faults to inject, e.g. `429=10%,5xx=5%,drop=2%,slow=1%:2s,bulk-fail=1%` (see docs/sandbox.md).
+    #[arg(long, default_value = "")]
+    pub faults: String,
+    /// Seed for fault decisions and generated ids (same seed, same request order → same faults).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Private API key to accept (default: a fresh `pk_sandbox_…` key, printed at start).
+    #[arg(long, env = "KDIT_SANDBOX_API_KEY")]
+    pub api_key: Option<String>,
+    /// Keep state in this file between restarts (loaded at start, saved on Ctrl-C).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    /// Measure a 10,000-profile bulk import against a fresh in-process sandbox and exit.
+    #[arg(long)]
+    pub bench: bool,
 }
 
-/// Runs the sandbox until stopped.
-pub async fn run(_args: SandboxArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the sandbox is not built yet")
+/// Whether Klaviyo's rate limits are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum RateLimits {
+    #[default]
+    Klaviyo,
+    Off,
+}
+
+/// Everything a sandbox needs to start; `Default` is Klaviyo's limits, no faults, a free port.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Key to accept; `None` makes a `pk_sandbox_…` key.
+    pub api_key: Option<String>,
+    pub rate_limits: RateLimits,
+    pub faults: FaultSpec,
+    pub seed: u64,
+    pub state_file: Option<PathBuf>,
+    /// Extra time a bulk import job stays `processing` (default none: jobs finish at once).
+    pub job_latency: Duration,
+    /// How long a segment reports `is_processing: true` after create/update.
+    pub segment_processing: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            port: 0,
+            api_key: None,
+            rate_limits: RateLimits::Klaviyo,
+            faults: FaultSpec::none(),
+            seed: 0,
+            state_file: None,
+            job_latency: Duration::ZERO,
+            segment_processing: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A profile as the sandbox holds it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxProfile {
+    pub id: String,
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    pub external_id: Option<String>,
+    /// All attributes as the API returns them (names, location, properties, timestamps).
+    pub attributes: serde_json::Value,
+    /// Consent per channel, once a subscription job touched the profile.
+    pub subscriptions: Option<serde_json::Value>,
+}
+
+/// A list and its member profile ids.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxList {
+    pub id: String,
+    pub name: String,
+    pub opt_in_process: String,
+    pub members: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// A segment, its stored definition and its current members.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxSegment {
+    pub id: String,
+    pub name: String,
+    pub definition: serde_json::Value,
+    pub is_active: bool,
+    pub members: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// A tag with its group and the lists/segments it is on.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxTag {
+    pub id: String,
+    pub name: String,
+    pub group_id: String,
+    pub group_name: String,
+    pub lists: Vec<String>,
+    pub segments: Vec<String>,
+}
+
+/// A running in-process sandbox; stops when dropped.
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+    state_file: Option<PathBuf>,
+}
+
+impl Sandbox {
+    /// Binds `127.0.0.1:port` (0 = any free port) and serves in the current tokio runtime.
+    pub async fn start(config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        let (listener, addr) = server::bind(config.port)
+            .await
+            .with_context(|| format!("cannot listen on 127.0.0.1:{}", config.port))?;
+        let store = match &config.state_file {
+            Some(p) if p.exists() => store::Store::load(p, config.seed)
+                .with_context(|| format!("cannot load sandbox state from {}", p.display()))?,
+            _ => store::Store::new(config.seed),
+        };
+        let api_key = config
+            .api_key
+            .clone()
+            .unwrap_or_else(|| format!("pk_sandbox_{}", uuid::Uuid::new_v4().simple()));
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            limiter: Mutex::new(ratelimit::RateLimiter::new(
+                config.rate_limits == RateLimits::Klaviyo,
+            )),
+            faults: Mutex::new(faults::Faults::new(config.faults.clone(), config.seed)),
+            stats: Mutex::new(Stats::default()),
+            api_key,
+            base_url: format!("http://{addr}"),
+            job_latency: config.job_latency,
+            segment_processing: config.segment_processing,
+        });
+        let task = tokio::spawn(server::serve(listener, shared.clone()));
+        Ok(Sandbox {
+            shared,
+            task,
+            state_file: config.state_file,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` — use it where the client would use `https://a.klaviyo.com`.
+    pub fn base_url(&self) -> &str {
+        &self.shared.base_url
+    }
+
+    /// The private key the sandbox accepts.
+    pub fn api_key(&self) -> &str {
+        &self.shared.api_key
+    }
+
+    /// Every profile, in id order.
+    pub fn profiles(&self) -> Vec<SandboxProfile> {
+        let store = self.shared.store();
+        store.profiles.values().map(inspect::profile_view).collect()
+    }
+
+    /// The profile with this email (case-insensitive), if any.
+    pub fn profile_by_email(&self, email: &str) -> Option<SandboxProfile> {
+        let store = self.shared.store();
+        let id = store.find_email(email)?;
+        store.profiles.get(&id).map(inspect::profile_view)
+    }
+
+    pub fn profile_count(&self) -> usize {
+        self.shared.store().profiles.len()
+    }
+
+    pub fn lists(&self) -> Vec<SandboxList> {
+        inspect::lists_view(&self.shared.store())
+    }
+
+    pub fn segments(&self) -> Vec<SandboxSegment> {
+        inspect::segments_view(&mut self.shared.store())
+    }
+
+    pub fn tags(&self) -> Vec<SandboxTag> {
+        inspect::tags_view(&self.shared.store())
+    }
+
+    /// The request log: counts per endpoint (`METHOD /api/template`) and per status.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats().clone()
+    }
+
+    /// Requests per endpoint, e.g. `counts["POST /api/profile-bulk-import-jobs"]`.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared.stats().by_endpoint.clone()
+    }
+
+    /// Replaces the fault settings (and reseeds when `seed` is given).
+    pub fn set_faults(&self, spec: FaultSpec, seed: Option<u64>) {
+        self.shared.faults().set(spec, seed);
+    }
+
+    pub fn set_rate_limits(&self, mode: RateLimits) {
+        self.shared
+            .limiter()
+            .set_enabled(mode == RateLimits::Klaviyo);
+    }
+
+    /// Forgets every profile, list, segment, tag, job and logged request.
+    pub fn reset(&self) {
+        inspect::reset(&self.shared);
+    }
+
+    /// Saves state to the configured `--state-file`, if any.
+    pub fn save(&self) -> anyhow::Result<()> {
+        if let Some(p) = &self.state_file {
+            self.shared.store().save(p)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs the sandbox until Ctrl-C.
+pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
+    let faults: FaultSpec = args
+        .faults
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--faults: {e}"))?;
+    if args.bench {
+        return bench().await;
+    }
+    let sb = Sandbox::start(SandboxConfig {
+        port: args.port,
+        api_key: args.api_key,
+        rate_limits: args.rate_limits,
+        faults,
+        seed: args.seed,
+        state_file: args.state_file.clone(),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    // stdout carries data a script may read; everything else goes to stderr.
+    println!("base_url: {}", sb.base_url());
+    println!("api_key:  {}", sb.api_key());
+    eprintln!(
+        "kdit sandbox: Klaviyo API revision {REVISION} emulated; rate limits {}; inspect state at {}/_sandbox/stats; Ctrl-C stops",
+        match args.rate_limits {
+            RateLimits::Klaviyo => "on",
+            RateLimits::Off => "off",
+        },
+        sb.base_url()
+    );
+    tokio::signal::ctrl_c().await?;
+    if let Some(p) = &args.state_file {
+        sb.save()?;
+        eprintln!("kdit sandbox: state saved to {}", p.display());
+    }
+    Ok(())
+}
+
+/// Posts one 10,000-profile bulk job (rate limits off) and reports how long it took to be
+/// accepted and to complete.
+async fn bench() -> anyhow::Result<()> {
+    let sb = Sandbox::start(SandboxConfig {
+        rate_limits: RateLimits::Off,
+        ..SandboxConfig::default()
+    })
+    .await?;
+    let r = bench_bulk(&sb, 10_000).await?;
+    println!(
+        "bulk import of {} profiles: accepted in {:?}, complete in {:?} ({} profiles held)",
+        r.profiles,
+        r.accepted,
+        r.completed,
+        sb.profile_count()
+    );
+    Ok(())
+}
+
+/// Timings of one bulk import run.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub profiles: usize,
+    pub accepted: Duration,
+    pub completed: Duration,
+}
+
+/// Runs one bulk import of `n` generated profiles over HTTP and polls until complete.
+pub async fn bench_bulk(sb: &Sandbox, n: usize) -> anyhow::Result<BenchResult> {
+    let profiles: Vec<_> = (0..n)
+        .map(|i| {
+            serde_json::json!({"type":"profile","attributes":{
+                "email": format!("bench{i}@example.com"),
+                "first_name": "Bench", "properties": {"n": i}}})
+        })
+        .collect();
+    let body = serde_json::json!({"data":{"type":"profile-bulk-import-job",
+        "attributes":{"profiles":{"data":profiles}}}});
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let resp = client
+        .post(format!("{}/api/profile-bulk-import-jobs", sb.base_url()))
+        .header("Authorization", format!("Klaviyo-API-Key {}", sb.api_key()))
+        .header("revision", REVISION)
+        .header("Content-Type", http::JSONAPI)
+        .body(serde_json::to_vec(&body)?)
+        .send()
+        .await?;
+    let accepted = start.elapsed();
+    anyhow::ensure!(
+        resp.status().as_u16() == 202,
+        "bulk job not accepted: {}",
+        resp.status()
+    );
+    let job: serde_json::Value = resp.json().await?;
+    let id = job["data"]["id"].as_str().unwrap_or_default().to_string();
+    loop {
+        let v: serde_json::Value = client
+            .get(format!(
+                "{}/api/profile-bulk-import-jobs/{id}",
+                sb.base_url()
+            ))
+            .header("Authorization", format!("Klaviyo-API-Key {}", sb.api_key()))
+            .header("revision", REVISION)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["data"]["attributes"]["status"] == "complete" {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "bulk job did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(BenchResult {
+        profiles: n,
+        accepted,
+        completed: start.elapsed(),
+    })
 }

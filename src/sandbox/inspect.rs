@@ -1,0 +1,198 @@
+//! What the sandbox holds, for tests and users: `GET /_sandbox/profiles|lists|segments|tags|stats`,
+//! `GET|POST /_sandbox/faults`, `POST /_sandbox/rate-limits`, `POST /_sandbox/reset`, and the
+//! same views for the in-process `Sandbox` handle. No authentication: the sandbox only listens
+//! on 127.0.0.1. In: the store; out: plain JSON (not JSON:API).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use hyper::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::faults::FaultSpec;
+use super::http::ApiError;
+use super::server::{Shared, Stats};
+use super::store::{Profile, Store};
+use super::{SandboxList, SandboxProfile, SandboxSegment, SandboxTag, segments};
+
+pub fn profile_view(p: &Profile) -> SandboxProfile {
+    SandboxProfile {
+        id: p.id.to_string(),
+        email: p.email.as_deref().map(str::to_string),
+        phone_number: p.phone_number.as_deref().map(str::to_string),
+        external_id: p.external_id.as_deref().map(str::to_string),
+        attributes: Value::Object(p.attributes()),
+        subscriptions: p
+            .subscriptions
+            .as_ref()
+            .map(|_| super::subscriptions::render(p)),
+    }
+}
+
+fn tags_on(store: &Store, list: Option<&str>, segment: Option<&str>) -> Vec<String> {
+    store
+        .tags
+        .iter()
+        .filter(|(_, t)| {
+            list.is_some_and(|l| t.lists.contains(l))
+                || segment.is_some_and(|s| t.segments.contains(s))
+        })
+        .map(|(_, t)| t.name.clone())
+        .collect()
+}
+
+pub fn lists_view(store: &Store) -> Vec<SandboxList> {
+    store
+        .lists
+        .iter()
+        .map(|(id, l)| SandboxList {
+            id: id.clone(),
+            name: l.name.clone(),
+            opt_in_process: l.opt_in_process.clone(),
+            members: l.members.keys().map(|u| u.to_string()).collect(),
+            tags: tags_on(store, Some(id), None),
+        })
+        .collect()
+}
+
+pub fn segments_view(store: &mut Store) -> Vec<SandboxSegment> {
+    let ids: Vec<String> = store.segments.keys().cloned().collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let members = segments::current_members(store, &id).unwrap_or_default();
+        if let Some(s) = store.segments.get(&id) {
+            out.push(SandboxSegment {
+                id: id.clone(),
+                name: s.name.clone(),
+                definition: s.definition.clone(),
+                is_active: s.is_active,
+                members: members.keys().map(|u| u.to_string()).collect(),
+                tags: tags_on(store, None, Some(&id)),
+            });
+        }
+    }
+    out
+}
+
+pub fn tags_view(store: &Store) -> Vec<SandboxTag> {
+    store
+        .tags
+        .iter()
+        .map(|(id, t)| SandboxTag {
+            id: id.clone(),
+            name: t.name.clone(),
+            group_id: t.group.clone(),
+            group_name: store
+                .tag_groups
+                .get(&t.group)
+                .map(|g| g.name.clone())
+                .unwrap_or_default(),
+            lists: t.lists.iter().cloned().collect(),
+            segments: t.segments.iter().cloned().collect(),
+        })
+        .collect()
+}
+
+pub fn reset(shared: &Shared) {
+    shared.store().reset();
+    *shared.stats() = Stats::default();
+    let enabled = shared.limiter().enabled();
+    shared.limiter().set_enabled(enabled);
+}
+
+fn json(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(serde_json::to_vec(v).unwrap_or_default()))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+fn err(e: ApiError) -> Response<Body> {
+    json(e.status, &e.body())
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+pub fn handle(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Response<Body> {
+    let m = method.as_str();
+    let route = path.trim_start_matches("/_sandbox").trim_start_matches('/');
+    match (m, route) {
+        ("GET", "profiles") => {
+            let store = shared.store();
+            let email = query
+                .iter()
+                .find(|(k, _)| k == "email")
+                .map(|(_, v)| v.as_str());
+            let v: Vec<SandboxProfile> = match email {
+                Some(e) => store
+                    .find_email(e)
+                    .and_then(|id| store.profiles.get(&id))
+                    .map(profile_view)
+                    .into_iter()
+                    .collect(),
+                None => store.profiles.values().map(profile_view).collect(),
+            };
+            json(StatusCode::OK, &json!({"count": v.len(), "profiles": v}))
+        }
+        ("GET", "lists") => json(
+            StatusCode::OK,
+            &json!({"lists": lists_view(&shared.store())}),
+        ),
+        ("GET", "segments") => json(
+            StatusCode::OK,
+            &json!({"segments": segments_view(&mut shared.store())}),
+        ),
+        ("GET", "tags") => json(StatusCode::OK, &json!({"tags": tags_view(&shared.store())})),
+        ("GET", "stats") => json(StatusCode::OK, &to_value(&*shared.stats())),
+        ("POST", "reset") => {
+            reset(shared);
+            json(StatusCode::OK, &json!({"reset": true}))
+        }
+        ("GET", "faults") => json(StatusCode::OK, &to_value(&shared.faults().spec)),
+        ("POST", "faults") => {
+            // Either {"spec": "429=10%,…", "seed": 7} or the FaultSpec fields themselves.
+            let v: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return err(ApiError::invalid(format!("Body is not JSON: {e}."))),
+            };
+            let seed = v.get("seed").and_then(Value::as_u64);
+            let spec = match v.get("spec") {
+                Some(Value::String(s)) => s.parse::<FaultSpec>().map_err(ApiError::invalid),
+                _ => serde_json::from_value::<FaultSpec>(v.clone())
+                    .map_err(|e| ApiError::invalid(format!("Invalid fault settings: {e}."))),
+            };
+            match spec {
+                Ok(spec) => {
+                    shared.faults().set(spec.clone(), seed);
+                    json(StatusCode::OK, &to_value(&spec))
+                }
+                Err(e) => err(e),
+            }
+        }
+        ("POST", "rate-limits") => {
+            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            match v.get("mode").and_then(Value::as_str) {
+                Some("klaviyo") => shared.limiter().set_enabled(true),
+                Some("off") => shared.limiter().set_enabled(false),
+                _ => {
+                    return err(ApiError::invalid(
+                        "Send {\"mode\": \"klaviyo\"} or {\"mode\": \"off\"}.",
+                    ));
+                }
+            }
+            json(StatusCode::OK, &v)
+        }
+        _ => err(ApiError::not_found(format!(
+            "Unknown sandbox endpoint {m} {path}; see docs/sandbox.md."
+        ))),
+    }
+}

@@ -1,0 +1,621 @@
+//! Segments (`/api/segments…`): create and update with a `definition` (100 a day each),
+//! deactivation-only PATCH rule, `is_processing` briefly true after a change, and membership
+//! computed from the profiles the sandbox holds. In: routed requests; out: JSON:API replies.
+//!
+//! Evaluation: condition groups are ANDed, the conditions inside a group ORed. Emulated
+//! condition types: `profile-property` (string, numeric, boolean, list, existence and static
+//! date filters) and `profile-group-membership` (lists). Every other valid condition type is
+//! accepted and stored but matches nobody, since the sandbox has no events, consent history or
+//! predictions to evaluate it against.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use ulid::Ulid;
+
+use super::filter;
+use super::http::{
+    ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, opt_bool, opt_str,
+    sparse, ts,
+};
+use super::lists::member_page;
+use super::server::Shared;
+use super::store::{Profile, Segment, Store};
+
+fn segment_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("A segment with id {id} does not exist."))
+}
+
+pub fn resource(base: &str, id: &str, s: &Segment) -> Value {
+    let rel = |name: &str| {
+        json!({"links": {
+            "self": format!("{base}/api/segments/{id}/relationships/{name}/"),
+            "related": format!("{base}/api/segments/{id}/{name}/"),
+        }})
+    };
+    json!({
+        "type": "segment",
+        "id": id,
+        "attributes": {
+            "name": s.name,
+            "definition": s.definition,
+            "created": ts(s.created),
+            "updated": ts(s.updated),
+            "is_active": s.is_active,
+            "is_processing": now_millis() < s.processing_until,
+            "is_starred": s.is_starred,
+        },
+        "relationships": {"profiles": rel("profiles"), "tags": rel("tags")},
+        "links": {"self": format!("{base}/api/segments/{id}/")},
+    })
+}
+
+const CONDITION_TYPES: &[&str] = &[
+    "profile-property",
+    "profile-group-membership",
+    "profile-metric",
+    "profile-metric-funnel",
+    "profile-marketing-consent",
+    "profile-permissions",
+    "profile-postal-code-distance",
+    "profile-region",
+    "profile-predictive-analytics",
+    "profile-has-custom-object",
+];
+
+/// Checks the parts of a definition the sandbox evaluates; the rest is stored verbatim.
+fn validate_definition(def: &Value) -> Result<(), ApiError> {
+    let base = "/data/attributes/definition";
+    let groups = def
+        .get("condition_groups")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            ApiError::invalid("`definition.condition_groups` must be an array.")
+                .pointer(format!("{base}/condition_groups"))
+        })?;
+    if groups.is_empty() {
+        return Err(
+            ApiError::invalid("A segment definition needs at least one condition group.")
+                .pointer(format!("{base}/condition_groups")),
+        );
+    }
+    let mut total = 0;
+    for (g, group) in groups.iter().enumerate() {
+        let gp = format!("{base}/condition_groups/{g}/conditions");
+        let conds = group
+            .get("conditions")
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid("Each condition group needs a non-empty `conditions` array.")
+                    .pointer(&gp)
+            })?;
+        total += conds.len();
+        for (c, cond) in conds.iter().enumerate() {
+            let cp = format!("{gp}/{c}");
+            let ty = cond.get("type").and_then(Value::as_str).unwrap_or("");
+            if !CONDITION_TYPES.contains(&ty) {
+                return Err(
+                    ApiError::invalid(format!("'{ty}' is not a valid condition type."))
+                        .pointer(format!("{cp}/type")),
+                );
+            }
+            match ty {
+                "profile-property" => {
+                    if cond.get("property").and_then(Value::as_str).is_none() {
+                        return Err(ApiError::invalid("`property` is required.")
+                            .pointer(format!("{cp}/property")));
+                    }
+                    let f = cond.get("filter");
+                    let ok = f
+                        .and_then(|f| f.get("type"))
+                        .and_then(Value::as_str)
+                        .is_some()
+                        && f.and_then(|f| f.get("operator"))
+                            .and_then(Value::as_str)
+                            .is_some();
+                    if !ok {
+                        return Err(ApiError::invalid("`filter` needs `type` and `operator`.")
+                            .pointer(format!("{cp}/filter")));
+                    }
+                }
+                "profile-group-membership" => {
+                    if cond.get("is_member").and_then(Value::as_bool).is_none() {
+                        return Err(ApiError::invalid("`is_member` must be a boolean.")
+                            .pointer(format!("{cp}/is_member")));
+                    }
+                    let ids_ok = cond
+                        .get("group_ids")
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string));
+                    if !ids_ok {
+                        return Err(ApiError::invalid(
+                            "`group_ids` must be a non-empty array of list ids.",
+                        )
+                        .pointer(format!("{cp}/group_ids")));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if total > 100 {
+        return Err(ApiError::invalid("A segment may have at most 100 conditions.").pointer(base));
+    }
+    Ok(())
+}
+
+/// A profile attribute named the way segment conditions name it.
+fn property(p: &Profile, doc: &Map<String, Value>, name: &str) -> Option<Value> {
+    let s = |v: &Option<Box<str>>| v.as_deref().map(|s| Value::String(s.into()));
+    let inner = |prefix: &str| -> Option<String> {
+        let rest = name.strip_prefix(prefix)?;
+        let key = rest
+            .strip_prefix("['")
+            .and_then(|r| r.strip_suffix("']"))
+            .or_else(|| rest.strip_prefix("[\"").and_then(|r| r.strip_suffix("\"]")))
+            .or_else(|| rest.strip_prefix('.'))?;
+        Some(key.to_string())
+    };
+    if let Some(k) = inner("properties") {
+        return doc.get("properties").and_then(|p| p.get(&k)).cloned();
+    }
+    if let Some(k) = inner("location") {
+        return doc.get("location").and_then(|p| p.get(&k)).cloned();
+    }
+    match name {
+        "email" => s(&p.email),
+        "phone_number" => s(&p.phone_number),
+        "external_id" => s(&p.external_id),
+        "created" => Some(Value::String(ts(p.created))),
+        "updated" => Some(Value::String(ts(p.updated))),
+        other => doc.get(other).cloned(),
+    }
+    .filter(|v| !v.is_null())
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_time(v: &Value) -> Option<i64> {
+    let s = v.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc().timestamp_millis())
+        })
+}
+
+fn unit_ms(unit: Option<&str>) -> i64 {
+    match unit {
+        Some("hour") => 3_600_000,
+        Some("week") => 7 * 86_400_000,
+        _ => 86_400_000,
+    }
+}
+
+/// One `profile-property` filter against the property's value (`None` when unset).
+fn filter_matches(f: &Value, v: Option<&Value>) -> bool {
+    let ty = f.get("type").and_then(Value::as_str).unwrap_or("");
+    let op = f.get("operator").and_then(Value::as_str).unwrap_or("");
+    let want = f.get("value");
+    if ty == "existence" {
+        return match op {
+            "is-set" => v.is_some(),
+            "not-set" => v.is_none(),
+            _ => false,
+        };
+    }
+    let Some(v) = v else {
+        return false;
+    };
+    match ty {
+        "string" => {
+            let Some(have) = v
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| as_f64(v).map(|n| n.to_string()))
+            else {
+                return false;
+            };
+            let w = want.and_then(Value::as_str).unwrap_or("");
+            let list = || -> Vec<&str> {
+                want.and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default()
+            };
+            match op {
+                "equals" => have == w,
+                "not-equals" => have != w,
+                "contains" => have.contains(w),
+                "not-contains" => !have.contains(w),
+                "starts-with" => have.starts_with(w),
+                "not-starts-with" => !have.starts_with(w),
+                "ends-with" => have.ends_with(w),
+                "not-ends-with" => !have.ends_with(w),
+                "in" => list().contains(&have.as_str()),
+                "not-in" => !list().contains(&have.as_str()),
+                _ => false,
+            }
+        }
+        "numeric" => {
+            let (Some(have), Some(w)) = (as_f64(v), want.and_then(as_f64)) else {
+                return false;
+            };
+            match op {
+                "equals" => have == w,
+                "not-equals" => have != w,
+                "greater-than" => have > w,
+                "greater-than-or-equal" => have >= w,
+                "less-than" => have < w,
+                "less-than-or-equal" => have <= w,
+                _ => false,
+            }
+        }
+        "boolean" => {
+            let have = match v {
+                Value::Bool(b) => Some(*b),
+                Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+                Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+                _ => None,
+            };
+            op == "equals" && have.is_some() && have == want.and_then(Value::as_bool)
+        }
+        "list" => {
+            let items: Vec<Value> = match v {
+                Value::Array(a) => a.clone(),
+                other => vec![other.clone()],
+            };
+            let n = items.len() as i64;
+            let k = want.and_then(Value::as_i64).unwrap_or(-1);
+            let contains = |w: &Value| items.iter().any(|i| i == w);
+            match op {
+                "contains" => want.is_some_and(contains),
+                "not-contains" => !want.is_some_and(contains),
+                "length-equals" => n == k,
+                "length-greater-than" => n > k,
+                "length-greater-than-or-equal" => n >= k,
+                "length-less-than" => n < k,
+                "length-less-than-or-equal" => n <= k,
+                _ => false,
+            }
+        }
+        "date" => {
+            let Some(have) = as_time(v) else {
+                return false;
+            };
+            let at = |k: &str| f.get(k).and_then(as_time);
+            let now = now_millis();
+            let span = || {
+                f.get("quantity").and_then(Value::as_i64).unwrap_or(0)
+                    * unit_ms(f.get("unit").and_then(Value::as_str))
+            };
+            match op {
+                "after" => at("date").is_some_and(|d| have > d),
+                "before" => at("date").is_some_and(|d| have < d),
+                "between-static" => {
+                    matches!((at("start"), at("end")), (Some(s), Some(e)) if have >= s && have <= e)
+                }
+                "in-the-last" => have <= now && have >= now - span(),
+                "in-the-next" => have >= now && have <= now + span(),
+                "at-least" => have <= now - span(),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+fn condition_matches(store: &Store, p: &Profile, doc: &Map<String, Value>, c: &Value) -> bool {
+    match c.get("type").and_then(Value::as_str) {
+        Some("profile-property") => {
+            let name = c.get("property").and_then(Value::as_str).unwrap_or("");
+            let v = property(p, doc, name);
+            c.get("filter")
+                .is_some_and(|f| filter_matches(f, v.as_ref()))
+        }
+        Some("profile-group-membership") => {
+            let is_member = c.get("is_member").and_then(Value::as_bool).unwrap_or(true);
+            let in_any = c
+                .get("group_ids")
+                .and_then(Value::as_array)
+                .is_some_and(|ids| {
+                    ids.iter().filter_map(Value::as_str).any(|g| {
+                        store
+                            .lists
+                            .get(g)
+                            .is_some_and(|l| l.members.contains_key(&p.id))
+                    })
+                });
+            in_any == is_member
+        }
+        _ => false,
+    }
+}
+
+/// Whether a profile is in a segment with this definition.
+pub fn evaluate(store: &Store, p: &Profile, def: &Value) -> bool {
+    let Some(groups) = def.get("condition_groups").and_then(Value::as_array) else {
+        return false;
+    };
+    let doc = p.doc();
+    groups.iter().all(|g| {
+        g.get("conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| condition_matches(store, p, &doc, c)))
+    })
+}
+
+/// Current members (id → first time seen matching), refreshing the segment's join times.
+pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64>> {
+    let def = store.segments.get(id)?.definition.clone();
+    let matching: Vec<Ulid> = store
+        .profiles
+        .values()
+        .filter(|p| evaluate(store, p, &def))
+        .map(|p| p.id)
+        .collect();
+    let now = now_millis();
+    let seg = store.segments.get_mut(id)?;
+    let mut out = BTreeMap::new();
+    for u in matching {
+        out.insert(u, *seg.joined.get(&u).unwrap_or(&now));
+    }
+    seg.joined = out.iter().map(|(k, v)| (*k, *v)).collect();
+    Some(out)
+}
+
+fn with_fields(mut r: Value, req: &Req, count: Option<usize>) -> Result<Value, ApiError> {
+    let fields = req.fields("segment")?;
+    if let Some(Value::Object(a)) = r.get_mut("attributes") {
+        let mut s = sparse(std::mem::take(a), fields.as_deref());
+        if let Some(n) = count {
+            s.insert("profile_count".into(), json!(n));
+        }
+        *a = s;
+    }
+    Ok(r)
+}
+
+const SEGMENT_FILTERS: &[(&str, &[&str])] = &[
+    ("name", &["any", "equals"]),
+    ("id", &["any", "equals"]),
+    ("created", &["greater-than"]),
+    ("updated", &["greater-than"]),
+    ("is_active", &["any", "equals"]),
+    ("is_starred", &["equals"]),
+];
+
+pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
+    req.allow_params(&[
+        "fields[*]",
+        "filter",
+        "page[cursor]",
+        "page[size]",
+        "sort",
+        "include",
+    ])?;
+    let size = req.page_size(10, 10)?;
+    let conds = match req.q("filter")? {
+        Some(f) => filter::parse(f, SEGMENT_FILTERS)?,
+        None => vec![],
+    };
+    let after = req.cursor()?;
+    let store = shared.store();
+    let keep = |id: &String, s: &Segment| {
+        conds.iter().all(|c| match c.field.as_str() {
+            "name" => c.value.strings().contains(&s.name),
+            "id" => c.value.strings().contains(id),
+            "is_active" => match &c.value {
+                filter::Lit::Bool(b) => *b == s.is_active,
+                filter::Lit::List(l) => l.contains(&filter::Lit::Bool(s.is_active)),
+                _ => false,
+            },
+            "is_starred" => c.value == filter::Lit::Bool(s.is_starred),
+            _ => {
+                let at = if c.field == "created" {
+                    s.created
+                } else {
+                    s.updated
+                };
+                c.value
+                    .as_str()
+                    .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+                    .is_some_and(|t| at > t.timestamp_millis())
+            }
+        })
+    };
+    let lower = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+    let mut page: Vec<(&String, &Segment)> = store
+        .segments
+        .range::<String, _>((lower, Bound::Unbounded))
+        .filter(|(id, s)| keep(id, s))
+        .take(size + 1)
+        .collect();
+    let next = if page.len() > size {
+        page.truncate(size);
+        page.last().map(|(id, _)| (*id).clone())
+    } else {
+        None
+    };
+    let mut data = Vec::new();
+    for (id, s) in page {
+        data.push(with_fields(resource(&shared.base_url, id, s), req, None)?);
+    }
+    Ok(Reply::ok(
+        json!({"data": data, "links": req.collection_links(next.as_deref())}),
+    ))
+}
+
+pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
+    req.allow_params(&["fields[*]", "additional-fields[segment]", "include"])?;
+    let mut count = false;
+    for f in req.additional("segment")? {
+        if f != "profile_count" {
+            return Err(ApiError::invalid(format!(
+                "'{f}' is not a valid additional field for 'segment'."
+            ))
+            .parameter("additional-fields[segment]"));
+        }
+        count = true;
+    }
+    let mut store = shared.store();
+    let id = req.param(0);
+    if !store.segments.contains_key(id) {
+        return Err(segment_not_found(id));
+    }
+    let n = if count {
+        current_members(&mut store, id).map(|m| m.len())
+    } else {
+        None
+    };
+    let s = store
+        .segments
+        .get(id)
+        .ok_or_else(|| segment_not_found(id))?;
+    let r = with_fields(resource(&shared.base_url, id, s), req, n)?;
+    Ok(Reply::ok(
+        json!({"data": r, "links": {"self": req.self_link()}}),
+    ))
+}
+
+pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
+    req.allow_params(&[])?;
+    let body = req.json()?;
+    let data = data_object(&body, "segment")?;
+    let attrs = attributes(data)?;
+    let name = match opt_str(&attrs, "name", "/data/attributes")? {
+        Some(Some(n)) if !n.trim().is_empty() => n,
+        _ => return Err(ApiError::invalid("'name' is required.").pointer("/data/attributes/name")),
+    };
+    let definition = attrs
+        .get("definition")
+        .filter(|d| d.is_object())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::invalid("'definition' is required.").pointer("/data/attributes/definition")
+        })?;
+    validate_definition(&definition)?;
+    let is_starred = opt_bool(&attrs, "is_starred", "/data/attributes")?.unwrap_or(false);
+    let mut store = shared.store();
+    store.take_daily("segments", 100)?;
+    let id = store.new_short_id();
+    let now = now_millis();
+    let s = Segment {
+        name,
+        definition,
+        created: now,
+        updated: now,
+        is_active: true,
+        is_starred,
+        processing_until: now + shared.segment_processing.as_millis() as i64,
+        joined: Default::default(),
+    };
+    let r = resource(&shared.base_url, &id, &s);
+    store.segments.insert(id, s);
+    Ok(Reply::created(json!({"data": r})))
+}
+
+pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
+    req.allow_params(&[])?;
+    let body = req.json()?;
+    let data = data_object(&body, "segment")?;
+    let id = req.param(0);
+    match data.get("id").and_then(Value::as_str) {
+        Some(b) if b == id => {}
+        Some(_) => {
+            return Err(ApiError::conflict(
+                "conflict",
+                "The id in the body does not match the id in the URL.",
+            )
+            .pointer("/data/id"));
+        }
+        None => return Err(ApiError::invalid("`data.id` is required.").pointer("/data/id")),
+    }
+    let attrs = attributes(data)?;
+    let is_active = opt_bool(&attrs, "is_active", "/data/attributes")?;
+    let present = attrs.iter().filter(|(_, v)| !v.is_null()).count();
+    if is_active == Some(false) && present > 1 {
+        return Err(ApiError::invalid(
+            "Deactivating a segment (is_active: false) must be the only change in the request.",
+        )
+        .pointer("/data/attributes/is_active"));
+    }
+    for k in attrs.keys() {
+        if !matches!(
+            k.as_str(),
+            "name" | "definition" | "is_starred" | "is_active"
+        ) {
+            return Err(ApiError::invalid(format!(
+                "'{k}' is not a valid field for the resource 'segment'."
+            ))
+            .pointer(format!("/data/attributes/{k}")));
+        }
+    }
+    let name = opt_str(&attrs, "name", "/data/attributes")?;
+    let definition = attrs.get("definition").filter(|d| !d.is_null()).cloned();
+    if let Some(d) = &definition {
+        validate_definition(d)?;
+    }
+    let is_starred = opt_bool(&attrs, "is_starred", "/data/attributes")?;
+    let mut store = shared.store();
+    if !store.segments.contains_key(id) {
+        return Err(segment_not_found(id));
+    }
+    store.take_daily("segment updates", 100)?;
+    let now = now_millis();
+    let s = store
+        .segments
+        .get_mut(id)
+        .ok_or_else(|| segment_not_found(id))?;
+    if let Some(Some(n)) = name {
+        s.name = n;
+    }
+    if let Some(d) = definition {
+        s.definition = d;
+        s.processing_until = now + shared.segment_processing.as_millis() as i64;
+    }
+    if let Some(b) = is_starred {
+        s.is_starred = b;
+    }
+    if let Some(a) = is_active {
+        if a && !s.is_active {
+            s.processing_until = now + shared.segment_processing.as_millis() as i64;
+        }
+        s.is_active = a;
+    }
+    s.updated = now;
+    let r = resource(&shared.base_url, id, s);
+    Ok(Reply::ok(json!({"data": r})))
+}
+
+pub fn delete(shared: &Arc<Shared>, req: &Req) -> ApiResult {
+    let mut store = shared.store();
+    let id = req.param(0);
+    store
+        .segments
+        .remove(id)
+        .ok_or_else(|| segment_not_found(id))?;
+    for t in store.tags.values_mut() {
+        t.segments.remove(id);
+    }
+    Ok(Reply::no_content())
+}
+
+pub fn members(shared: &Arc<Shared>, req: &Req, ids_only: bool) -> ApiResult {
+    let mut store = shared.store();
+    let id = req.param(0);
+    let m = current_members(&mut store, id).ok_or_else(|| segment_not_found(id))?;
+    member_page(shared, req, &store, &m, ids_only)
+}

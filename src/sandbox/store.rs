@@ -1,0 +1,882 @@
+//! The sandbox's account state: profiles (indexed by id, email, phone and external id), lists
+//! with their members, segments, tags and tag groups, bulk import jobs. Handlers mutate it under
+//! one lock; it does no I/O except `save`/`load` for `--state-file`.
+//!
+//! Profiles are kept compact for million-profile benchmarks: identifiers as boxed strings and
+//! every other attribute as one serialized JSON object, parsed only when read or written.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use hyper::StatusCode;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use ulid::Ulid;
+
+use super::http::{ApiError, now_millis, ts};
+
+/// One profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub id: Ulid,
+    pub email: Option<Box<str>>,
+    pub phone_number: Option<Box<str>>,
+    pub external_id: Option<Box<str>>,
+    pub created: i64,
+    pub updated: i64,
+    /// Non-identifier attributes (names, location, properties) as a JSON object.
+    pub doc: Box<str>,
+    /// Consent per channel as a JSON object, once a subscription job touched the profile.
+    pub subscriptions: Option<Box<str>>,
+}
+
+impl Profile {
+    pub fn doc(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.doc).unwrap_or_default()
+    }
+
+    /// Attributes as Klaviyo returns them: every field present, null when unset.
+    pub fn attributes(&self) -> Map<String, Value> {
+        let doc = self.doc();
+        let mut a = Map::new();
+        let s = |v: &Option<Box<str>>| {
+            v.as_deref()
+                .map_or(Value::Null, |s| Value::String(s.into()))
+        };
+        a.insert("email".into(), s(&self.email));
+        a.insert("phone_number".into(), s(&self.phone_number));
+        a.insert("external_id".into(), s(&self.external_id));
+        for k in SCALARS {
+            a.insert((*k).into(), doc.get(*k).cloned().unwrap_or(Value::Null));
+        }
+        a.insert("created".into(), Value::String(ts(self.created)));
+        a.insert("updated".into(), Value::String(ts(self.updated)));
+        a.insert("last_event_date".into(), Value::Null);
+        let mut loc = Map::new();
+        let stored = doc.get("location").and_then(Value::as_object);
+        for k in LOCATION {
+            loc.insert(
+                (*k).into(),
+                stored
+                    .and_then(|l| l.get(*k))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            );
+        }
+        a.insert("location".into(), Value::Object(loc));
+        a.insert(
+            "properties".into(),
+            doc.get("properties").cloned().unwrap_or_else(|| json!({})),
+        );
+        a
+    }
+}
+
+/// Writable string attributes besides identifiers.
+pub const SCALARS: &[&str] = &[
+    "first_name",
+    "last_name",
+    "organization",
+    "locale",
+    "title",
+    "image",
+];
+pub const LOCATION: &[&str] = &[
+    "address1",
+    "address2",
+    "city",
+    "country",
+    "latitude",
+    "longitude",
+    "region",
+    "zip",
+    "timezone",
+    "ip",
+];
+
+/// A value in a write: left alone, cleared, or set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Field {
+    #[default]
+    Absent,
+    Null,
+    Set(String),
+}
+
+/// A validated profile write (create, update, upsert, or one bulk row).
+#[derive(Debug, Clone, Default)]
+pub struct ProfileInput {
+    pub email: Field,
+    pub phone_number: Field,
+    pub external_id: Field,
+    /// Other attributes to merge; `Value::Null` clears (never present for bulk rows).
+    pub other: Map<String, Value>,
+    pub append: Map<String, Value>,
+    pub unappend: Map<String, Value>,
+    pub unset: Vec<String>,
+}
+
+impl ProfileInput {
+    pub fn has_identifier(&self) -> bool {
+        [&self.email, &self.phone_number, &self.external_id]
+            .iter()
+            .any(|f| matches!(f, Field::Set(_)))
+    }
+}
+
+/// Parses `attributes` (and `meta`) of a profile body. `nulls_clear` is false for bulk import,
+/// where Klaviyo ignores nulls instead of clearing fields. `prefix` is the JSON pointer of the
+/// attributes object, for error sources.
+pub fn parse_profile(
+    attrs: &Map<String, Value>,
+    meta: Option<&Value>,
+    nulls_clear: bool,
+    prefix: &str,
+) -> Result<ProfileInput, ApiError> {
+    let mut input = ProfileInput::default();
+    for (k, v) in attrs {
+        let ptr = || format!("{prefix}/{k}");
+        if v.is_null() && !nulls_clear {
+            continue;
+        }
+        match k.as_str() {
+            "email" | "phone_number" | "external_id" => {
+                let f = match v {
+                    Value::Null => Field::Null,
+                    Value::String(s) => {
+                        let s = s.trim().to_string();
+                        validate_identifier(k, &s).map_err(|e| e.pointer(ptr()))?;
+                        Field::Set(s)
+                    }
+                    _ => {
+                        return Err(
+                            ApiError::invalid(format!("'{k}' must be a string.")).pointer(ptr())
+                        );
+                    }
+                };
+                match k.as_str() {
+                    "email" => input.email = f,
+                    "phone_number" => input.phone_number = f,
+                    _ => input.external_id = f,
+                }
+            }
+            "_kx" | "anonymous_id" => {}
+            "first_name" | "last_name" | "organization" | "locale" | "title" | "image" => {
+                if !(v.is_string() || v.is_null()) {
+                    return Err(
+                        ApiError::invalid(format!("'{k}' must be a string.")).pointer(ptr())
+                    );
+                }
+                input.other.insert(k.clone(), v.clone());
+            }
+            "location" => match v {
+                Value::Null => {
+                    input.other.insert(k.clone(), Value::Null);
+                }
+                Value::Object(loc) => {
+                    let mut clean = Map::new();
+                    for (lk, lv) in loc {
+                        if !LOCATION.contains(&lk.as_str()) {
+                            return Err(ApiError::invalid(format!(
+                                "'{lk}' is not a valid location field."
+                            ))
+                            .pointer(format!("{}/{lk}", ptr())));
+                        }
+                        let ok = match lk.as_str() {
+                            "latitude" | "longitude" => {
+                                lv.is_string() || lv.is_number() || lv.is_null()
+                            }
+                            _ => lv.is_string() || lv.is_null(),
+                        };
+                        if !ok {
+                            return Err(ApiError::invalid(format!(
+                                "Invalid value for location '{lk}'."
+                            ))
+                            .pointer(format!("{}/{lk}", ptr())));
+                        }
+                        if lv.is_null() && !nulls_clear {
+                            continue;
+                        }
+                        clean.insert(lk.clone(), lv.clone());
+                    }
+                    input.other.insert(k.clone(), Value::Object(clean));
+                }
+                _ => {
+                    return Err(ApiError::invalid("'location' must be an object.").pointer(ptr()));
+                }
+            },
+            "properties" => match v {
+                Value::Null => {
+                    input.other.insert(k.clone(), Value::Null);
+                }
+                Value::Object(props) => {
+                    let props = if nulls_clear {
+                        props.clone()
+                    } else {
+                        props
+                            .iter()
+                            .filter(|(_, v)| !v.is_null())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    };
+                    input.other.insert(k.clone(), Value::Object(props));
+                }
+                _ => {
+                    return Err(ApiError::invalid("'properties' must be an object.").pointer(ptr()));
+                }
+            },
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "'{other}' is not a valid field for the resource 'profile'."
+                ))
+                .pointer(ptr()));
+            }
+        }
+    }
+    if let Some(meta) = meta.filter(|m| !m.is_null()) {
+        let meta_ptr = prefix.trim_end_matches("/attributes").to_string() + "/meta";
+        let Some(meta) = meta.as_object() else {
+            return Err(ApiError::invalid("'meta' must be an object.").pointer(meta_ptr));
+        };
+        if let Some(pp) = meta.get("patch_properties").filter(|v| !v.is_null()) {
+            let ptr = format!("{meta_ptr}/patch_properties");
+            let pp = pp.as_object().ok_or_else(|| {
+                ApiError::invalid("'patch_properties' must be an object.").pointer(&ptr)
+            })?;
+            for (k, v) in pp {
+                match (k.as_str(), v) {
+                    (_, Value::Null) => {}
+                    ("append", Value::Object(m)) => input.append = m.clone(),
+                    ("unappend", Value::Object(m)) => input.unappend = m.clone(),
+                    ("unset", Value::String(s)) => input.unset = vec![s.clone()],
+                    ("unset", Value::Array(a)) => {
+                        for item in a {
+                            let s = item.as_str().ok_or_else(|| {
+                                ApiError::invalid("'unset' must name properties as strings.")
+                                    .pointer(format!("{ptr}/unset"))
+                            })?;
+                            input.unset.push(s.to_string());
+                        }
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "Invalid patch_properties operation '{k}'."
+                        ))
+                        .pointer(format!("{ptr}/{k}")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(input)
+}
+
+/// Klaviyo's identifier rules: email ≤ 100 characters with valid syntax, phone in E.164.
+pub fn validate_identifier(kind: &str, value: &str) -> Result<(), ApiError> {
+    match kind {
+        "email" => {
+            if value.chars().count() > 100 {
+                return Err(ApiError::invalid(
+                    "Email address must be at most 100 characters.",
+                ));
+            }
+            if !email_address::EmailAddress::is_valid(value) || !value.contains('.') {
+                return Err(ApiError::invalid(format!(
+                    "Invalid email address: '{value}'."
+                )));
+            }
+        }
+        "phone_number" => {
+            let digits = value.strip_prefix('+').unwrap_or("");
+            let ok = (8..=15).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !digits.starts_with('0');
+            if !ok {
+                return Err(ApiError::invalid(format!(
+                    "Invalid phone number format (Example of a valid phone number format: +12345678901): '{value}'."
+                )));
+            }
+        }
+        _ => {
+            if value.is_empty() {
+                return Err(ApiError::invalid("external_id must not be empty."));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct List {
+    pub name: String,
+    pub created: i64,
+    pub updated: i64,
+    pub opt_in_process: String,
+    /// Member id → joined time (millis).
+    #[serde(with = "ulid_map")]
+    pub members: BTreeMap<Ulid, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Segment {
+    pub name: String,
+    pub definition: Value,
+    pub created: i64,
+    pub updated: i64,
+    pub is_active: bool,
+    pub is_starred: bool,
+    /// Until this time (millis) the segment reports `is_processing: true`.
+    pub processing_until: i64,
+    /// When each current member first matched (millis); recomputed on read.
+    #[serde(skip)]
+    pub joined: HashMap<Ulid, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagGroup {
+    pub name: String,
+    pub exclusive: bool,
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tag {
+    pub name: String,
+    pub group: String,
+    pub lists: BTreeSet<String>,
+    pub segments: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Complete,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Processing => "processing",
+            JobStatus::Complete => "complete",
+        }
+    }
+}
+
+/// A bulk profile import job.
+#[derive(Debug, Clone)]
+pub struct BulkJob {
+    pub status: JobStatus,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub total: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub lists: Vec<String>,
+    /// The profile objects as posted, kept until processed.
+    pub pending: Vec<Value>,
+    pub profiles: Vec<Ulid>,
+    pub errors: Vec<ImportError>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportError {
+    pub id: String,
+    pub error: ApiError,
+    pub original_payload: Value,
+}
+
+/// Everything the account holds.
+pub struct Store {
+    pub profiles: BTreeMap<Ulid, Profile>,
+    by_email: HashMap<Box<str>, Ulid>,
+    by_phone: HashMap<Box<str>, Ulid>,
+    by_external: HashMap<Box<str>, Ulid>,
+    ulids: ulid::Generator,
+    pub rng: StdRng,
+    pub lists: BTreeMap<String, List>,
+    pub segments: BTreeMap<String, Segment>,
+    pub tag_groups: BTreeMap<String, TagGroup>,
+    pub tags: BTreeMap<String, Tag>,
+    pub jobs: BTreeMap<String, BulkJob>,
+    /// Creates per UTC day for the daily caps (lists 150/day, segments 100/day).
+    pub daily: HashMap<(&'static str, i64), u32>,
+    seed: u64,
+}
+
+fn email_key(e: &str) -> Box<str> {
+    e.to_ascii_lowercase().into_boxed_str()
+}
+
+impl Store {
+    pub fn new(seed: u64) -> Self {
+        let mut s = Store {
+            profiles: BTreeMap::new(),
+            by_email: HashMap::new(),
+            by_phone: HashMap::new(),
+            by_external: HashMap::new(),
+            ulids: ulid::Generator::new(),
+            rng: StdRng::seed_from_u64(seed),
+            lists: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            tag_groups: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            daily: HashMap::new(),
+            seed,
+        };
+        let gid = s.new_uuid();
+        s.tag_groups.insert(
+            gid,
+            TagGroup {
+                name: "Default".into(),
+                exclusive: false,
+                default: true,
+            },
+        );
+        s
+    }
+
+    /// Back to a fresh account (same seed).
+    pub fn reset(&mut self) {
+        *self = Store::new(self.seed);
+    }
+
+    pub fn new_ulid(&mut self) -> Ulid {
+        match self.ulids.generate() {
+            Ok(u) => u,
+            Err(_) => Ulid::new(),
+        }
+    }
+
+    /// Six alphanumeric characters, like Klaviyo's list and segment ids.
+    pub fn new_short_id(&mut self) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+        loop {
+            let id: String = (0..6)
+                .map(|_| ALPHABET[self.rng.random_range(0..ALPHABET.len())] as char)
+                .collect();
+            if !self.lists.contains_key(&id) && !self.segments.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub fn new_uuid(&mut self) -> String {
+        let bytes: [u8; 16] = self.rng.random();
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    }
+
+    pub fn default_tag_group(&self) -> String {
+        self.tag_groups
+            .iter()
+            .find(|(_, g)| g.default)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn profile_by_str(&self, id: &str) -> Option<&Profile> {
+        Ulid::from_string(id)
+            .ok()
+            .and_then(|u| self.profiles.get(&u))
+    }
+
+    pub fn find_email(&self, email: &str) -> Option<Ulid> {
+        self.by_email.get(&*email_key(email)).copied()
+    }
+    pub fn find_phone(&self, phone: &str) -> Option<Ulid> {
+        self.by_phone.get(phone).copied()
+    }
+    pub fn find_external(&self, ext: &str) -> Option<Ulid> {
+        self.by_external.get(ext).copied()
+    }
+
+    /// Who owns each identifier in `input` (email, phone, external id order).
+    fn owners(&self, input: &ProfileInput) -> Vec<Ulid> {
+        let mut v = Vec::new();
+        if let Field::Set(e) = &input.email
+            && let Some(id) = self.find_email(e)
+        {
+            v.push(id);
+        }
+        if let Field::Set(p) = &input.phone_number
+            && let Some(id) = self.find_phone(p)
+        {
+            v.push(id);
+        }
+        if let Field::Set(x) = &input.external_id
+            && let Some(id) = self.find_external(x)
+        {
+            v.push(id);
+        }
+        v
+    }
+
+    fn duplicate(id: Ulid) -> ApiError {
+        ApiError::conflict(
+            "duplicate_profile",
+            "A profile already exists with one of these identifiers.",
+        )
+        .pointer("/data/attributes")
+        .meta("duplicate_profile_id", Value::String(id.to_string()))
+    }
+
+    /// `POST /api/profiles`: 409 `duplicate_profile` when any identifier is taken.
+    pub fn create_profile(&mut self, input: &ProfileInput) -> Result<Ulid, ApiError> {
+        if !input.has_identifier() {
+            return Err(missing_identifier());
+        }
+        if let Some(owner) = self.owners(input).first() {
+            return Err(Self::duplicate(*owner));
+        }
+        let id = self.new_ulid();
+        let now = now_millis();
+        self.profiles.insert(
+            id,
+            Profile {
+                id,
+                email: None,
+                phone_number: None,
+                external_id: None,
+                created: now,
+                updated: now,
+                doc: "{}".into(),
+                subscriptions: None,
+            },
+        );
+        self.apply(id, input)?;
+        Ok(id)
+    }
+
+    /// Create-or-update. The profile is found by `id` when given, else by email, then phone,
+    /// then external id. Identifiers that point at a different profile than the one chosen
+    /// are a 409 `duplicate_profile` naming that other profile: the sandbox never merges.
+    pub fn upsert_profile(
+        &mut self,
+        id: Option<&str>,
+        input: &ProfileInput,
+    ) -> Result<(Ulid, bool), ApiError> {
+        let target = match id {
+            Some(id) => Some(
+                self.profile_by_str(id)
+                    .map(|p| p.id)
+                    .ok_or_else(|| profile_not_found(id).pointer("/data/id"))?,
+            ),
+            None => self.owners(input).first().copied(),
+        };
+        match target {
+            Some(t) => {
+                self.apply(t, input)?;
+                Ok((t, false))
+            }
+            None => Ok((self.create_profile(input)?, true)),
+        }
+    }
+
+    /// Applies a write to an existing profile: identifiers first (checked for conflicts), then
+    /// attributes, then `patch_properties` (append, unappend, unset, in that order).
+    pub fn apply(&mut self, id: Ulid, input: &ProfileInput) -> Result<(), ApiError> {
+        for owner in self.owners(input) {
+            if owner != id {
+                return Err(Self::duplicate(owner));
+            }
+        }
+        let Some(p) = self.profiles.get(&id) else {
+            return Err(profile_not_found(&id.to_string()));
+        };
+        // Clearing every identifier would leave a profile nobody can find.
+        let after = |f: &Field, cur: &Option<Box<str>>| match f {
+            Field::Absent => cur.is_some(),
+            Field::Null => false,
+            Field::Set(_) => true,
+        };
+        if !(after(&input.email, &p.email)
+            || after(&input.phone_number, &p.phone_number)
+            || after(&input.external_id, &p.external_id))
+        {
+            return Err(missing_identifier());
+        }
+        let mut p = p.clone();
+        let mut changed = false;
+        changed |= set_ident(&mut self.by_email, &mut p.email, &input.email, id, true);
+        changed |= set_ident(
+            &mut self.by_phone,
+            &mut p.phone_number,
+            &input.phone_number,
+            id,
+            false,
+        );
+        changed |= set_ident(
+            &mut self.by_external,
+            &mut p.external_id,
+            &input.external_id,
+            id,
+            false,
+        );
+        let mut doc = p.doc();
+        let before = doc.clone();
+        for (k, v) in &input.other {
+            match (k.as_str(), v) {
+                (_, Value::Null) => {
+                    doc.remove(k);
+                }
+                ("location" | "properties", Value::Object(new)) => {
+                    let entry = doc
+                        .entry(k.clone())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if !entry.is_object() {
+                        *entry = Value::Object(Map::new());
+                    }
+                    if let Value::Object(cur) = entry {
+                        for (nk, nv) in new {
+                            if nv.is_null() {
+                                cur.remove(nk);
+                            } else {
+                                cur.insert(nk.clone(), nv.clone());
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    doc.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        if !input.append.is_empty() || !input.unappend.is_empty() || !input.unset.is_empty() {
+            let props = doc
+                .entry("properties".to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(props) = props {
+                patch_properties(props, input);
+            }
+        }
+        changed |= doc != before;
+        if changed {
+            p.doc = serde_json::to_string(&doc)
+                .unwrap_or_else(|_| "{}".into())
+                .into_boxed_str();
+            p.updated = now_millis();
+        }
+        self.profiles.insert(id, p);
+        Ok(())
+    }
+
+    pub fn set_subscriptions(&mut self, id: Ulid, subs: Value) {
+        if let Some(p) = self.profiles.get_mut(&id) {
+            p.subscriptions = Some(subs.to_string().into_boxed_str());
+            p.updated = now_millis();
+        }
+    }
+
+    /// Counts one create against a daily cap; Klaviyo answers 429 past it.
+    pub fn take_daily(&mut self, what: &'static str, cap: u32) -> Result<(), ApiError> {
+        let day = now_millis() / 86_400_000;
+        let n = self.daily.entry((what, day)).or_insert(0);
+        if *n >= cap {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "Request was throttled.",
+                format!("Daily limit of {cap} {what} per day reached."),
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Writes lists, segments, tags and profiles to `path` (bulk jobs are not kept).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let snap = Snapshot {
+            seed: self.seed,
+            profiles: self
+                .profiles
+                .values()
+                .map(|p| SavedProfile {
+                    id: p.id.to_string(),
+                    email: p.email.as_deref().map(str::to_string),
+                    phone_number: p.phone_number.as_deref().map(str::to_string),
+                    external_id: p.external_id.as_deref().map(str::to_string),
+                    created: p.created,
+                    updated: p.updated,
+                    doc: p.doc.to_string(),
+                    subscriptions: p.subscriptions.as_deref().map(str::to_string),
+                })
+                .collect(),
+            lists: self.lists.clone(),
+            segments: self.segments.clone(),
+            tag_groups: self.tag_groups.clone(),
+            tags: self.tags.clone(),
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&snap)?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    pub fn load(path: &Path, seed: u64) -> anyhow::Result<Store> {
+        let snap: Snapshot = serde_json::from_slice(&std::fs::read(path)?)?;
+        let mut s = Store::new(seed);
+        s.seed = snap.seed;
+        s.lists = snap.lists;
+        s.segments = snap.segments;
+        if !snap.tag_groups.is_empty() {
+            s.tag_groups = snap.tag_groups;
+        }
+        s.tags = snap.tags;
+        for p in snap.profiles {
+            let id = Ulid::from_string(&p.id)?;
+            if let Some(e) = &p.email {
+                s.by_email.insert(email_key(e), id);
+            }
+            if let Some(ph) = &p.phone_number {
+                s.by_phone.insert(ph.clone().into_boxed_str(), id);
+            }
+            if let Some(x) = &p.external_id {
+                s.by_external.insert(x.clone().into_boxed_str(), id);
+            }
+            s.profiles.insert(
+                id,
+                Profile {
+                    id,
+                    email: p.email.map(String::into_boxed_str),
+                    phone_number: p.phone_number.map(String::into_boxed_str),
+                    external_id: p.external_id.map(String::into_boxed_str),
+                    created: p.created,
+                    updated: p.updated,
+                    doc: p.doc.into_boxed_str(),
+                    subscriptions: p.subscriptions.map(String::into_boxed_str),
+                },
+            );
+        }
+        Ok(s)
+    }
+}
+
+fn set_ident(
+    index: &mut HashMap<Box<str>, Ulid>,
+    slot: &mut Option<Box<str>>,
+    field: &Field,
+    id: Ulid,
+    is_email: bool,
+) -> bool {
+    let key = |s: &str| {
+        if is_email { email_key(s) } else { s.into() }
+    };
+    match field {
+        Field::Absent => false,
+        Field::Null => {
+            if let Some(old) = slot.take() {
+                index.remove(&key(&old));
+                true
+            } else {
+                false
+            }
+        }
+        Field::Set(v) => {
+            if slot.as_deref() == Some(v.as_str()) {
+                return false;
+            }
+            if let Some(old) = slot.take() {
+                index.remove(&key(&old));
+            }
+            index.insert(key(v), id);
+            *slot = Some(v.clone().into_boxed_str());
+            true
+        }
+    }
+}
+
+/// `append` adds values not already present (a scalar property becomes a one-item array),
+/// `unappend` removes every equal value, `unset` drops keys.
+fn patch_properties(props: &mut Map<String, Value>, input: &ProfileInput) {
+    let as_items = |v: &Value| match v {
+        Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    };
+    for (k, v) in &input.append {
+        let entry = props
+            .entry(k.clone())
+            .or_insert_with(|| Value::Array(vec![]));
+        if !entry.is_array() {
+            let old = entry.take();
+            *entry = Value::Array(if old.is_null() { vec![] } else { vec![old] });
+        }
+        if let Value::Array(arr) = entry {
+            for item in as_items(v) {
+                if !arr.contains(&item) {
+                    arr.push(item);
+                }
+            }
+        }
+    }
+    for (k, v) in &input.unappend {
+        if let Some(Value::Array(arr)) = props.get_mut(k) {
+            let remove = as_items(v);
+            arr.retain(|x| !remove.contains(x));
+        }
+    }
+    for k in &input.unset {
+        props.remove(k);
+    }
+}
+
+pub fn missing_identifier() -> ApiError {
+    ApiError::invalid("At least one identifier (email, phone_number or external_id) is required.")
+        .pointer("/data/attributes")
+}
+
+pub fn profile_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("A profile with id {id} does not exist."))
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedProfile {
+    id: String,
+    email: Option<String>,
+    phone_number: Option<String>,
+    external_id: Option<String>,
+    created: i64,
+    updated: i64,
+    doc: String,
+    subscriptions: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    seed: u64,
+    profiles: Vec<SavedProfile>,
+    lists: BTreeMap<String, List>,
+    segments: BTreeMap<String, Segment>,
+    tag_groups: BTreeMap<String, TagGroup>,
+    tags: BTreeMap<String, Tag>,
+}
+
+/// Serializes `BTreeMap<Ulid, i64>` with string keys (ulid's serde support is not enabled).
+mod ulid_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use ulid::Ulid;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<Ulid, i64>, s: S) -> Result<S::Ok, S::Error> {
+        let v: BTreeMap<String, i64> = m.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Ulid, i64>, D::Error> {
+        let v = BTreeMap::<String, i64>::deserialize(d)?;
+        v.into_iter()
+            .map(|(k, v)| {
+                Ulid::from_string(&k)
+                    .map(|u| (u, v))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}
