@@ -8,5 +8,6 @@
 pub mod attributes;
 pub mod cli;
 pub mod exit;
+pub mod query;
 pub mod sandbox;
 pub mod spec;

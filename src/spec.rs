@@ -216,6 +216,7 @@ pub enum NullPolicy {
 /// Where one profile field's value comes from: a column name, or a full mapping.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)]
 pub enum FieldSource {
     /// The name of a column of the query.
     Column(String),
