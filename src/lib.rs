@@ -10,4 +10,5 @@ pub mod cli;
 pub mod exit;
 pub mod query;
 pub mod sandbox;
+pub mod source;
 pub mod spec;
