@@ -30,8 +30,29 @@ pub enum Command {
     /// The committed copies live in schemas/; editors with yaml-language-server use them
     /// for completion and hover docs.
     Schema(SchemaArgs),
+    /// Stored queries: list them, with their parameters and the jobs that use them.
+    Query {
+        #[command(subcommand)]
+        command: QueryCommand,
+    },
     /// Run a local Klaviyo-compatible API server for trying and testing jobs.
     Sandbox(crate::sandbox::SandboxArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// List stored queries (.sql files), their parameters and which jobs use them.
+    List(QueryListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryListArgs {
+    /// Job files or folders (default: jobs/).
+    #[arg(default_value = "jobs")]
+    pub paths: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::attributes::FieldPath;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, pointer_join};
+use crate::query::{QueryProblem, StoredQuery};
 use crate::spec::{
     FieldMapping, GuardsSpec, JobSpec, ListMode, NullPolicy, ProfileKey, ProjectSpec, Transform,
 };
@@ -161,17 +162,21 @@ pub fn compile(
         );
     }
     if !query_text.is_empty() {
-        for problem in query_problems(&query_text, spec) {
-            let pointer = match &problem.param {
-                Some(p) if spec.query.params.contains_key(p) => pointer_join("/query/params", p),
-                _ if query_file.is_some() => "/query/file".to_string(),
-                _ => "/query/sql".to_string(),
-            };
-            let mut d = err(problem.code, problem.message);
-            if let Some(h) = problem.hint {
-                d = d.hint(h);
-            }
-            out.push(loaded.at_value(d, &pointer));
+        let parsed = match &query_file {
+            Some(f) => StoredQuery::parse(f.display().to_string(), &query_text),
+            None => StoredQuery::inline(&query_text),
+        };
+        let problems = match parsed {
+            Ok(q) => q.check(&spec.query.params),
+            Err(e) => e.problems().to_vec(),
+        };
+        for problem in problems {
+            out.push(query_diagnostic(
+                loaded,
+                query_file.as_deref(),
+                &query_text,
+                problem,
+            ));
         }
     }
 
@@ -508,18 +513,58 @@ pub fn compile(
     (job, out)
 }
 
-/// A problem in a job's query, found offline.
-struct QueryProblem {
-    code: &'static str,
-    param: Option<String>,
-    message: String,
-    hint: Option<String>,
-}
-
-/// Offline checks of the query text against the job's parameters.
-fn query_problems(_text: &str, _spec: &JobSpec) -> Vec<QueryProblem> {
-    // Stored-query parameter checks join here once `query` lands (see ARCHITECTURE.md).
-    Vec::new()
+/// Places a stored-query problem: in the `.sql` file at its line, or in the job file.
+fn query_diagnostic(
+    loaded: &Loaded<JobSpec>,
+    query_file: Option<&Path>,
+    query_text: &str,
+    problem: QueryProblem,
+) -> Diagnostic {
+    // A problem about a parameter the job sets points at that parameter.
+    let param = loaded.spec.as_ref().and_then(|spec| {
+        spec.query
+            .params
+            .keys()
+            .find(|k| problem.message.contains(&format!("`{k}`")))
+            .cloned()
+    });
+    let file = match (query_file, problem.line) {
+        (Some(f), Some(_)) => f,
+        _ => loaded.file.path.as_path(),
+    };
+    let mut d = Diagnostic::error("query", file, problem.message);
+    if let Some(h) = problem.hint {
+        d = d.hint(h);
+    }
+    match (query_file, problem.line) {
+        (Some(_), Some(line)) => d.at(query_text, line, 1, 1),
+        (_, None) if param.is_some() => loaded.at_key(
+            d,
+            &pointer_join("/query/params", param.as_deref().unwrap_or_default()),
+        ),
+        (Some(_), None) => loaded.at_value(d, "/query/file"),
+        (None, Some(line)) => {
+            // Inline SQL in a block scalar (`sql: |`) starts on the line after the key.
+            let (key_line, _, _) = loaded.map.key("/query/sql");
+            let (value_line, _, _) = loaded.map.value("/query/sql");
+            let key_text = loaded
+                .file
+                .text
+                .lines()
+                .nth(key_line.saturating_sub(1))
+                .unwrap_or("");
+            let block = key_text.trim_end().ends_with(['|', '>', '-', '+']);
+            let at = if block {
+                key_line + line
+            } else if value_line == key_line {
+                key_line
+            } else {
+                value_line + line - 1
+            };
+            d.at(&loaded.file.text, at, 1, 1)
+        }
+        (None, None) => loaded.at_value(d, "/query/sql"),
+    }
 }
 
 fn sets_property(spec: &JobSpec, prop: &str) -> bool {

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use clap::Parser;
-use kdit::cli::{Cli, Command};
+use kdit::cli::{Cli, Command, QueryCommand};
 use kdit::exit::ExitStatus;
 
 fn main() {
@@ -58,6 +58,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
                 kdit::spec::job_schema()
             };
             println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitStatus::Success)
+        }
+        Command::Query {
+            command: QueryCommand::List(args),
+        } => {
+            let entries = match kdit::inventory::list(&args.paths) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitStatus::Usage);
+                }
+            };
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", kdit::inventory::render(&entries));
+            }
             Ok(ExitStatus::Success)
         }
         Command::Sandbox(args) => {

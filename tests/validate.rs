@@ -548,3 +548,73 @@ fn two_hundred_job_files_validate_quickly() {
     // quadratic or a per-file schema compile.
     assert!(took.as_secs_f64() < 3.0, "200 files took {took:?}");
 }
+
+#[test]
+fn stored_query_parameters_are_checked_against_their_declarations() {
+    let job = VALID.replace(
+        "sql: select 1 as id, 'a@example.com' as email",
+        "file: queries/q.sql\n  params: { since: 7d, extra: 3 }",
+    );
+    let sql = "-- @param since interval  how far back\nselect 1 as id, 'a@b.co' as email\nwhere now() - {{ sinse }} < now()\n";
+    let (code, list) = problems(&job, &[("queries/q.sql", sql)]);
+    assert_eq!(code, 65);
+    assert_eq!(
+        list,
+        vec![
+            p(
+                "query",
+                3,
+                1,
+                "the query uses `sinse`, which is not a declared parameter"
+            ),
+            p(
+                "query",
+                5,
+                24,
+                "`extra` is not a parameter of queries/q.sql"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn inline_sql_parameters_must_have_values() {
+    let job = VALID.replace(
+        "sql: select 1 as id, 'a@example.com' as email",
+        "sql: |\n    select 1 as id, 'a@b.co' as email\n    where x > {{ nope }}",
+    );
+    assert_eq!(
+        one(&job, &[]),
+        p("query", 6, 1, "the query uses `nope`, which has no value")
+    );
+}
+
+#[test]
+fn query_list_shows_parameters_and_the_jobs_using_each_query() {
+    let q = "-- @param since interval = 7d  how far back\n-- @param country text\nselect 1 as id, 'a@b.co' as email where now() - {{ since }} < now()\n";
+    let job = |name: &str| {
+        VALID.replace("demo", name).replace(
+            "sql: select 1 as id, 'a@example.com' as email",
+            "file: queries/shared.sql",
+        )
+    };
+    Kdit::new()
+        .file("jobs/queries/shared.sql", q)
+        .file("jobs/queries/unused.sql", "select 1\n")
+        .file("jobs/a.yaml", job("alpha"))
+        .file("jobs/b.yaml", job("beta"))
+        .args(&["query", "list"])
+        .run()
+        .code(0)
+        .stdout(
+            "jobs/queries/shared.sql
+  params   since interval  = 7d  how far back
+           country text    (no default)
+  used by  alpha (jobs/a.yaml), beta (jobs/b.yaml)
+
+jobs/queries/unused.sql
+  params   (none)
+  used by  (no job)
+",
+        );
+}

@@ -1,6 +1,6 @@
 -- Customers by their last order: shared by the weekly-active and lapsed jobs.
 -- @param ordered_after interval   only customers whose last order is newer than now() minus this
--- @param ordered_before interval = 0 days   ...and older than now() minus this
+-- @param ordered_before interval = 0d   ...and older than now() minus this
 -- @param country text   optional: one country only (ISO code)
 select c.id            as customer_id,
        c.email,
