@@ -12,3 +12,5 @@ pub mod query;
 pub mod sandbox;
 pub mod source;
 pub mod spec;
+pub mod template;
+pub mod transform;
