@@ -25,4 +25,6 @@ pub mod source;
 pub mod spec;
 pub mod state;
 pub mod sync;
+pub mod template;
+pub mod transform;
 pub mod validate;

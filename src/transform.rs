@@ -1,0 +1,1300 @@
+//! Rows → Klaviyo profile payloads, or precise rejections.
+//!
+//! In: a job's `ProfilesSpec` (+ project `Defaults`), compiled once into a `Mapping`; the
+//! query's columns (bound once, before any row is read: a mapped column the query lacks is
+//! an error then); then each row's `Cell`s. Out: per row a `ProfileRow` (the key, the
+//! attributes payload with nested `location` and `properties`, the fields to unset) or a
+//! `Reject` naming the row, field, rule and a masked value. Pure: no I/O.
+//!
+//! Validation mirrors what Klaviyo would refuse, so nothing is sent that would fail there:
+//! email syntax and ≤ 100 characters, E.164 phone numbers, a non-empty key, property names,
+//! numbers Klaviyo can hold, and ≤ 100 KB per profile. Duplicate keys within a run: the
+//! **first** row with a key wins and later rows with the same key are rejected
+//! (`duplicate_key`). First, not last, because rows are streamed: a winner already sent
+//! downstream cannot be taken back, and keeping every row until the end would cost memory
+//! proportional to the result. Keys are remembered as 64-bit hashes (8–9 bytes per row).
+//!
+//! Numbers: PostgreSQL `numeric` values arrive as exact decimal text. Klaviyo stores numbers
+//! as doubles, and serde_json (without `arbitrary_precision`, which would change
+//! `serde_json::Number` for the whole program) holds i64/u64/f64. A numeric is sent as a JSON
+//! number when that number prints back as the same decimal (every value of up to 15
+//! significant digits, so all money amounts: `412.50` is sent as `412.5`); a numeric with
+//! more digits than a double keeps is rejected (`numeric_precision`) rather than silently
+//! rounded — round it in SQL or map it with `type: string`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use minijinja::Environment;
+use minijinja::value::{Serde, Value as JValue};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::attributes::{FieldPath, MAX_PROPERTY_NAME};
+use crate::source::{Cell, Column, format_datetime};
+use crate::spec::{
+    Defaults, NullPolicy, ProfileKey, ProfilesSpec, Threshold, Transform, ValueType,
+};
+
+/// Longest email Klaviyo accepts.
+pub const MAX_EMAIL: usize = 100;
+/// Largest serialised profile Klaviyo accepts (bulk import: 100 KB per profile).
+pub const MAX_PROFILE_BYTES: usize = 100 * 1024;
+/// Deepest nesting kdit sends inside a property value.
+pub const MAX_PROPERTY_DEPTH: usize = 10;
+
+/// A row turned into a profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProfileRow {
+    /// 1-based position of the row in the query's result.
+    pub row_number: u64,
+    /// The value of the job's key field (normalised, unmasked).
+    pub key: String,
+    /// The profile's `attributes`: standard attributes, `location`, `properties`.
+    pub attributes: Map<String, Value>,
+    /// Fields that were NULL under `on_null: unset`: to be cleared in Klaviyo.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "paths")]
+    pub unset: Vec<FieldPath>,
+}
+
+fn paths<S: serde::Serializer>(p: &[FieldPath], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(p.iter().map(|p| p.to_string()))
+}
+
+/// Why a row was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The key field is NULL or empty.
+    KeyMissing,
+    /// An earlier row had the same key.
+    DuplicateKey,
+    /// Not a valid email address.
+    EmailSyntax,
+    /// Longer than Klaviyo's 100 characters.
+    EmailTooLong,
+    /// Not a valid phone number in E.164 form.
+    PhoneE164,
+    /// The value cannot be converted to the field's `type`.
+    TypeCast,
+    /// A transform cannot apply to the value.
+    Transform,
+    /// A field template failed.
+    Template,
+    /// A number with more digits than Klaviyo keeps, or NaN/infinity.
+    NumericPrecision,
+    /// A property name Klaviyo would refuse (inside a JSON value).
+    PropertyName,
+    /// A value of the wrong shape for a standard attribute (e.g. a list as `first_name`).
+    AttributeType,
+    /// The profile is larger than 100 KB.
+    PayloadTooLarge,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::KeyMissing => "key_missing",
+            Rule::DuplicateKey => "duplicate_key",
+            Rule::EmailSyntax => "email_syntax",
+            Rule::EmailTooLong => "email_too_long",
+            Rule::PhoneE164 => "phone_e164",
+            Rule::TypeCast => "type_cast",
+            Rule::Transform => "transform",
+            Rule::Template => "template",
+            Rule::NumericPrecision => "numeric_precision",
+            Rule::PropertyName => "property_name",
+            Rule::AttributeType => "attribute_type",
+            Rule::PayloadTooLarge => "payload_too_large",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A row that will not be sent, and why. Personal values are masked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reject {
+    pub row_number: u64,
+    /// The row's key, masked (`a***@example.com`), when it has one.
+    pub key: Option<String>,
+    /// The field key as written in the job (`email`, `properties.ltv`), if one field is at fault.
+    pub field: Option<String>,
+    pub rule: Rule,
+    pub message: String,
+    /// The offending value, masked when personal, shortened when long.
+    pub value: Option<String>,
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "row {}", self.row_number)?;
+        if let Some(k) = &self.key {
+            write!(f, " ({k})")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, " {field}")?;
+        }
+        write!(f, ": {} [{}]", self.message, self.rule)?;
+        if let Some(v) = &self.value {
+            write!(f, " value `{v}`")?;
+        }
+        Ok(())
+    }
+}
+
+/// A problem in a job's `profiles` section, found when compiling the mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingError {
+    /// The field key (`email`, `properties.plan`), or `key`/`default_region`.
+    pub field: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for MappingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "profiles.fields.{}: {}", self.field, self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A mapped column the query does not return, or returns with an unusable type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnProblem {
+    pub field: String,
+    pub column: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ColumnProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Origin {
+    Column(String),
+    /// Template name in the environment, and the columns it reads.
+    Template(String, Vec<String>),
+    Constant(Cell),
+}
+
+#[derive(Debug, Clone)]
+struct Field {
+    key: String,
+    path: FieldPath,
+    origin: Origin,
+    transforms: Vec<Transform>,
+    value_type: Option<ValueType>,
+    default: Option<Cell>,
+    region: Option<phonenumber::country::Id>,
+    on_null: NullPolicy,
+}
+
+/// A job's `profiles` section, checked and ready to bind to a query's columns.
+pub struct Mapping {
+    key: ProfileKey,
+    fields: Vec<Field>,
+    env: Environment<'static>,
+    /// Columns named in `query.columns`, which must exist too.
+    extra_columns: Vec<String>,
+}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("key", &self.key)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+fn parse_region(s: &str) -> Result<phonenumber::country::Id, String> {
+    s.trim()
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an ISO 3166 alpha-2 region such as `US` or `GB`"))
+}
+
+impl Mapping {
+    /// Checks the `profiles` section and compiles its templates. Every problem is reported.
+    pub fn compile(
+        spec: &ProfilesSpec,
+        defaults: Option<&Defaults>,
+    ) -> Result<Mapping, Vec<MappingError>> {
+        let mut errors = Vec::new();
+        let mut env = crate::template::field_env();
+        let on_null = spec
+            .on_null
+            .or(defaults.and_then(|d| d.on_null))
+            .unwrap_or_default();
+        let profile_region = match spec
+            .default_region
+            .as_deref()
+            .or(defaults.and_then(|d| d.default_region.as_deref()))
+        {
+            Some(r) => match parse_region(r) {
+                Ok(id) => Some(id),
+                Err(message) => {
+                    errors.push(MappingError {
+                        field: "default_region".into(),
+                        message,
+                        hint: None,
+                    });
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut fields = Vec::new();
+        for (key, source) in &spec.fields {
+            let err = |message: String, hint: Option<String>| MappingError {
+                field: key.clone(),
+                message,
+                hint,
+            };
+            let path = match FieldPath::parse(key) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(err(e.message, Some(e.hint)));
+                    continue;
+                }
+            };
+            let m = source.mapping();
+            let given = [m.column.is_some(), m.template.is_some(), m.value.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if given != 1 {
+                errors.push(err(
+                    if given == 0 {
+                        "says neither where its value comes from".into()
+                    } else {
+                        "gives more than one of `column`, `template` and `value`".into()
+                    },
+                    Some("give exactly one of `column`, `template` or `value`".into()),
+                ));
+                continue;
+            }
+            let origin = if let Some(c) = &m.column {
+                if c.trim().is_empty() {
+                    errors.push(err("the column name is empty".into(), None));
+                    continue;
+                }
+                Origin::Column(c.clone())
+            } else if let Some(t) = &m.template {
+                let name = format!("profiles.fields.{key}");
+                match crate::template::add_field_template(&mut env, &name, t) {
+                    Ok(cols) => Origin::Template(name, cols),
+                    Err(message) => {
+                        errors.push(err(message, None));
+                        continue;
+                    }
+                }
+            } else {
+                Origin::Constant(json_to_cell(m.value.as_ref().unwrap_or(&Value::Null)))
+            };
+            let region = match m.default_region.as_deref() {
+                Some(r) => match parse_region(r) {
+                    Ok(id) => Some(id),
+                    Err(message) => {
+                        errors.push(err(message, None));
+                        continue;
+                    }
+                },
+                None => profile_region,
+            };
+            let transforms = m.transform.as_slice().to_vec();
+            fields.push(Field {
+                key: key.clone(),
+                path,
+                origin,
+                transforms,
+                value_type: m.value_type,
+                default: m.default.as_ref().map(json_to_cell),
+                region,
+                on_null: m.on_null.unwrap_or(on_null),
+            });
+        }
+        if !spec.fields.contains_key(spec.key.field()) {
+            errors.push(MappingError {
+                field: spec.key.field().into(),
+                message: format!(
+                    "the job's key is `{}`, but no field `{}` is mapped",
+                    spec.key,
+                    spec.key.field()
+                ),
+                hint: Some(format!(
+                    "map it, e.g. `{}: {{ column: … }}`",
+                    spec.key.field()
+                )),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Mapping {
+                key: spec.key,
+                fields,
+                env,
+                extra_columns: Vec::new(),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Columns named by `query.columns` that must exist as well.
+    pub fn with_extra_columns(mut self, columns: &[String]) -> Mapping {
+        self.extra_columns = columns.to_vec();
+        self
+    }
+
+    pub fn key(&self) -> ProfileKey {
+        self.key
+    }
+
+    /// Every column the mapping reads, in first-use order.
+    pub fn columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |c: &String| {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        };
+        for f in &self.fields {
+            match &f.origin {
+                Origin::Column(c) => add(c),
+                Origin::Template(_, cols) => cols.iter().for_each(&mut add),
+                Origin::Constant(_) => {}
+            }
+        }
+        self.extra_columns.iter().for_each(add);
+        out
+    }
+
+    /// Checks the query's columns against the mapping, before any row is read.
+    pub fn bind(&self, columns: &[Column]) -> Result<Transformer<'_>, Vec<ColumnProblem>> {
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        let index = |c: &str| names.iter().position(|n| *n == c);
+        let mut problems = Vec::new();
+        let missing = |field: &str, column: &str| ColumnProblem {
+            field: field.to_string(),
+            column: column.to_string(),
+            message: format!("the query returns no column `{column}`"),
+            hint: Some(match crate::attributes::suggest(column, &names) {
+                Some(s) => format!(
+                    "did you mean `{s}`? The query returns: {}",
+                    names.join(", ")
+                ),
+                None => format!("the query returns: {}", names.join(", ")),
+            }),
+        };
+        let mut bound = Vec::new();
+        for f in &self.fields {
+            let source = match &f.origin {
+                Origin::Column(c) => match index(c) {
+                    Some(i) => {
+                        if let Some(p) = unusable(f, &columns[i]) {
+                            problems.push(p);
+                        }
+                        BoundOrigin::Column(i)
+                    }
+                    None => {
+                        problems.push(missing(&f.key, c));
+                        continue;
+                    }
+                },
+                Origin::Template(name, cols) => {
+                    let mut idx = Vec::new();
+                    for c in cols {
+                        match index(c) {
+                            Some(i) => idx.push((c.clone(), i)),
+                            None => problems.push(missing(&f.key, c)),
+                        }
+                    }
+                    BoundOrigin::Template(name.clone(), idx)
+                }
+                Origin::Constant(c) => BoundOrigin::Constant(c.clone()),
+            };
+            bound.push((f, source));
+        }
+        for c in &self.extra_columns {
+            if index(c).is_none() {
+                problems.push(missing("query.columns", c));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Transformer {
+            mapping: self,
+            fields: bound,
+            seen: HashSet::new(),
+        })
+    }
+}
+
+/// Whether a column's type can feed a field at all (checked by `kdit check`).
+fn unusable(f: &Field, col: &Column) -> Option<ColumnProblem> {
+    let t = col.type_name.as_str();
+    let is_array = t.starts_with('_');
+    let is_json = t == "json" || t == "jsonb";
+    let wants_text = !matches!(f.path, FieldPath::Property(_))
+        && !matches!(f.path, FieldPath::Location("latitude" | "longitude"))
+        && !matches!(f.value_type, Some(ValueType::Json | ValueType::List));
+    let problem = |message: String, hint: &str| ColumnProblem {
+        field: f.key.clone(),
+        column: col.name.clone(),
+        message,
+        hint: Some(hint.to_string()),
+    };
+    if !col.supported {
+        return Some(problem(
+            format!("column `{}` has type {t}, which kdit cannot read", col.name),
+            "cast it in the query, e.g. `col::text`",
+        ));
+    }
+    if wants_text && (is_array || is_json) && f.value_type != Some(ValueType::String) {
+        return Some(problem(
+            format!("`{}` takes text, but column `{}` is {t}", f.key, col.name),
+            "pick a text column, or map it under `properties.` to keep the structure",
+        ));
+    }
+    let numeric_like = matches!(
+        t,
+        "int2" | "int4" | "int8" | "numeric" | "float4" | "float8"
+    );
+    let date_like = matches!(t, "date" | "timestamp" | "timestamptz");
+    let bad_cast = match f.value_type {
+        Some(ValueType::Number | ValueType::Integer) => {
+            is_array || is_json || date_like || t == "bool" || t == "uuid"
+        }
+        Some(ValueType::Date | ValueType::Datetime) => {
+            is_array || is_json || numeric_like || t == "bool" || t == "uuid"
+        }
+        Some(ValueType::Boolean) => is_array || is_json || date_like || t == "uuid",
+        _ => false,
+    };
+    if bad_cast {
+        let ty = f
+            .value_type
+            .map(|v| format!("{v:?}").to_lowercase())
+            .unwrap_or_default();
+        return Some(problem(
+            format!(
+                "column `{}` is {t}, which cannot become `type: {ty}`",
+                col.name
+            ),
+            "change the column in the query or the field's `type`",
+        ));
+    }
+    None
+}
+
+#[derive(Debug, Clone)]
+enum BoundOrigin {
+    Column(usize),
+    Template(String, Vec<(String, usize)>),
+    Constant(Cell),
+}
+
+/// Turns rows into profiles for one run; remembers keys to reject duplicates.
+pub struct Transformer<'m> {
+    mapping: &'m Mapping,
+    fields: Vec<(&'m Field, BoundOrigin)>,
+    seen: HashSet<u64>,
+}
+
+struct FieldFailure {
+    rule: Rule,
+    message: String,
+    value: Option<String>,
+}
+
+fn fail(rule: Rule, message: impl Into<String>, value: Option<&Cell>) -> FieldFailure {
+    FieldFailure {
+        rule,
+        message: message.into(),
+        value: value.and_then(Cell::to_text),
+    }
+}
+
+impl Transformer<'_> {
+    /// Turns one row into a profile, or says why it cannot be sent.
+    pub fn row(&mut self, row_number: u64, cells: &[Cell]) -> Result<ProfileRow, Reject> {
+        let mut attributes = Map::new();
+        let mut unset = Vec::new();
+        let mut key: Option<String> = None;
+        let key_field = self.mapping.key.field();
+        let mut pending: Option<(String, FieldFailure)> = None;
+        for (f, origin) in &self.fields {
+            match field_value(&self.mapping.env, f, origin, cells) {
+                Ok(Some(v)) => {
+                    if f.key == key_field {
+                        key = v.as_str().map(str::to_string);
+                    }
+                    insert(&mut attributes, &f.path, v);
+                }
+                Ok(None) => {
+                    if f.on_null == NullPolicy::Unset && f.key != key_field {
+                        unset.push(f.path.clone());
+                    }
+                }
+                Err(e) => {
+                    if f.key == key_field {
+                        // The key itself is bad: report that, unmasked key unknown.
+                        return Err(self.reject(row_number, None, Some(&f.key), e));
+                    }
+                    if pending.is_none() {
+                        pending = Some((f.key.clone(), e));
+                    }
+                }
+            }
+        }
+        let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
+            return Err(Reject {
+                row_number,
+                key: None,
+                field: Some(key_field.to_string()),
+                rule: Rule::KeyMissing,
+                message: format!("the key `{key_field}` is empty"),
+                value: None,
+            });
+        };
+        if let Some((field, e)) = pending {
+            return Err(self.reject(row_number, Some(&key), Some(&field), e));
+        }
+        let size = serde_json::to_vec(&attributes)
+            .map(|v| v.len())
+            .unwrap_or(0);
+        if size > MAX_PROFILE_BYTES {
+            return Err(self.reject(
+                row_number,
+                Some(&key),
+                None,
+                fail(
+                    Rule::PayloadTooLarge,
+                    format!(
+                        "the profile is {} KB; Klaviyo accepts at most {} KB",
+                        size.div_ceil(1024),
+                        MAX_PROFILE_BYTES / 1024
+                    ),
+                    None,
+                ),
+            ));
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        if !self.seen.insert(h.finish()) {
+            return Err(self.reject(
+                row_number,
+                Some(&key),
+                Some(key_field),
+                fail(
+                    Rule::DuplicateKey,
+                    format!("an earlier row has the same {key_field}; the first row wins"),
+                    None,
+                ),
+            ));
+        }
+        Ok(ProfileRow {
+            row_number,
+            key,
+            attributes,
+            unset,
+        })
+    }
+
+    fn reject(
+        &self,
+        row_number: u64,
+        key: Option<&str>,
+        field: Option<&str>,
+        e: FieldFailure,
+    ) -> Reject {
+        let key_field = self.mapping.key.field();
+        Reject {
+            row_number,
+            key: key.map(|k| mask(key_field, k)),
+            field: field.map(str::to_string),
+            rule: e.rule,
+            message: e.message,
+            value: e.value.map(|v| mask(field.unwrap_or(""), &v)),
+        }
+    }
+
+    /// Rows seen so far with distinct keys.
+    pub fn distinct_keys(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// A field's final JSON value; `None` for NULL.
+fn field_value(
+    env: &Environment<'static>,
+    f: &Field,
+    origin: &BoundOrigin,
+    cells: &[Cell],
+) -> Result<Option<Value>, FieldFailure> {
+    let mut v = match origin {
+        BoundOrigin::Column(i) => cells.get(*i).cloned().unwrap_or(Cell::Null),
+        BoundOrigin::Constant(c) => c.clone(),
+        BoundOrigin::Template(name, cols) => {
+            let ctx = JValue::from_pairs(cols.iter().map(|(n, i)| {
+                (
+                    n.as_str(),
+                    cell_to_template(cells.get(*i).unwrap_or(&Cell::Null)),
+                )
+            }));
+            let out = env
+                .get_template(name)
+                .and_then(|t| t.render(ctx))
+                .map_err(|e| {
+                    fail(
+                        Rule::Template,
+                        format!("template failed: {}", e.detail().unwrap_or("error")),
+                        None,
+                    )
+                })?;
+            if out.trim().is_empty() {
+                Cell::Null
+            } else {
+                Cell::Text(out)
+            }
+        }
+    };
+    if v.is_null()
+        && let Some(d) = &f.default
+    {
+        v = d.clone();
+    }
+    if v.is_null() {
+        return Ok(None);
+    }
+    for t in &f.transforms {
+        v = apply_transform(*t, v, f)?;
+    }
+    if let Some(ty) = f.value_type {
+        v = cast(v, ty)?;
+    }
+    if v.is_null() {
+        return Ok(None);
+    }
+    let json = finish(v, f)?;
+    validate(&json, f)?;
+    Ok(Some(json))
+}
+
+fn scalar_text(v: &Cell) -> Option<String> {
+    match v {
+        Cell::Text(s) | Cell::Numeric(s) => Some(s.clone()),
+        Cell::Int(_) | Cell::Float(_) | Cell::Bool(_) | Cell::Uuid(_) => v.to_text(),
+        Cell::Json(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn apply_transform(t: Transform, v: Cell, f: &Field) -> Result<Cell, FieldFailure> {
+    let name = format!("{t:?}").to_lowercase();
+    let Some(s) = scalar_text(&v) else {
+        return Err(fail(
+            Rule::Transform,
+            format!("`{name}` applies to text, not to this value"),
+            Some(&v),
+        ));
+    };
+    Ok(match t {
+        Transform::Trim => Cell::Text(s.trim().to_string()),
+        Transform::Lowercase => Cell::Text(s.to_lowercase()),
+        Transform::Uppercase => Cell::Text(s.to_uppercase()),
+        Transform::Email => Cell::Text(normalise_email(&s).ok_or_else(|| {
+            fail(
+                Rule::EmailSyntax,
+                "not a valid email address",
+                Some(&Cell::Text(s.clone())),
+            )
+        })?),
+        Transform::E164 => Cell::Text(
+            to_e164(&s, f.region)
+                .map_err(|m| fail(Rule::PhoneE164, m, Some(&Cell::Text(s.clone()))))?,
+        ),
+    })
+}
+
+/// Trims, lowercases the domain, checks the syntax.
+pub fn normalise_email(s: &str) -> Option<String> {
+    let s = s.trim();
+    let (local, domain) = s.rsplit_once('@')?;
+    let e = format!("{local}@{}", domain.to_lowercase());
+    valid_email(&e).then_some(e)
+}
+
+/// Email syntax as Klaviyo accepts it: RFC 5322 address, and a domain with a dot.
+pub fn valid_email(s: &str) -> bool {
+    if !email_address::EmailAddress::is_valid(s) || s.chars().any(char::is_whitespace) {
+        return false;
+    }
+    match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.starts_with('[')
+        }
+        None => false,
+    }
+}
+
+/// A phone number in E.164 form (`+15005550006`), read in `region` when it has no `+`.
+pub fn to_e164(s: &str, region: Option<phonenumber::country::Id>) -> Result<String, String> {
+    let trimmed = s.trim();
+    if region.is_none() && !trimmed.starts_with('+') {
+        return Err(
+            "not in international form (`+…`) and no region to read it in; set `default_region`"
+                .into(),
+        );
+    }
+    let n = phonenumber::parse(region, trimmed).map_err(|e| format!("not a phone number ({e})"))?;
+    if !phonenumber::is_valid(&n) {
+        return Err("not a valid phone number for its country".into());
+    }
+    Ok(n.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, f) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
+fn cast(v: Cell, ty: ValueType) -> Result<Cell, FieldFailure> {
+    let bad =
+        |v: &Cell, what: &str| fail(Rule::TypeCast, format!("cannot be read as {what}"), Some(v));
+    Ok(match ty {
+        ValueType::String => match &v {
+            Cell::Json(Value::String(s)) => Cell::Text(s.clone()),
+            Cell::Json(j) => Cell::Text(j.to_string()),
+            Cell::Array(_) => Cell::Text(cell_to_json_lossy(&v).to_string()),
+            other => Cell::Text(other.to_text().unwrap_or_default()),
+        },
+        ValueType::Number => match v {
+            Cell::Int(_) | Cell::Float(_) | Cell::Numeric(_) => v,
+            Cell::Text(ref s) => {
+                let t = s.trim();
+                if let Ok(i) = t.parse::<i64>() {
+                    Cell::Int(i)
+                } else if crate::query::is_decimal(t) {
+                    Cell::Numeric(t.to_string())
+                } else if let Some(x) = t.parse::<f64>().ok().filter(|x| x.is_finite()) {
+                    Cell::Float(x)
+                } else {
+                    return Err(bad(&v, "a number"));
+                }
+            }
+            Cell::Json(Value::Number(ref n)) => json_to_cell(&Value::Number(n.clone())),
+            _ => return Err(bad(&v, "a number")),
+        },
+        ValueType::Integer => match v {
+            Cell::Int(_) => v,
+            Cell::Float(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Cell::Int(x as i64),
+            Cell::Numeric(ref s) | Cell::Text(ref s) => {
+                let t = s.trim();
+                let int_part = match t.split_once('.') {
+                    Some((i, frac)) if frac.chars().all(|c| c == '0') => i,
+                    Some(_) => return Err(bad(&v, "an integer")),
+                    None => t,
+                };
+                match int_part.parse::<i64>() {
+                    Ok(i) => Cell::Int(i),
+                    Err(_) => return Err(bad(&v, "an integer")),
+                }
+            }
+            Cell::Json(Value::Number(ref n)) if n.is_i64() => Cell::Int(n.as_i64().unwrap_or(0)),
+            _ => return Err(bad(&v, "an integer")),
+        },
+        ValueType::Boolean => match v {
+            Cell::Bool(_) => v,
+            Cell::Int(0) => Cell::Bool(false),
+            Cell::Int(1) => Cell::Bool(true),
+            Cell::Json(Value::Bool(b)) => Cell::Bool(b),
+            Cell::Text(ref s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "t" | "yes" | "y" | "1" | "on" => Cell::Bool(true),
+                "false" | "f" | "no" | "n" | "0" | "off" => Cell::Bool(false),
+                _ => return Err(bad(&v, "a boolean")),
+            },
+            _ => return Err(bad(&v, "a boolean")),
+        },
+        ValueType::Date => match v {
+            Cell::Date(_) => v,
+            Cell::Timestamp(t) => Cell::Date(t.date()),
+            Cell::Timestamptz(t) => Cell::Date(t.date_naive()),
+            Cell::Text(ref s) => match NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                .ok()
+                .or_else(|| parse_datetime(s).map(|t| t.date_naive()))
+            {
+                Some(d) => Cell::Date(d),
+                None => return Err(bad(&v, "a date (YYYY-MM-DD)")),
+            },
+            _ => return Err(bad(&v, "a date")),
+        },
+        ValueType::Datetime => match v {
+            Cell::Timestamptz(_) => v,
+            Cell::Timestamp(t) => Cell::Timestamptz(t.and_utc()),
+            Cell::Date(d) => match d.and_hms_opt(0, 0, 0) {
+                Some(t) => Cell::Timestamptz(t.and_utc()),
+                None => return Err(bad(&v, "a date and time")),
+            },
+            Cell::Text(ref s) => match parse_datetime(s) {
+                Some(t) => Cell::Timestamptz(t),
+                None => return Err(bad(&v, "a date and time (RFC 3339)")),
+            },
+            _ => return Err(bad(&v, "a date and time")),
+        },
+        ValueType::List => match v {
+            Cell::Array(_) => v,
+            Cell::Json(Value::Array(items)) => {
+                Cell::Array(items.iter().map(json_to_cell).collect())
+            }
+            Cell::Text(ref s) if s.trim_start().starts_with('[') => {
+                match serde_json::from_str::<Value>(s) {
+                    Ok(Value::Array(items)) => {
+                        Cell::Array(items.iter().map(json_to_cell).collect())
+                    }
+                    _ => return Err(bad(&v, "a list")),
+                }
+            }
+            other => Cell::Array(vec![other]),
+        },
+        ValueType::Json => match v {
+            Cell::Text(ref s) => match serde_json::from_str::<Value>(s) {
+                Ok(j) => Cell::Json(j),
+                Err(_) => return Err(bad(&v, "JSON")),
+            },
+            other => other,
+        },
+    })
+}
+
+/// The JSON Klaviyo gets for a value, checking numbers and attribute shapes.
+fn finish(v: Cell, f: &Field) -> Result<Value, FieldFailure> {
+    let json = cell_to_json(&v)?;
+    match &f.path {
+        FieldPath::Standard(_) | FieldPath::Location(_) => {
+            let numeric_ok = matches!(f.path, FieldPath::Location("latitude" | "longitude"));
+            match json {
+                Value::String(_) => Ok(json),
+                Value::Number(_) if numeric_ok => Ok(json),
+                Value::Number(_) | Value::Bool(_) => {
+                    Ok(Value::String(v.to_text().unwrap_or_default()))
+                }
+                _ => Err(fail(
+                    Rule::AttributeType,
+                    format!("`{}` takes text, not a list or object", f.key),
+                    Some(&v),
+                )),
+            }
+        }
+        FieldPath::Property(_) => {
+            check_property_names(&json, 1).map_err(|m| fail(Rule::PropertyName, m, None))?;
+            Ok(json)
+        }
+    }
+}
+
+fn check_property_names(v: &Value, depth: usize) -> Result<(), String> {
+    match v {
+        Value::Object(m) => {
+            if depth > MAX_PROPERTY_DEPTH {
+                return Err(format!("nested deeper than {MAX_PROPERTY_DEPTH} levels"));
+            }
+            for (k, inner) in m {
+                if k.is_empty()
+                    || k.starts_with('$')
+                    || k.chars().count() > MAX_PROPERTY_NAME
+                    || k.chars().any(char::is_control)
+                {
+                    let shown: String = k.chars().take(40).collect();
+                    return Err(format!(
+                        "property name `{shown}` is empty, starts with `$`, has control characters or is longer than {MAX_PROPERTY_NAME} characters"
+                    ));
+                }
+                check_property_names(inner, depth + 1)?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            if depth > MAX_PROPERTY_DEPTH {
+                return Err(format!("nested deeper than {MAX_PROPERTY_DEPTH} levels"));
+            }
+            items
+                .iter()
+                .try_for_each(|i| check_property_names(i, depth + 1))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
+    let text = || Some(Cell::Text(v.as_str().unwrap_or_default().to_string()));
+    match f.path {
+        FieldPath::Standard("email") => {
+            let s = v.as_str().unwrap_or_default();
+            if s.chars().count() > MAX_EMAIL {
+                return Err(fail(
+                    Rule::EmailTooLong,
+                    format!("longer than Klaviyo's {MAX_EMAIL} characters"),
+                    text().as_ref(),
+                ));
+            }
+            if !valid_email(s) {
+                return Err(fail(
+                    Rule::EmailSyntax,
+                    "not a valid email address",
+                    text().as_ref(),
+                ));
+            }
+        }
+        FieldPath::Standard("phone_number") => {
+            let s = v.as_str().unwrap_or_default();
+            let e164_shape = s.len() >= 8
+                && s.len() <= 16
+                && s.starts_with('+')
+                && s[1..].chars().all(|c| c.is_ascii_digit())
+                && !s[1..].starts_with('0');
+            if !e164_shape {
+                return Err(fail(
+                    Rule::PhoneE164,
+                    "not in E.164 form (`+15005550006`); add `transform: e164` and a `default_region`",
+                    text().as_ref(),
+                ));
+            }
+            if let Err(m) = to_e164(s, None) {
+                return Err(fail(Rule::PhoneE164, m, text().as_ref()));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sets `attributes.<path>`, creating `location` / nested property objects.
+fn insert(attributes: &mut Map<String, Value>, path: &FieldPath, v: Value) {
+    match path {
+        FieldPath::Standard(name) => {
+            attributes.insert((*name).to_string(), v);
+        }
+        FieldPath::Location(name) => {
+            let loc = attributes
+                .entry("location")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(m) = loc {
+                m.insert((*name).to_string(), v);
+            }
+        }
+        FieldPath::Property(parts) => {
+            let mut cur = attributes
+                .entry("properties")
+                .or_insert_with(|| Value::Object(Map::new()));
+            for (i, p) in parts.iter().enumerate() {
+                let Value::Object(m) = cur else { return };
+                if i + 1 == parts.len() {
+                    m.insert(p.clone(), v);
+                    return;
+                }
+                cur = m
+                    .entry(p.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !cur.is_object() {
+                    *cur = Value::Object(Map::new());
+                }
+            }
+        }
+    }
+}
+
+/// An exact decimal as a JSON number, when a JSON number (i64, u64 or f64) says exactly
+/// the same value.
+pub fn decimal_to_json(s: &str) -> Option<Value> {
+    let t = s.trim();
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(Value::from(i));
+    }
+    if let Ok(u) = t.parse::<u64>() {
+        return Some(Value::from(u));
+    }
+    if !crate::query::is_decimal(t) {
+        return None;
+    }
+    let (neg, body) = match t.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let frac = frac.trim_end_matches('0');
+    let int = int.trim_start_matches('0');
+    if frac.is_empty() {
+        // An integer too large for i64/u64.
+        return None;
+    }
+    let x: f64 = t.parse().ok()?;
+    if !x.is_finite() {
+        return None;
+    }
+    // Does the shortest form of the double give back the same digits?
+    let back = format!("{}", x.abs());
+    let (bi, bf) = back.split_once('.').unwrap_or((&back, ""));
+    let same = bi.trim_start_matches('0') == int && bf.trim_end_matches('0') == frac;
+    if !same {
+        return None;
+    }
+    let _ = neg;
+    serde_json::Number::from_f64(x).map(Value::Number)
+}
+
+fn cell_to_json(v: &Cell) -> Result<Value, FieldFailure> {
+    Ok(match v {
+        Cell::Null => Value::Null,
+        Cell::Bool(b) => Value::Bool(*b),
+        Cell::Int(i) => Value::from(*i),
+        Cell::Float(x) => match serde_json::Number::from_f64(*x) {
+            Some(n) => Value::Number(n),
+            None => {
+                return Err(fail(
+                    Rule::NumericPrecision,
+                    "NaN and infinity are not numbers Klaviyo accepts",
+                    Some(v),
+                ));
+            }
+        },
+        Cell::Numeric(s) => match decimal_to_json(s) {
+            Some(n) => n,
+            None => {
+                return Err(fail(
+                    Rule::NumericPrecision,
+                    "has more digits than Klaviyo keeps (a double holds ~15 significant digits), or is NaN/infinity; round it in SQL or map it with `type: string`",
+                    Some(v),
+                ));
+            }
+        },
+        Cell::Text(s) => Value::String(s.clone()),
+        Cell::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
+        Cell::Timestamp(t) => Value::String(format_datetime(&t.and_utc())),
+        Cell::Timestamptz(t) => Value::String(format_datetime(t)),
+        Cell::Uuid(u) => Value::String(u.to_string()),
+        Cell::Json(j) => j.clone(),
+        Cell::Array(items) => {
+            Value::Array(items.iter().map(cell_to_json).collect::<Result<_, _>>()?)
+        }
+    })
+}
+
+/// JSON for previews: like the payload, but numbers that would be rejected show as text.
+pub fn cell_to_json_lossy(v: &Cell) -> Value {
+    match v {
+        Cell::Array(items) => Value::Array(items.iter().map(cell_to_json_lossy).collect()),
+        other => cell_to_json(other)
+            .unwrap_or_else(|_| Value::String(other.to_text().unwrap_or_default())),
+    }
+}
+
+fn json_to_cell(v: &Value) -> Cell {
+    match v {
+        Value::Null => Cell::Null,
+        Value::Bool(b) => Cell::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Cell::Int(i),
+            None => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Cell::Text(s.clone()),
+        Value::Array(items) => Cell::Array(items.iter().map(json_to_cell).collect()),
+        Value::Object(_) => Cell::Json(v.clone()),
+    }
+}
+
+fn cell_to_template(v: &Cell) -> JValue {
+    match v {
+        Cell::Null => JValue::from(()),
+        Cell::Bool(b) => JValue::from(*b),
+        Cell::Int(i) => JValue::from(*i),
+        Cell::Float(x) => JValue::from(*x),
+        Cell::Numeric(s) => match s.parse::<i64>() {
+            Ok(i) => JValue::from(i),
+            Err(_) => s
+                .parse::<f64>()
+                .map(JValue::from)
+                .unwrap_or_else(|_| JValue::from(s.as_str())),
+        },
+        Cell::Json(j) => JValue::from(Serde(j)),
+        Cell::Array(items) => JValue::from(items.iter().map(cell_to_template).collect::<Vec<_>>()),
+        other => JValue::from(other.to_text().unwrap_or_default()),
+    }
+}
+
+/// Masks personal values for messages: `a***@example.com`, `+1******0006`.
+pub fn mask(field: &str, value: &str) -> String {
+    if field == "email" || (value.contains('@') && valid_email(value.trim())) {
+        return mask_email(value);
+    }
+    if field == "phone_number" || field.ends_with("phone") {
+        return mask_phone(value);
+    }
+    if value.chars().count() > 80 {
+        let head: String = value.chars().take(77).collect();
+        return format!("{head}…");
+    }
+    value.to_string()
+}
+
+/// `ana@example.com` → `a***@example.com`.
+pub fn mask_email(s: &str) -> String {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => mask_phone(s),
+    }
+}
+
+/// `+15005550006` → `+1******0006`: the first two and last four characters stay.
+pub fn mask_phone(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= 6 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..2].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 6))
+}
+
+/// The `max_invalid` guard: may a run with `rejected` of `rows` rows go on?
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidGuard {
+    pub rejected: u64,
+    pub rows: u64,
+    /// The most rejects allowed, when the job sets `guards.max_invalid`.
+    pub limit: Option<u64>,
+    pub threshold: Option<Threshold>,
+}
+
+impl InvalidGuard {
+    pub fn passed(&self) -> bool {
+        self.limit.is_none_or(|l| self.rejected <= l)
+    }
+}
+
+impl fmt::Display for InvalidGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.threshold, self.limit) {
+            (Some(t), Some(l)) => {
+                let mark = if self.passed() { '✓' } else { '✗' };
+                write!(
+                    f,
+                    "invalid {} ≤ {t} (limit {l} of {} rows) {mark}",
+                    self.rejected, self.rows
+                )
+            }
+            _ => write!(
+                f,
+                "invalid {} of {} rows (no max_invalid guard)",
+                self.rejected, self.rows
+            ),
+        }
+    }
+}
+
+/// Evaluates `guards.max_invalid` for `rejected` rows out of `rows` read.
+pub fn check_invalid(max_invalid: Option<Threshold>, rejected: u64, rows: u64) -> InvalidGuard {
+    InvalidGuard {
+        rejected,
+        rows,
+        limit: max_invalid.map(|t| t.limit(rows)),
+        threshold: max_invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask_email("ana@example.com"), "a***@example.com");
+        assert_eq!(mask_phone("+15005550006"), "+1******0006");
+        assert_eq!(mask("email", "not-an-email"), "no******mail");
+        assert_eq!(mask("first_name", "Ana"), "Ana");
+    }
+
+    #[test]
+    fn decimals_keep_their_digits_or_are_refused() {
+        assert_eq!(decimal_to_json("412.50"), Some(serde_json::json!(412.5)));
+        assert_eq!(decimal_to_json("-0.0001"), Some(serde_json::json!(-0.0001)));
+        assert_eq!(decimal_to_json("12"), Some(serde_json::json!(12)));
+        assert_eq!(
+            decimal_to_json("18446744073709551615"),
+            Some(serde_json::json!(u64::MAX))
+        );
+        assert_eq!(decimal_to_json("999999999999999.99"), None);
+        assert_eq!(decimal_to_json("12345678901234567890.1"), None);
+        assert_eq!(decimal_to_json("123456789012345678901234"), None);
+        assert_eq!(decimal_to_json("NaN"), None);
+        assert_eq!(decimal_to_json("0.1"), Some(serde_json::json!(0.1)));
+    }
+
+    #[test]
+    fn emails_and_phones() {
+        assert!(valid_email("ana@example.com"));
+        assert!(!valid_email("ana@localhost"));
+        assert!(!valid_email("ana example.com"));
+        assert!(!valid_email("@example.com"));
+        assert_eq!(
+            normalise_email("  Ana@Example.COM "),
+            Some("Ana@example.com".into())
+        );
+        let us = Some(phonenumber::country::Id::US);
+        assert_eq!(to_e164("(201) 555-0123", us), Ok("+12015550123".into()));
+        assert!(to_e164("201 555 0123", None).is_err());
+        assert!(to_e164("12", us).is_err());
+        assert_eq!(to_e164("+44 20 7946 0958", us), Ok("+442079460958".into()));
+    }
+
+    #[test]
+    fn guards() {
+        let g = check_invalid(Some(Threshold::Percent(1.0)), 12, 1000);
+        assert!(!g.passed());
+        assert_eq!(g.limit, Some(10));
+        assert!(check_invalid(Some(Threshold::Count(12)), 12, 1000).passed());
+        assert!(check_invalid(None, 500, 1000).passed());
+    }
+}
