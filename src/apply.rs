@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::compile::Job;
@@ -140,10 +139,11 @@ pub async fn apply(
     state: &State<'_>,
     mut snapshot: Snapshot,
     list_ids: &[String],
-    mut rows: mpsc::Receiver<Result<RowOutcome, String>>,
+    feed: crate::sync::Feed,
     settings: Settings,
 ) -> Result<(Report, Vec<Failure>, Plan), ApplyError> {
     let started = Instant::now();
+    let (mut rows, producer) = feed;
     let lists: Vec<(String, bool)> = job
         .spec
         .lists
@@ -296,8 +296,14 @@ pub async fn apply(
         (settings.progress)(seen, confirmed_total);
     }
     if interrupted {
+        producer.abort();
         return Err(ApplyError::Interrupted);
     }
+    // Every row must have been read before anything is removed from a mirrored list.
+    producer
+        .await
+        .map_err(|e| ApplyError::Source(format!("the query task failed: {e}")))?
+        .map_err(ApplyError::Source)?;
 
     // Mirror removals: members kdit added whose rows left the query.
     let removals = differ.removals();

@@ -12,6 +12,7 @@ pub mod compile;
 pub mod diagnostic;
 pub mod diff;
 pub mod exit;
+pub mod feed;
 pub mod inventory;
 pub mod klaviyo;
 pub mod load;

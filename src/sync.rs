@@ -270,13 +270,8 @@ async fn run_locked(
         progress: Box::new(move |rows, confirmed| p.update(rows, confirmed)),
     };
     let started = Instant::now();
-    let (rx, task) = rows.feed();
-    let result = apply(
-        job, run_id, client, state, snapshot, &list_ids, rx, settings,
-    )
-    .await;
+    let result = apply(job, run_id, client, state, snapshot, &list_ids, rows.feed(), settings).await;
     progress.finish();
-    let _ = task.await;
     let (mut report, failures, _) = match result {
         Ok(r) => r,
         Err(ApplyError::Interrupted) => {
