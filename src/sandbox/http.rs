@@ -16,9 +16,13 @@ pub const JSONAPI: &str = "application/vnd.api+json";
 /// Largest request body Klaviyo accepts on `/api` (5 MB, decompressed).
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
 
-/// A JSON:API error, as Klaviyo returns it in `{"errors":[...]}`.
+/// A JSON:API error, as Klaviyo returns it in `{"errors":[...]}`. Boxed so the many
+/// `Result<_, ApiError>`s stay small.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorBody>);
+
+#[derive(Debug, Clone)]
+pub struct ErrorBody {
     pub status: StatusCode,
     pub code: String,
     pub title: String,
@@ -28,9 +32,22 @@ pub struct ApiError {
     pub meta: Map<String, Value>,
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ErrorBody;
+    fn deref(&self) -> &ErrorBody {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorBody {
+        &mut self.0
+    }
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, title: &str, detail: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(ErrorBody {
             status,
             code: code.to_string(),
             title: title.to_string(),
@@ -38,7 +55,7 @@ impl ApiError {
             pointer: None,
             parameter: None,
             meta: Map::new(),
-        }
+        }))
     }
 
     /// 400 `invalid`: the most common Klaviyo error for a bad body or parameter.

@@ -346,6 +346,8 @@ pub async fn bench_bulk(sb: &Sandbox, n: usize) -> anyhow::Result<BenchResult> {
         .collect();
     let body = serde_json::json!({"data":{"type":"profile-bulk-import-job",
         "attributes":{"profiles":{"data":profiles}}}});
+    // reqwest is built without a default TLS provider; plain HTTP still needs one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let start = Instant::now();
     let resp = client
