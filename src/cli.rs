@@ -30,6 +30,21 @@ pub enum Command {
     /// The committed copies live in schemas/; editors with yaml-language-server use them
     /// for completion and hover docs.
     Schema(SchemaArgs),
+    /// Show what a run would change in Klaviyo: profiles, list members, lists to create.
+    ///
+    /// Reads the query and the state; writes nothing. `-o plan.json` saves the plan for
+    /// `kdit apply`. Exit status: 0, or with --detailed-exitcode 0 no changes / 2 changes.
+    Plan(crate::commands::PlanArgs),
+    /// Plan, print the plan, then apply it: bulk imports, list adds and removals.
+    ///
+    /// One run per job at a time (a PostgreSQL advisory lock). State is recorded only after
+    /// Klaviyo confirms, so an interrupted run resumes where it stopped.
+    Run(crate::commands::RunArgs),
+    /// Apply a plan saved by `kdit plan -o`, exactly; refused when the state or the query's
+    /// result moved since it was made.
+    Apply(crate::commands::ApplyPlanArgs),
+    /// Past runs of a job, from the ledger: when, how long, what changed, what failed.
+    History(crate::commands::HistoryArgs),
     /// Stored queries: list them, with their parameters and the jobs that use them.
     Query {
         #[command(subcommand)]

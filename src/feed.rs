@@ -36,7 +36,9 @@ impl PgRows {
             None => StoredQuery::inline(&job.query_text),
         }
         .map_err(|e| e.to_string())?;
-        let query = stored.render(&job.spec.query.params).map_err(|e| e.to_string())?;
+        let query = stored
+            .render(&job.spec.query.params)
+            .map_err(|e| e.to_string())?;
         let defaults = job.project.as_ref().and_then(|p| p.spec.defaults.as_ref());
         let mapping = Mapping::compile(&job.spec.profiles, defaults)
             .map_err(|errors| {
@@ -57,7 +59,12 @@ impl PgRows {
                 .or_else(|| job.project.as_ref()?.spec.defaults.as_ref()?.timeout)
                 .map(|t| t.0);
         }
-        Ok(PgRows { source, mapping: Arc::new(mapping), query, ctx })
+        Ok(PgRows {
+            source,
+            mapping: Arc::new(mapping),
+            query,
+            ctx,
+        })
     }
 }
 
@@ -127,9 +134,15 @@ async fn produce(
         };
         if tx.send(Ok(outcome)).await.is_err() {
             // The consumer stopped (Ctrl-C or an error of its own).
-            return Ok(QueryDone { rows: n, seconds: started.elapsed().as_secs_f64() });
+            return Ok(QueryDone {
+                rows: n,
+                seconds: started.elapsed().as_secs_f64(),
+            });
         }
     }
     rows.finish().await.map_err(|e| e.to_string())?;
-    Ok(QueryDone { rows: n, seconds: started.elapsed().as_secs_f64() })
+    Ok(QueryDone {
+        rows: n,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod attributes;
 pub mod cli;
+pub mod commands;
 pub mod compile;
 pub mod diagnostic;
 pub mod diff;

@@ -30,6 +30,10 @@ fn main() {
     std::process::exit(status.code());
 }
 
+fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
+    Ok(tokio::runtime::Runtime::new()?.block_on(f))
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Validate(args) => {
@@ -77,6 +81,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             }
             Ok(ExitStatus::Success)
         }
+        Command::Plan(args) => Ok(block_on(kdit::commands::plan(args))?),
+        Command::Run(args) => {
+            let out = kdit::sync::Output {
+                show: args.show,
+                mask: args.mask,
+                quiet: args.apply.quiet,
+                report: args.apply.report.clone(),
+                rejects: args.apply.rejects.clone(),
+                ..Default::default()
+            };
+            Ok(block_on(kdit::commands::run(
+                &args.job,
+                &args.apply,
+                out,
+                None,
+                args.dry_run,
+            ))?)
+        }
+        Command::Apply(args) => Ok(block_on(kdit::commands::apply(args))?),
+        Command::History(args) => Ok(block_on(kdit::commands::history(args))?),
         Command::Sandbox(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(kdit::sandbox::run(args))?;

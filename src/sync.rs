@@ -270,7 +270,17 @@ async fn run_locked(
         progress: Box::new(move |rows, confirmed| p.update(rows, confirmed)),
     };
     let started = Instant::now();
-    let result = apply(job, run_id, client, state, snapshot, &list_ids, rows.feed(), settings).await;
+    let result = apply(
+        job,
+        run_id,
+        client,
+        state,
+        snapshot,
+        &list_ids,
+        rows.feed(),
+        settings,
+    )
+    .await;
     progress.finish();
     let (mut report, failures, _) = match result {
         Ok(r) => r,

@@ -1064,8 +1064,12 @@ pub fn decimal_to_json(s: &str) -> Option<Value> {
     let frac = frac.trim_end_matches('0');
     let int = int.trim_start_matches('0');
     if frac.is_empty() {
-        // An integer too large for i64/u64.
-        return None;
+        // `37.00`: an integer written with decimals; beyond i64/u64 it has no exact form.
+        let digits = if int.is_empty() { "0" } else { int };
+        return match digits.parse::<i64>() {
+            Ok(i) => Some(Value::from(if neg { -i } else { i })),
+            Err(_) => None,
+        };
     }
     let x: f64 = t.parse().ok()?;
     if !x.is_finite() {
@@ -1247,6 +1251,13 @@ pub fn check_invalid(max_invalid: Option<Threshold>, rejected: u64, rows: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_with_zero_fractions_are_integers() {
+        assert_eq!(decimal_to_json("37.00"), Some(Value::from(37)));
+        assert_eq!(decimal_to_json("-5.0"), Some(Value::from(-5)));
+        assert_eq!(decimal_to_json("0.00"), Some(Value::from(0)));
+    }
 
     #[test]
     fn masks() {
