@@ -201,10 +201,10 @@ pub fn human(plan: &Plan, opts: Options) -> String {
         )];
         if changed_lists > 0 {
             parts.push(format!(
-                "{} to change ({} adds, {} removals)",
+                "{} to change ({}, {})",
                 plural(changed_lists, "list", "lists"),
-                thousands(adds),
-                thousands(removes)
+                plural(adds, "add", "adds"),
+                plural(removes, "removal", "removals")
             ));
         }
         if created > 0 {

@@ -1,0 +1,524 @@
+//! End to end: the real `kdit` binary syncing a real PostgreSQL database into an in-process
+//! sandbox, reached exactly as real Klaviyo would be (KLAVIYO_BASE_URL + KLAVIYO_API_KEY).
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kdit::sandbox::{FaultSpec, RateLimits, Sandbox, SandboxConfig};
+use serde_json::Value;
+use support::pg::TestDb;
+
+const JOB: &str = r#"version: 1
+name: shop-sync
+query:
+  sql: select id, email, first_name, ltv, vip from customers where not gone order by id
+profiles:
+  key: email
+  fields:
+    email: { column: email, transform: [trim, lowercase] }
+    external_id: id
+    first_name: first_name
+    properties.ltv: { column: ltv, type: number }
+    properties.vip: vip
+lists:
+  - name: Everyone
+    mode: mirror
+batch: { size: 100 }
+"#;
+
+/// A test database with customers, a sandbox, and a folder for job files.
+struct World {
+    db: TestDb,
+    sb: Sandbox,
+    dir: tempfile::TempDir,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl World {
+    async fn new(customers: usize) -> World {
+        World::with(
+            customers,
+            SandboxConfig {
+                rate_limits: RateLimits::Off,
+                ..SandboxConfig::default()
+            },
+        )
+        .await
+    }
+
+    async fn with(customers: usize, config: SandboxConfig) -> World {
+        let db = TestDb::new().await;
+        db.execute(&format!(
+            "create table customers (id int primary key, email text, first_name text, ltv numeric, vip bool, gone bool not null default false);
+             insert into customers (id, email, first_name, ltv, vip)
+             select n, 'Customer' || n || '@Example.com ', 'Name' || n, (n * 7 % 500)::numeric / 4, n % 10 = 0
+             from generate_series(1, {customers}) n;"
+        ))
+        .await;
+        let sb = Sandbox::start(config).await.expect("sandbox");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("job.yaml"), JOB).unwrap();
+        World { db, sb, dir }
+    }
+
+    fn job(&self, text: &str) {
+        std::fs::write(self.dir.path().join("job.yaml"), text).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdit"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("DATABASE_URL", format!("{}?sslmode=disable", self.db.url))
+            .env("KLAVIYO_BASE_URL", self.sb.base_url())
+            .env("KLAVIYO_API_KEY", self.sb.api_key())
+            .env("NO_COLOR", "1")
+            .env_remove("KDIT_STATE_SCHEMA")
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn kdit(&self, args: &[&str]) -> Out {
+        let o = self.command(args).output().await.expect("run kdit");
+        let out = Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        assert!(
+            !out.stderr.contains("panicked"),
+            "kdit panicked:\n{}",
+            out.stderr
+        );
+        assert!(
+            !out.stdout.contains(self.sb.api_key()) && !out.stderr.contains(self.sb.api_key()),
+            "the API key leaked into the output"
+        );
+        out
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Emails of the sandbox's profiles; fails on duplicates.
+    fn emails(&self) -> HashSet<String> {
+        let profiles = self.sb.profiles();
+        let emails: HashSet<String> = profiles.iter().filter_map(|p| p.email.clone()).collect();
+        assert_eq!(
+            emails.len(),
+            profiles.len(),
+            "duplicate profiles in the sandbox"
+        );
+        emails
+    }
+
+    fn list_members(&self, name: &str) -> usize {
+        self.sb
+            .lists()
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.members.len())
+            .unwrap_or(0)
+    }
+
+    fn calls(&self, endpoint_prefix: &str) -> u64 {
+        self.sb
+            .request_counts()
+            .iter()
+            .filter(|(k, _)| k.starts_with(endpoint_prefix))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+}
+
+fn expected_emails(range: std::ops::RangeInclusive<usize>) -> HashSet<String> {
+    range.map(|n| format!("customer{n}@example.com")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sync_creates_everything_and_a_rerun_changes_nothing() {
+    let w = World::new(250).await;
+    let run = w
+        .kdit(&["run", "job.yaml", "--report", "report.json"])
+        .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("+ 250 to create"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("+ Everyone   created, + 250 add"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(w.emails(), expected_emails(1..=250));
+    assert_eq!(w.list_members("Everyone"), 250);
+    let p =
+        w.sb.profile_by_email("customer10@example.com")
+            .expect("profile");
+    assert_eq!(p.external_id.as_deref(), Some("10"));
+    assert_eq!(p.attributes["first_name"], "Name10");
+    assert_eq!(p.attributes["properties"]["ltv"], serde_json::json!(17.5));
+    assert_eq!(p.attributes["properties"]["vip"], true);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("report.json")).unwrap()).unwrap();
+    assert_eq!(report["created"], 250);
+    assert_eq!(report["bulk_jobs"], 3);
+    assert_eq!(w.calls("POST /api/profile-bulk-import-jobs"), 3);
+
+    let bulk_before = w.calls("POST /api/profile-bulk-import-jobs");
+    let again = w.kdit(&["run", "job.yaml"]).await;
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    assert_eq!(
+        w.calls("POST /api/profile-bulk-import-jobs"),
+        bulk_before,
+        "a no-change run sent profiles"
+    );
+    assert_eq!(
+        w.calls("POST /api/lists/{id}/relationships/profiles") + w.calls("DELETE"),
+        0
+    );
+
+    let history = w.kdit(&["history", "job.yaml"]).await;
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    assert!(history.stdout.contains("250 created"), "{}", history.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mirror() {
+    let w = World::new(200).await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    w.db.execute("update customers set first_name = 'Renamed' where id in (3, 4); update customers set gone = true where id = 5;").await;
+    let plan = w.kdit(&["plan", "job.yaml", "--detailed-exitcode"]).await;
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout.contains("  ~   2 to update\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(
+            "Plan: 2 profiles to write in 1 bulk job, 1 list to change (0 adds, 1 removal).\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("first_name  \"Name3\" → \"Renamed\""),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("~ Everyone   - 1 remove (rows left the query)"),
+        "{}",
+        plan.stdout
+    );
+
+    let bulk_before = w.calls("POST /api/profile-bulk-import-jobs");
+    let run = w.kdit(&["run", "job.yaml", "--report", "r.json"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
+    assert_eq!(
+        (report["updated"].as_u64(), report["created"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(report["list_removals"], 1);
+    assert_eq!(
+        w.calls("POST /api/profile-bulk-import-jobs"),
+        bulk_before + 1
+    );
+    assert_eq!(
+        w.sb.profile_by_email("customer3@example.com")
+            .unwrap()
+            .attributes["first_name"],
+        "Renamed"
+    );
+    assert_eq!(w.list_members("Everyone"), 199);
+    // Removal is list membership only: the profile stays.
+    assert!(w.sb.profile_by_email("customer5@example.com").is_some());
+    assert!(
+        w.kdit(&["plan", "job.yaml"])
+            .await
+            .stdout
+            .contains("No changes.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_applies_and_a_stale_one_is_refused() {
+    let w = World::new(50).await;
+    let plan = w.kdit(&["plan", "job.yaml", "-o", "plan.json"]).await;
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let applied = w.kdit(&["apply", "plan.json"]).await;
+    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
+    assert_eq!(w.emails().len(), 50);
+
+    // The same plan again: the state moved (it was applied).
+    let again = w.kdit(&["apply", "plan.json"]).await;
+    assert_eq!(again.code, 1);
+    assert!(
+        again
+            .stderr
+            .contains("the saved plan is stale: the state moved"),
+        "{}",
+        again.stderr
+    );
+
+    // A fresh plan, then the data changes before it is applied.
+    w.db.execute("update customers set first_name = 'Late' where id = 1")
+        .await;
+    assert_eq!(
+        w.kdit(&["plan", "job.yaml", "-o", "plan2.json"]).await.code,
+        0
+    );
+    w.db.execute("update customers set first_name = 'Later' where id = 2")
+        .await;
+    let stale = w.kdit(&["apply", "plan2.json"]).await;
+    assert_eq!(stale.code, 1);
+    assert!(
+        stale
+            .stderr
+            .contains("the query's result changed since the plan was made"),
+        "{}",
+        stale.stderr
+    );
+    assert_eq!(
+        w.sb.profile_by_email("customer1@example.com")
+            .unwrap()
+            .attributes["first_name"],
+        "Name1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_storms_and_server_errors_still_converge() {
+    let faults: FaultSpec = "429=15%,5xx=10%,drop=3%".parse().unwrap();
+    let w = World::with(
+        300,
+        SandboxConfig {
+            rate_limits: RateLimits::Off,
+            faults,
+            seed: 7,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    let run = w.kdit(&["run", "job.yaml", "--report", "r.json"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(w.emails(), expected_emails(1..=300));
+    assert_eq!(w.list_members("Everyone"), 300);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
+    let retried = report["api"]["retries"].as_u64().unwrap();
+    assert!(
+        retried > 0,
+        "faults were injected, so the report counts retries: {report}"
+    );
+    assert!(
+        report["api"]["rate_limited"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_rows_and_import_errors_land_in_the_rejects_file() {
+    let faults: FaultSpec = "bulk-fail=10%".parse().unwrap();
+    let w = World::with(
+        100,
+        SandboxConfig {
+            rate_limits: RateLimits::Off,
+            faults,
+            seed: 3,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    w.db.execute("update customers set email = 'not-an-email' where id = 7; update customers set email = null where id = 8;").await;
+    let run = w
+        .kdit(&[
+            "run",
+            "job.yaml",
+            "--rejects",
+            "rejects.csv",
+            "--report",
+            "r.json",
+        ])
+        .await;
+    assert_eq!(
+        run.code, 67,
+        "partial failure: {}\n{}",
+        run.stdout, run.stderr
+    );
+    let csv = std::fs::read_to_string(w.path("rejects.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "row,key,field,rule,message");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("7,") && l.contains("email_syntax")),
+        "{csv}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("8,") && l.contains("key_missing")),
+        "{csv}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
+    let failed = report["failed"].as_u64().unwrap();
+    assert!(
+        failed > 0,
+        "bulk-fail faults should fail some profiles: {report}"
+    );
+    assert_eq!(lines.len() as u64 - 1, failed + 2, "{csv}");
+    assert_eq!(w.emails().len() as u64, 98 - failed);
+    // The failed profiles were not recorded as synced: the next run sends them again.
+    w.sb.set_faults(FaultSpec::none(), None);
+    let again = w.kdit(&["run", "job.yaml", "--report", "r2.json"]).await;
+    assert_eq!(again.code, 67, "{}", again.stderr);
+    let r2: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("r2.json")).unwrap()).unwrap();
+    assert_eq!(r2["created"].as_u64().unwrap(), failed);
+    assert_eq!(w.emails().len(), 98);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_concurrent_run_is_refused_with_who_holds_the_lock() {
+    let w = World::new(10).await;
+    let client = w.db.client().await;
+    let state = kdit::state::State::open(&client, "kdit").await.unwrap();
+    let run_id = state.begin_run("shop-sync", "ci-host:4242").await.unwrap();
+    let second = w.kdit(&["run", "job.yaml"]).await;
+    assert_eq!(second.code, 1);
+    assert!(
+        second.stderr.contains(&format!(
+            "job `shop-sync` is already running (run #{run_id} by ci-host:4242, since "
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(w.sb.profiles().is_empty());
+    state
+        .finish_run("shop-sync", run_id, "ok", &Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_mid_way_resumes_without_duplicates() {
+    let w = World::with(
+        2000,
+        SandboxConfig {
+            rate_limits: RateLimits::Off,
+            job_latency: Duration::from_millis(400),
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    w.job(&JOB.replace("size: 100", "size: 200"));
+    let mut child = w.command(&["run", "job.yaml", "-q"]).spawn().unwrap();
+    // Kill once a few batches were confirmed (recorded in the state) but before the end.
+    let db = w.db.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut confirmed = 0i64;
+    while std::time::Instant::now() < deadline {
+        let row = db
+            .query_opt(
+                "select count(*) from kdit.profiles where job = 'shop-sync'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten();
+        confirmed = row.map(|r| r.get(0)).unwrap_or(0);
+        if confirmed >= 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    assert!(
+        (400..2000).contains(&confirmed),
+        "killed at {confirmed} confirmed profiles"
+    );
+    let again = w.kdit(&["run", "job.yaml", "--report", "r.json"]).await;
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert_eq!(w.emails(), expected_emails(1..=2000));
+    assert_eq!(w.list_members("Everyone"), 2000);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
+    // Only what was not confirmed before the kill is sent again.
+    let resent = report["created"].as_u64().unwrap();
+    assert!(
+        resent <= 2000 - confirmed as u64,
+        "{resent} sent again after {confirmed} were confirmed"
+    );
+    assert!(
+        w.kdit(&["plan", "job.yaml"])
+            .await
+            .stdout
+            .contains("No changes.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_stops_a_mass_removal_before_any_write() {
+    let w = World::new(100).await;
+    w.job(&format!("{JOB}guards: {{ max_removals: 5% }}\n"));
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    w.db.execute("update customers set gone = true where id <= 20; update customers set first_name = 'X' where id = 50;").await;
+    let run = w.kdit(&["run", "job.yaml"]).await;
+    assert_eq!(run.code, 66, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("✗ STOP"), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("a guard stopped the run before any write"),
+        "{}",
+        run.stderr
+    );
+    let writes: u64 =
+        w.sb.request_counts()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET"))
+            .map(|(_, v)| *v)
+            .sum();
+    assert_eq!(w.list_members("Everyone"), 100);
+    assert_eq!(
+        w.sb.profile_by_email("customer50@example.com")
+            .unwrap()
+            .attributes["first_name"],
+        "Name50"
+    );
+    assert_eq!(
+        writes,
+        w.calls("POST /api/profile-bulk-import-jobs") + w.calls("POST /api/lists"),
+        "only the first run wrote"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_api_key_the_error_says_what_to_do() {
+    let w = World::new(1).await;
+    let out = w
+        .command(&["plan", "job.yaml"])
+        .env_remove("KLAVIYO_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("KLAVIYO_API_KEY is not set"), "{stderr}");
+    assert!(stderr.contains("--sandbox"), "{stderr}");
+}
