@@ -215,6 +215,23 @@ fn state_schema(job: &Job, sandbox: bool) -> String {
     }
 }
 
+/// Opens the state store for the account the client reaches (one credential check).
+async fn open_state<'a>(
+    db: &'a tokio_postgres::Client,
+    job: &Job,
+    target: &Target,
+    sandbox: bool,
+) -> Result<State<'a>, String> {
+    let account = target.client.account().await.map_err(|e| match e.status() {
+        Some(400 | 401 | 403) => format!("Klaviyo refused the API key: {e}\nhint: check KLAVIYO_API_KEY (a private key with the scopes kdit needs)"),
+        _ => e.to_string(),
+    })?;
+    let state = State::open(db, &state_schema(job, sandbox))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(state.for_account(&account))
+}
+
 async fn connect() -> Result<Source, String> {
     let config = SourceConfig::from_env().map_err(|e| e.to_string())?;
     Source::connect(config).await.map_err(|e| e.to_string())
@@ -250,7 +267,7 @@ pub async fn plan(args: PlanArgs) -> ExitStatus {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let state = match State::open(&db, &state_schema(&job, args.klaviyo.sandbox)).await {
+    let state = match open_state(&db, &job, &target, args.klaviyo.sandbox).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -314,7 +331,7 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let state = match State::open(&db, &state_schema(&job, args.klaviyo.sandbox)).await {
+    let state = match open_state(&db, &job, &target, args.klaviyo.sandbox).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -338,7 +338,13 @@ fn tls_connector(cfg: &SourceConfig) -> Result<Tls, SourceError> {
     use rustls::ClientConfig;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    if cfg.ssl == SslMode::Disable {
+    let all_unix = cfg
+        .pg
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    // Like libpq, never TLS over a Unix socket (`prefer` means plain there).
+    if cfg.ssl == SslMode::Disable || (cfg.ssl == SslMode::Prefer && all_unix) {
         return Ok(Tls::None);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -93,6 +93,9 @@ pub enum StateError {
 pub struct State<'a> {
     db: &'a PgClient,
     schema: String,
+    /// The Klaviyo account the state describes: what was synced to one account says
+    /// nothing about another, so profiles and lists are kept per account.
+    account: String,
 }
 
 /// What the state says about one key, in memory for the diff.
@@ -129,6 +132,7 @@ impl<'a> State<'a> {
         let state = State {
             db,
             schema: schema.to_string(),
+            account: String::new(),
         };
         state.migrate().await?;
         Ok(state)
@@ -136,6 +140,21 @@ impl<'a> State<'a> {
 
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// Scopes profile and list state to a Klaviyo account (its id from `GET /api/accounts`).
+    pub fn for_account(mut self, account: &str) -> State<'a> {
+        self.account = account.to_string();
+        self
+    }
+
+    /// The key profile and list state is kept under for a job.
+    fn scope(&self, job: &str) -> String {
+        if self.account.is_empty() {
+            job.to_string()
+        } else {
+            format!("{job}@{}", self.account)
+        }
     }
 
     async fn migrate(&self) -> Result<(), StateError> {
@@ -266,6 +285,9 @@ impl<'a> State<'a> {
 
     /// Loads the job's state for the diff. `lists` are the job's list names, in order.
     pub async fn snapshot(&self, job: &str, lists: &[String]) -> Result<Snapshot, StateError> {
+        let name = job;
+        let job = self.scope(job);
+        let job = job.as_str();
         let s = &self.schema;
         let index: HashMap<&str, usize> = lists
             .iter()
@@ -314,7 +336,7 @@ impl<'a> State<'a> {
                     "select id, to_char(finished_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"')
                      from {s}.runs where job = $1 and status in ('ok', 'partial') order by id desc limit 1"
                 ),
-                &[&job],
+                &[&name],
             )
             .await?;
         snap.last_run = last.map(|r| (r.get(0), r.get(1)));
@@ -328,6 +350,8 @@ impl<'a> State<'a> {
         job: &str,
         keys: &[String],
     ) -> Result<HashMap<String, Value>, StateError> {
+        let job = self.scope(job);
+        let job = job.as_str();
         let s = &self.schema;
         let rows = self
             .db
@@ -341,6 +365,8 @@ impl<'a> State<'a> {
 
     /// Klaviyo ids of the job's lists that kdit resolved before.
     pub async fn list_ids(&self, job: &str) -> Result<HashMap<String, String>, StateError> {
+        let job = self.scope(job);
+        let job = job.as_str();
         let s = &self.schema;
         let rows = self
             .db
@@ -353,6 +379,8 @@ impl<'a> State<'a> {
     }
 
     pub async fn save_list_id(&self, job: &str, name: &str, id: &str) -> Result<(), StateError> {
+        let job = self.scope(job);
+        let job = job.as_str();
         let s = &self.schema;
         self.db
             .execute(
@@ -373,6 +401,8 @@ impl<'a> State<'a> {
         run: i64,
         confirmed: &[Confirmed],
     ) -> Result<(), StateError> {
+        let job = self.scope(job);
+        let job = job.as_str();
         if confirmed.is_empty() {
             return Ok(());
         }
@@ -408,6 +438,8 @@ impl<'a> State<'a> {
         list: &str,
         keys: &[String],
     ) -> Result<(), StateError> {
+        let job = self.scope(job);
+        let job = job.as_str();
         let s = &self.schema;
         self.db
             .execute(
