@@ -435,7 +435,7 @@ async fn a_run_killed_mid_way_resumes_without_duplicates() {
     while std::time::Instant::now() < deadline {
         let row = db
             .query_opt(
-                "select count(*) from kdit.profiles where job = 'shop-sync'",
+                "select count(*) from kdit.profiles where job like 'shop-sync@%'",
                 &[],
             )
             .await
