@@ -8,7 +8,9 @@
 pub mod attributes;
 pub mod cli;
 pub mod exit;
+pub mod inspect;
 pub mod query;
+pub mod rows;
 pub mod sandbox;
 pub mod source;
 pub mod spec;

@@ -21,6 +21,10 @@
 //! significant digits, so all money amounts: `412.50` is sent as `412.5`); a numeric with
 //! more digits than a double keeps is rejected (`numeric_precision`) rather than silently
 //! rounded — round it in SQL or map it with `type: string`.
+//!
+//! NULL and empty: a NULL column (after `default`) or text that is empty after the transforms
+//! is *no value*: left out under `on_null: keep`, listed in `unset` under `on_null: unset`,
+//! and a missing key (`key_missing`) for the key field.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -688,6 +692,10 @@ fn field_value(
     }
     for t in &f.transforms {
         v = apply_transform(*t, v, f)?;
+    }
+    // Empty text is no value: a blank email is a missing key, not a malformed one.
+    if matches!(&v, Cell::Text(s) if s.is_empty()) {
+        return Ok(None);
     }
     if let Some(ty) = f.value_type {
         v = cast(v, ty)?;
