@@ -14,4 +14,12 @@ pub struct Cli {
 pub enum Command {
     /// Run a local Klaviyo-compatible API server for trying and testing jobs.
     Sandbox(crate::sandbox::SandboxArgs),
+    /// Stored queries: run one (read-only) and preview its rows.
+    Query(crate::inspect::QueryArgs),
+    /// Connect and check a job: its query runs (LIMIT 0) and returns every mapped column.
+    Check(crate::inspect::CheckArgs),
+    /// Show the first profiles a job would send, and any rejected rows.
+    Preview(crate::inspect::PreviewArgs),
+    /// Benchmarks.
+    Bench(crate::bench::BenchArgs),
 }

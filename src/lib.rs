@@ -6,6 +6,7 @@
 //! carries it out through the `klaviyo` client. `sandbox` is a local Klaviyo API for tests.
 
 pub mod attributes;
+pub mod bench;
 pub mod cli;
 pub mod exit;
 pub mod inspect;

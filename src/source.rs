@@ -196,6 +196,55 @@ impl SourceConfig {
         self.ssl
     }
 
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> SourceConfig {
+        let mut c = self.clone();
+        c.pg.dbname(dbname);
+        c.target = format!("{} (database {dbname})", self.target);
+        c
+    }
+
+    /// libpq environment variables for the same connection, for running `psql`.
+    /// Holds the password (as `PGPASSWORD`): pass it to a child process, never print it.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        use tokio_postgres::config::Host;
+        let mut env = Vec::new();
+        if let Some(h) = self.pg.get_hosts().first() {
+            env.push((
+                "PGHOST",
+                match h {
+                    Host::Tcp(s) => s.clone(),
+                    #[cfg(unix)]
+                    Host::Unix(p) => p.display().to_string(),
+                },
+            ));
+        }
+        if let Some(p) = self.pg.get_ports().first() {
+            env.push(("PGPORT", p.to_string()));
+        }
+        if let Some(u) = self.pg.get_user() {
+            env.push(("PGUSER", u.to_string()));
+        }
+        if let Some(d) = self.pg.get_dbname() {
+            env.push(("PGDATABASE", d.to_string()));
+        }
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD", p.clone()));
+        }
+        env.push((
+            "PGSSLMODE",
+            match self.ssl {
+                SslMode::Disable => "disable",
+                SslMode::Prefer => "prefer",
+                SslMode::Require => "require",
+                SslMode::VerifyCa => "verify-ca",
+                SslMode::VerifyFull => "verify-full",
+            }
+            .to_string(),
+        ));
+        env
+    }
+
     /// The connection string with its password masked.
     pub fn target(&self) -> &str {
         &self.target
