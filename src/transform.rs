@@ -1072,8 +1072,13 @@ pub fn decimal_to_json(s: &str) -> Option<Value> {
     let frac = frac.trim_end_matches('0');
     let int = int.trim_start_matches('0');
     if frac.is_empty() {
-        // An integer too large for i64/u64.
-        return None;
+        // `25.00`: an integer, if it fits.
+        let int = if int.is_empty() { "0" } else { int };
+        return if neg {
+            format!("-{int}").parse::<i64>().ok().map(Value::from)
+        } else {
+            int.parse::<u64>().ok().map(Value::from)
+        };
     }
     let x: f64 = t.parse().ok()?;
     if !x.is_finite() {
@@ -1086,7 +1091,6 @@ pub fn decimal_to_json(s: &str) -> Option<Value> {
     if !same {
         return None;
     }
-    let _ = neg;
     serde_json::Number::from_f64(x).map(Value::Number)
 }
 
@@ -1278,6 +1282,9 @@ mod tests {
         assert_eq!(decimal_to_json("123456789012345678901234"), None);
         assert_eq!(decimal_to_json("NaN"), None);
         assert_eq!(decimal_to_json("0.1"), Some(serde_json::json!(0.1)));
+        assert_eq!(decimal_to_json("25.00"), Some(serde_json::json!(25)));
+        assert_eq!(decimal_to_json("-0.00"), Some(serde_json::json!(0)));
+        assert_eq!(decimal_to_json("-7.0"), Some(serde_json::json!(-7)));
     }
 
     #[test]
