@@ -190,7 +190,7 @@ impl ProfileStream<'_> {
             Err(e) => return Some(Err(e)),
         };
         let n = self.rows.count();
-        Some(Ok(match self.transformer.row(n, &cells) {
+        Some(Ok(match self.transformer.row(n, cells) {
             Ok(p) => {
                 self.profiles += 1;
                 RowOutcome::Profile(p)

@@ -175,6 +175,17 @@ impl SourceConfig {
                 .or_else(|| env("PGSSLMODE"))
                 .unwrap_or_else(|| "prefer".into()),
         )?;
+        // libpq never uses TLS over Unix-domain sockets.
+        #[cfg(unix)]
+        let ssl = if pg
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+        {
+            SslMode::Disable
+        } else {
+            ssl
+        };
         pg.ssl_mode(match ssl {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -1564,6 +1575,13 @@ mod tests {
             tls_connector(&SourceConfig::parse("postgres://u@h/d?sslmode=verify-full").unwrap())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn unix_sockets_never_use_tls() {
+        let c =
+            SourceConfig::parse("host=/var/run/postgresql user=postgres sslmode=require").unwrap();
+        assert_eq!(c.ssl_mode(), SslMode::Disable);
     }
 
     #[test]

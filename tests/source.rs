@@ -590,13 +590,14 @@ fields:
   properties.code: { column: code, type: string }
   properties.plan.label: { template: "{{ plan | upper }} ({{ first }})" }
   properties.uk_phone: { column: uk, transform: e164, default_region: GB }
-  properties.note: note"#,
+  properties.note: note
+  properties.whole: whole"#,
         r#"select 42 as id, '  Ana@Example.COM ' as email, '(201) 555-0123' as phone,
   ' zoë ' as first, null::text as last, null::text as org, 'Zürich' as city,
   47.3769::numeric as lat, 412.50::numeric as ltv, '7'::text as orders, 'yes' as vip,
   timestamptz '2026-01-31 23:30:00-05' as signup, date '2026-02-01' as seen,
   array['a','b'] as tags, '{"news": true}' as prefs, 7::int as code, 'pro' as plan,
-  '020 7946 0958' as uk, null::text as note"#,
+  '020 7946 0958' as uk, null::text as note, 25.00::numeric as whole"#,
     )
     .await;
     assert!(bad.is_empty(), "{bad:?}");
@@ -623,7 +624,8 @@ fields:
                 "prefs": { "news": true },
                 "code": "7",
                 "plan": { "label": "PRO ( zoë )" },
-                "uk_phone": "+442079460958"
+                "uk_phone": "+442079460958",
+                "whole": 25
             }
         })
     );
