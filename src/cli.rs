@@ -45,7 +45,13 @@ pub enum Command {
     Apply(crate::commands::ApplyPlanArgs),
     /// Past runs of a job, from the ledger: when, how long, what changed, what failed.
     History(crate::commands::HistoryArgs),
-    /// Stored queries: list them, with their parameters and the jobs that use them.
+    /// Connect and check a job: its query runs (LIMIT 0) and returns every mapped column.
+    Check(crate::inspect::CheckArgs),
+    /// Show the first profiles a job would send, and any rejected rows.
+    Preview(crate::inspect::PreviewArgs),
+    /// Benchmarks: rows, seconds, throughput and peak memory.
+    Bench(crate::bench::BenchArgs),
+    /// Stored queries: list them (with their parameters and the jobs that use them), or run one.
     Query {
         #[command(subcommand)]
         command: QueryCommand,
@@ -58,6 +64,8 @@ pub enum Command {
 pub enum QueryCommand {
     /// List stored queries (.sql files), their parameters and which jobs use them.
     List(QueryListArgs),
+    /// Run a stored query (read-only) and show its first rows.
+    Run(crate::inspect::QueryRunArgs),
 }
 
 #[derive(Debug, Args)]

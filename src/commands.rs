@@ -14,7 +14,7 @@ use crate::exit::ExitStatus;
 use crate::feed::PgRows;
 use crate::klaviyo::{ApiKey, Client, Config};
 use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
-use crate::source::{Interrupt, RunContext, Source, SourceConfig};
+use crate::source::{Interrupt, Source, SourceConfig};
 use crate::state::State;
 use crate::sync::{self, Output};
 
@@ -271,11 +271,7 @@ pub async fn plan(args: PlanArgs) -> ExitStatus {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let ctx = RunContext {
-        interrupt: Some(Interrupt::ctrl_c()),
-        ..RunContext::default()
-    };
-    let rows = match PgRows::new(&job, source.clone(), ctx) {
+    let rows = match PgRows::new(&job, source.clone(), Some(Interrupt::ctrl_c())) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -335,7 +331,7 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rows = match PgRows::new(&job, source.clone(), RunContext::default()) {
+    let rows = match PgRows::new(&job, source.clone(), None) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

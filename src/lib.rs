@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod attributes;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod compile;
@@ -14,6 +15,7 @@ pub mod diagnostic;
 pub mod diff;
 pub mod exit;
 pub mod feed;
+pub mod inspect;
 pub mod inventory;
 pub mod klaviyo;
 pub mod load;
@@ -21,6 +23,7 @@ pub mod plan;
 pub mod progress;
 pub mod query;
 pub mod render;
+pub mod rows;
 pub mod sandbox;
 pub mod segment;
 pub mod source;

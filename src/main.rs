@@ -101,10 +101,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         }
         Command::Apply(args) => Ok(block_on(kdit::commands::apply(args))?),
         Command::History(args) => Ok(block_on(kdit::commands::history(args))?),
+        Command::Query {
+            command: QueryCommand::Run(a),
+        } => Ok(block_on(async {
+            report(kdit::inspect::query_run(&a, &mut std::io::stdout()).await)
+        })?),
+        Command::Check(args) => Ok(block_on(async {
+            match kdit::inspect::check(&args, &mut std::io::stdout()).await {
+                Ok(true) => ExitStatus::Success,
+                Ok(false) => ExitStatus::Failure,
+                Err(e) => report::<()>(Err(e)),
+            }
+        })?),
+        Command::Preview(args) => Ok(block_on(async {
+            report(kdit::inspect::preview(&args, &mut std::io::stdout()).await)
+        })?),
+        Command::Bench(args) => Ok(block_on(async {
+            match args.command {
+                kdit::bench::BenchCommand::Source(a) => {
+                    report(kdit::bench::bench_source(&a, &mut std::io::stdout()).await)
+                }
+            }
+        })?),
         Command::Sandbox(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(kdit::sandbox::run(args))?;
             Ok(ExitStatus::Success)
+        }
+    }
+}
+
+/// Prints an error chain and maps a cancelled query to the interrupted status.
+fn report<T>(r: anyhow::Result<T>) -> ExitStatus {
+    match r {
+        Ok(_) => ExitStatus::Success,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let cancelled = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<kdit::source::SourceError>(),
+                    Some(kdit::source::SourceError::Cancelled { .. })
+                ) || matches!(
+                    c.downcast_ref::<kdit::rows::RowsError>(),
+                    Some(kdit::rows::RowsError::Source(
+                        kdit::source::SourceError::Cancelled { .. }
+                    ))
+                )
+            });
+            if cancelled {
+                ExitStatus::Interrupted
+            } else {
+                ExitStatus::Failure
+            }
         }
     }
 }

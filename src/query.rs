@@ -308,6 +308,7 @@ impl StoredQuery {
                 IndexMap::new()
             }
         };
+        problems.extend(quoted_placeholders(text));
         if !problems.is_empty() {
             return Err(QueryError::Invalid { label, problems });
         }
@@ -685,6 +686,66 @@ fn line_map_from_marked(marked: &str, real: &str) -> Option<Vec<usize>> {
     (stripped == real).then_some(map)
 }
 
+/// `{{ … }}` inside a SQL string literal (`'{{ name }}'`) would become the text `$1::text`,
+/// not the value: report it.
+fn quoted_placeholders(text: &str) -> Vec<QueryProblem> {
+    let mut problems = Vec::new();
+    let mut in_quote = false;
+    let mut in_comment = false;
+    let mut line = 1;
+    let mut i = 0;
+    let b = text.as_bytes();
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\n' {
+            line += 1;
+            in_comment = false;
+            i += 1;
+            continue;
+        }
+        if in_comment {
+            i += 1;
+            continue;
+        }
+        if b[i..].starts_with(b"{{") || b[i..].starts_with(b"{%") || b[i..].starts_with(b"{#") {
+            let close: &[u8] = match b[i + 1] {
+                b'{' => b"}}",
+                b'%' => b"%}",
+                _ => b"#}",
+            };
+            if in_quote && b[i + 1] == b'{' {
+                let end = text[i..].find("}}").map(|e| i + e + 2).unwrap_or(b.len());
+                problems.push(QueryProblem {
+                    line: Some(line),
+                    message: format!(
+                        "`{}` is inside a quoted SQL string, so it would be sent as the text `$1`, not as the value",
+                        &text[i..end]
+                    ),
+                    hint: Some("remove the quotes: parameters are bound as values of their declared type".into()),
+                });
+            }
+            match text[i + 2..].find(std::str::from_utf8(close).unwrap_or("}}")) {
+                Some(e) => {
+                    line += text[i..i + 2 + e].matches('\n').count();
+                    i = i + 2 + e + 2;
+                }
+                None => break,
+            }
+            continue;
+        }
+        if !in_quote && b[i..].starts_with(b"--") {
+            in_comment = true;
+            i += 2;
+            continue;
+        }
+        if c == b'\'' {
+            in_quote = !in_quote;
+        }
+        i += 1;
+    }
+    problems
+}
+
 /// The first line where `name` appears inside a template tag.
 fn reference_line(text: &str, name: &str) -> Option<usize> {
     for (start, end) in tag_spans(text) {
@@ -1044,10 +1105,15 @@ fn interval_literal(d: std::time::Duration) -> String {
     let secs = d.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let micros = d.subsec_micros();
-    if micros == 0 {
-        format!("{days} days {rest} seconds")
+    let secs = if micros == 0 {
+        format!("{rest} seconds")
     } else {
-        format!("{days} days {rest}.{micros:06} seconds")
+        format!("{rest}.{micros:06} seconds")
+    };
+    match (days, rest, micros) {
+        (0, _, _) => secs,
+        (d, 0, 0) => format!("{d} days"),
+        (d, _, _) => format!("{d} days {secs}"),
     }
 }
 
@@ -1127,10 +1193,7 @@ where last_order_at >= now() - {{ since }}
         assert!(r.sql.contains("backup_region <> $3::text"), "{}", r.sql);
         assert!(!r.sql.contains("EU"));
         assert_eq!(r.binds.len(), 3);
-        assert_eq!(
-            r.binds[0].value,
-            BindValue::Interval("7 days 0 seconds".into())
-        );
+        assert_eq!(r.binds[0].value, BindValue::Interval("7 days".into()));
         assert_eq!(r.binds[1].value, BindValue::Int(1));
         assert_eq!(r.binds[2].value, BindValue::Text("EU".into()));
         // Line map: `and region = …` is line 10 of the file.
@@ -1197,6 +1260,20 @@ where last_order_at >= now() - {{ since }}
         assert_eq!(p[0].line, Some(1));
         assert!(p[0].hint.as_deref().unwrap().contains("did you mean `int`"));
         assert_eq!(p[1].line, Some(2));
+    }
+
+    #[test]
+    fn placeholders_inside_quotes_are_refused() {
+        let e = StoredQuery::parse(
+            "q.sql",
+            "-- @param n text\nselect 'it''s' as a,\n  x from t where name = '{{ n }}' -- '{{ n }}' in a comment is fine\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems().len(), 1, "{e}");
+        assert_eq!(e.problems()[0].line, Some(3), "{e}");
+        assert!(
+            StoredQuery::parse("q.sql", "-- @param n text\nselect {{ n }}, 'a' || {{ n }}").is_ok()
+        );
     }
 
     #[test]
@@ -1284,7 +1361,7 @@ where last_order_at >= now() - {{ since }}
         );
         assert_eq!(
             convert(&ParamValue::Text("1h 30m".into()), ParamType::Interval),
-            Ok(BindValue::Interval("0 days 5400 seconds".into()))
+            Ok(BindValue::Interval("5400 seconds".into()))
         );
         assert_eq!(
             convert(

@@ -175,6 +175,17 @@ impl SourceConfig {
                 .or_else(|| env("PGSSLMODE"))
                 .unwrap_or_else(|| "prefer".into()),
         )?;
+        // libpq never uses TLS over Unix-domain sockets.
+        #[cfg(unix)]
+        let ssl = if pg
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+        {
+            SslMode::Disable
+        } else {
+            ssl
+        };
         pg.ssl_mode(match ssl {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -194,6 +205,55 @@ impl SourceConfig {
 
     pub fn ssl_mode(&self) -> SslMode {
         self.ssl
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> SourceConfig {
+        let mut c = self.clone();
+        c.pg.dbname(dbname);
+        c.target = format!("{} (database {dbname})", self.target);
+        c
+    }
+
+    /// libpq environment variables for the same connection, for running `psql`.
+    /// Holds the password (as `PGPASSWORD`): pass it to a child process, never print it.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        use tokio_postgres::config::Host;
+        let mut env = Vec::new();
+        if let Some(h) = self.pg.get_hosts().first() {
+            env.push((
+                "PGHOST",
+                match h {
+                    Host::Tcp(s) => s.clone(),
+                    #[cfg(unix)]
+                    Host::Unix(p) => p.display().to_string(),
+                },
+            ));
+        }
+        if let Some(p) = self.pg.get_ports().first() {
+            env.push(("PGPORT", p.to_string()));
+        }
+        if let Some(u) = self.pg.get_user() {
+            env.push(("PGUSER", u.to_string()));
+        }
+        if let Some(d) = self.pg.get_dbname() {
+            env.push(("PGDATABASE", d.to_string()));
+        }
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD", p.clone()));
+        }
+        env.push((
+            "PGSSLMODE",
+            match self.ssl {
+                SslMode::Disable => "disable",
+                SslMode::Prefer => "prefer",
+                SslMode::Require => "require",
+                SslMode::VerifyCa => "verify-ca",
+                SslMode::VerifyFull => "verify-full",
+            }
+            .to_string(),
+        ));
+        env
     }
 
     /// The connection string with its password masked.
@@ -1521,6 +1581,13 @@ mod tests {
             tls_connector(&SourceConfig::parse("postgres://u@h/d?sslmode=verify-full").unwrap())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn unix_sockets_never_use_tls() {
+        let c =
+            SourceConfig::parse("host=/var/run/postgresql user=postgres sslmode=require").unwrap();
+        assert_eq!(c.ssl_mode(), SslMode::Disable);
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //! significant digits, so all money amounts: `412.50` is sent as `412.5`); a numeric with
 //! more digits than a double keeps is rejected (`numeric_precision`) rather than silently
 //! rounded — round it in SQL or map it with `type: string`.
+//!
+//! NULL and empty: a NULL column (after `default`) or text that is empty after the transforms
+//! is *no value*: left out under `on_null: keep`, listed in `unset` under `on_null: unset`,
+//! and a missing key (`key_missing`) for the key field.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -404,6 +408,18 @@ impl Mapping {
                 None => format!("the query returns: {}", names.join(", ")),
             }),
         };
+        // A column read by exactly one field is moved out of the row instead of cloned.
+        let mut uses = vec![0usize; columns.len()];
+        for f in &self.fields {
+            match &f.origin {
+                Origin::Column(c) => index(c).into_iter().for_each(|i| uses[i] += 1),
+                Origin::Template(_, cols) => cols
+                    .iter()
+                    .filter_map(|c| index(c))
+                    .for_each(|i| uses[i] += 1),
+                Origin::Constant(_) => {}
+            }
+        }
         let mut bound = Vec::new();
         for f in &self.fields {
             let source = match &f.origin {
@@ -412,7 +428,7 @@ impl Mapping {
                         if let Some(p) = unusable(f, &columns[i]) {
                             problems.push(p);
                         }
-                        BoundOrigin::Column(i)
+                        BoundOrigin::Column(i, uses[i] == 1)
                     }
                     None => {
                         problems.push(missing(&f.key, c));
@@ -508,7 +524,8 @@ fn unusable(f: &Field, col: &Column) -> Option<ColumnProblem> {
 
 #[derive(Debug, Clone)]
 enum BoundOrigin {
-    Column(usize),
+    /// Column index, and whether this field is its only reader (so it can take the value).
+    Column(usize, bool),
     Template(String, Vec<(String, usize)>),
     Constant(Cell),
 }
@@ -536,14 +553,14 @@ fn fail(rule: Rule, message: impl Into<String>, value: Option<&Cell>) -> FieldFa
 
 impl Transformer<'_> {
     /// Turns one row into a profile, or says why it cannot be sent.
-    pub fn row(&mut self, row_number: u64, cells: &[Cell]) -> Result<ProfileRow, Reject> {
+    pub fn row(&mut self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
         let mut attributes = Map::new();
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
         let key_field = self.mapping.key.field();
         let mut pending: Option<(String, FieldFailure)> = None;
         for (f, origin) in &self.fields {
-            match field_value(&self.mapping.env, f, origin, cells) {
+            match field_value(&self.mapping.env, f, origin, &mut cells) {
                 Ok(Some(v)) => {
                     if f.key == key_field {
                         key = v.as_str().map(str::to_string);
@@ -579,9 +596,18 @@ impl Transformer<'_> {
         if let Some((field, e)) = pending {
             return Err(self.reject(row_number, Some(&key), Some(&field), e));
         }
-        let size = serde_json::to_vec(&attributes)
-            .map(|v| v.len())
-            .unwrap_or(0);
+        // Serialise only when a cheap upper bound says the profile might be too large.
+        let bound: usize = attributes
+            .iter()
+            .map(|(k, v)| k.len() + 4 + size_bound(v))
+            .sum();
+        let size = if bound > MAX_PROFILE_BYTES {
+            serde_json::to_vec(&attributes)
+                .map(|v| v.len())
+                .unwrap_or(0)
+        } else {
+            0
+        };
         if size > MAX_PROFILE_BYTES {
             return Err(self.reject(
                 row_number,
@@ -644,15 +670,36 @@ impl Transformer<'_> {
     }
 }
 
+/// At least as many bytes as `v` takes serialised (strings counted as if every character
+/// needed a `\uXXXX` escape).
+fn size_bound(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 32,
+        Value::String(s) => s.len() * 6 + 2,
+        Value::Array(items) => 2 + items.iter().map(|i| size_bound(i) + 1).sum::<usize>(),
+        Value::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| k.len() * 6 + 4 + size_bound(v))
+                .sum::<usize>()
+        }
+    }
+}
+
 /// A field's final JSON value; `None` for NULL.
 fn field_value(
     env: &Environment<'static>,
     f: &Field,
     origin: &BoundOrigin,
-    cells: &[Cell],
+    cells: &mut [Cell],
 ) -> Result<Option<Value>, FieldFailure> {
     let mut v = match origin {
-        BoundOrigin::Column(i) => cells.get(*i).cloned().unwrap_or(Cell::Null),
+        BoundOrigin::Column(i, true) => cells
+            .get_mut(*i)
+            .map(|c| std::mem::replace(c, Cell::Null))
+            .unwrap_or(Cell::Null),
+        BoundOrigin::Column(i, false) => cells.get(*i).cloned().unwrap_or(Cell::Null),
         BoundOrigin::Constant(c) => c.clone(),
         BoundOrigin::Template(name, cols) => {
             let ctx = JValue::from_pairs(cols.iter().map(|(n, i)| {
@@ -688,6 +735,10 @@ fn field_value(
     }
     for t in &f.transforms {
         v = apply_transform(*t, v, f)?;
+    }
+    // Empty text is no value: a blank email is a missing key, not a malformed one.
+    if matches!(&v, Cell::Text(s) if s.is_empty()) {
+        return Ok(None);
     }
     if let Some(ty) = f.value_type {
         v = cast(v, ty)?;
@@ -908,6 +959,11 @@ fn cast(v: Cell, ty: ValueType) -> Result<Cell, FieldFailure> {
 
 /// The JSON Klaviyo gets for a value, checking numbers and attribute shapes.
 fn finish(v: Cell, f: &Field) -> Result<Value, FieldFailure> {
+    // Text is the common case: move it, no copy.
+    let v = match v {
+        Cell::Text(s) => return Ok(Value::String(s)),
+        other => other,
+    };
     let json = cell_to_json(&v)?;
     match &f.path {
         FieldPath::Standard(_) | FieldPath::Location(_) => {
@@ -999,7 +1055,10 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
                     text().as_ref(),
                 ));
             }
-            if let Err(m) = to_e164(s, None) {
+            // After the `e164` transform the number was already parsed and checked.
+            if !f.transforms.contains(&Transform::E164)
+                && let Err(m) = to_e164(s, None)
+            {
                 return Err(fail(Rule::PhoneE164, m, text().as_ref()));
             }
         }
@@ -1064,11 +1123,12 @@ pub fn decimal_to_json(s: &str) -> Option<Value> {
     let frac = frac.trim_end_matches('0');
     let int = int.trim_start_matches('0');
     if frac.is_empty() {
-        // `37.00`: an integer written with decimals; beyond i64/u64 it has no exact form.
-        let digits = if int.is_empty() { "0" } else { int };
-        return match digits.parse::<i64>() {
-            Ok(i) => Some(Value::from(if neg { -i } else { i })),
-            Err(_) => None,
+        // `25.00`: an integer, if it fits.
+        let int = if int.is_empty() { "0" } else { int };
+        return if neg {
+            format!("-{int}").parse::<i64>().ok().map(Value::from)
+        } else {
+            int.parse::<u64>().ok().map(Value::from)
         };
     }
     let x: f64 = t.parse().ok()?;
@@ -1082,7 +1142,6 @@ pub fn decimal_to_json(s: &str) -> Option<Value> {
     if !same {
         return None;
     }
-    let _ = neg;
     serde_json::Number::from_f64(x).map(Value::Number)
 }
 
@@ -1281,6 +1340,9 @@ mod tests {
         assert_eq!(decimal_to_json("123456789012345678901234"), None);
         assert_eq!(decimal_to_json("NaN"), None);
         assert_eq!(decimal_to_json("0.1"), Some(serde_json::json!(0.1)));
+        assert_eq!(decimal_to_json("25.00"), Some(serde_json::json!(25)));
+        assert_eq!(decimal_to_json("-0.00"), Some(serde_json::json!(0)));
+        assert_eq!(decimal_to_json("-7.0"), Some(serde_json::json!(-7)));
     }
 
     #[test]

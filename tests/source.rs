@@ -524,3 +524,273 @@ async fn tls_modes_connect_or_explain() {
         "{e}"
     );
 }
+
+// ---- rows → profiles -------------------------------------------------------------------
+
+use kdit::rows::{RowOutcome, RowsError, prepare};
+use kdit::spec::JobSpec;
+use kdit::transform::{ProfileRow, Reject, Rule};
+use serde_json::json;
+
+fn make_job(profiles_yaml: &str, sql: &str) -> JobSpec {
+    let indented: String = profiles_yaml.lines().map(|l| format!("  {l}\n")).collect();
+    let sql_block: String = sql.lines().map(|l| format!("    {l}\n")).collect();
+    let yaml = format!(
+        "version: 1\nname: test-job\nquery:\n  sql: |\n{sql_block}  timeout: 10s\nprofiles:\n{indented}guards:\n  max_invalid: 1\n"
+    );
+    yaml_serde::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+async fn profiles_of(
+    db: &TestDb,
+    profiles_yaml: &str,
+    sql: &str,
+) -> (Vec<ProfileRow>, Vec<Reject>) {
+    let src = source(db).await;
+    let job = make_job(profiles_yaml, sql);
+    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let mut stream = jq.open(&src, None, None).await.unwrap();
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    while let Some(r) = stream.next().await {
+        match r.unwrap() {
+            RowOutcome::Profile(p) => ok.push(p),
+            RowOutcome::Rejected(r) => bad.push(r),
+        }
+    }
+    let totals = stream.finish().await.unwrap();
+    assert_eq!(totals.rows as usize, ok.len() + bad.len());
+    (ok, bad)
+}
+
+#[tokio::test]
+async fn rows_become_klaviyo_profiles() {
+    let db = TestDb::new().await;
+    let (ok, bad) = profiles_of(
+        &db,
+        r#"key: email
+default_region: US
+on_null: keep
+fields:
+  email: { column: email, transform: [trim, email] }
+  phone_number: { column: phone, transform: e164 }
+  external_id: id
+  first_name: { column: first, transform: [trim, uppercase] }
+  last_name: { column: last, transform: lowercase, on_null: unset }
+  organization: { column: org, default: "Independent" }
+  locale: { value: "en-US" }
+  location.city: city
+  location.latitude: { column: lat, type: number }
+  properties.lifetime_value: { column: ltv, type: number }
+  properties.orders: { column: orders, type: integer }
+  properties.vip: { column: vip, type: boolean }
+  properties.signup: { column: signup, type: date }
+  properties.last_seen: { column: seen, type: datetime }
+  properties.tags: { column: tags, type: list }
+  properties.prefs: { column: prefs, type: json }
+  properties.code: { column: code, type: string }
+  properties.plan.label: { template: "{{ plan | upper }} ({{ first }})" }
+  properties.uk_phone: { column: uk, transform: e164, default_region: GB }
+  properties.note: note
+  properties.whole: whole"#,
+        r#"select 42 as id, '  Ana@Example.COM ' as email, '(201) 555-0123' as phone,
+  ' zoë ' as first, null::text as last, null::text as org, 'Zürich' as city,
+  47.3769::numeric as lat, 412.50::numeric as ltv, '7'::text as orders, 'yes' as vip,
+  timestamptz '2026-01-31 23:30:00-05' as signup, date '2026-02-01' as seen,
+  array['a','b'] as tags, '{"news": true}' as prefs, 7::int as code, 'pro' as plan,
+  '020 7946 0958' as uk, null::text as note, 25.00::numeric as whole"#,
+    )
+    .await;
+    assert!(bad.is_empty(), "{bad:?}");
+    let p = &ok[0];
+    assert_eq!(p.row_number, 1);
+    assert_eq!(p.key, "Ana@example.com");
+    assert_eq!(
+        serde_json::Value::Object(p.attributes.clone()),
+        json!({
+            "email": "Ana@example.com",
+            "phone_number": "+12015550123",
+            "external_id": "42",
+            "first_name": "ZOË",
+            "organization": "Independent",
+            "locale": "en-US",
+            "location": { "city": "Zürich", "latitude": 47.3769 },
+            "properties": {
+                "lifetime_value": 412.5,
+                "orders": 7,
+                "vip": true,
+                "signup": "2026-02-01",
+                "last_seen": "2026-02-01T00:00:00Z",
+                "tags": ["a", "b"],
+                "prefs": { "news": true },
+                "code": "7",
+                "plan": { "label": "PRO ( zoë )" },
+                "uk_phone": "+442079460958",
+                "whole": 25
+            }
+        })
+    );
+    // last_name is NULL under on_null: unset; note is NULL under keep (omitted).
+    assert_eq!(
+        p.unset.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+        vec!["last_name"]
+    );
+}
+
+#[tokio::test]
+async fn invalid_rows_are_rejected_with_reasons() {
+    let db = TestDb::new().await;
+    db.execute(
+        "create table c (n int, email text, phone text, ltv numeric, first text, prefs jsonb, big text);
+         insert into c values
+           (1, 'ok@example.com', '+12015550123', 1.5, '5', null, null),
+           (2, 'not an email', null, null, null, null, null),
+           (3, repeat('a', 95) || '@example.com', null, null, null, null, null),
+           (4, 'bad-phone@example.com', '12345', null, null, null, null),
+           (5, null, null, null, null, null, null),
+           (6, '   ', null, null, null, null, null),
+           (7, 'OK@example.com', null, null, null, null, null),
+           (8, 'precise@example.com', null, 12345678901234567.891, null, null, null),
+           (9, 'list@example.com', null, null, null, null, null),
+           (10, 'dollar@example.com', null, null, null, '{\"$secret\": 1}', null),
+           (11, 'huge@example.com', null, null, null, null, repeat('x', 110000)),
+           (12, 'cast@example.com', null, null, 'abc', null, null);",
+    )
+    .await;
+    let (ok, bad) = profiles_of(
+        &db,
+        r#"key: email
+fields:
+  email: { column: email, transform: [trim, lowercase] }
+  phone_number: phone
+  first_name: { column: first_arr, type: json }
+  properties.ltv: ltv
+  properties.prefs: prefs
+  properties.big: big
+  properties.count: { column: first, type: integer }"#,
+        r#"select *, case when n = 9 then '["x"]' end as first_arr from c order by n"#,
+    )
+    .await;
+    assert_eq!(ok.iter().map(|p| p.row_number).collect::<Vec<_>>(), vec![1]);
+    let rules: Vec<(u64, Rule)> = bad.iter().map(|r| (r.row_number, r.rule)).collect();
+    assert_eq!(
+        rules,
+        vec![
+            (2, Rule::EmailSyntax),
+            (3, Rule::EmailTooLong),
+            (4, Rule::PhoneE164),
+            (5, Rule::KeyMissing),
+            (6, Rule::KeyMissing),
+            (7, Rule::DuplicateKey),
+            (8, Rule::NumericPrecision),
+            (9, Rule::AttributeType),
+            (10, Rule::PropertyName),
+            (11, Rule::PayloadTooLarge),
+            (12, Rule::TypeCast),
+        ]
+    );
+    let by_row = |n: u64| bad.iter().find(|r| r.row_number == n).unwrap();
+    // Personal values are masked.
+    assert_eq!(by_row(4).value.as_deref(), Some("*****"));
+    assert_eq!(by_row(4).key.as_deref(), Some("b***@example.com"));
+    assert_eq!(by_row(7).key.as_deref(), Some("o***@example.com"));
+    assert_eq!(by_row(7).field.as_deref(), Some("email"));
+    assert_eq!(by_row(2).value.as_deref(), Some("no******mail"));
+    assert_eq!(by_row(8).value.as_deref(), Some("12345678901234567.891"));
+    assert!(by_row(8).message.contains("type: string"));
+    let shown = by_row(12).to_string();
+    assert!(
+        shown.starts_with(
+            "row 12 (c***@example.com) properties.count: cannot be read as an integer [type_cast]"
+        ),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn phone_keys_and_guards() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: phone_number\nfields:\n  phone_number: { column: phone, transform: e164, default_region: US }",
+        "select * from (values ('201-555-0123'), ('+1 201 555 0124'), ('555'), ('+1 (201) 555-0123')) v(phone)",
+    );
+    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let mut stream = jq.open(&src, None, None).await.unwrap();
+    let mut outcomes = Vec::new();
+    while let Some(r) = stream.next().await {
+        outcomes.push(r.unwrap());
+    }
+    let totals = stream.finish().await.unwrap();
+    assert!(matches!(&outcomes[0], RowOutcome::Profile(p) if p.key == "+12015550123"));
+    assert!(matches!(&outcomes[1], RowOutcome::Profile(p) if p.key == "+12015550124"));
+    assert!(
+        matches!(&outcomes[2], RowOutcome::Rejected(r) if r.rule == Rule::PhoneE164 && r.key.is_none())
+    );
+    assert!(
+        matches!(&outcomes[3], RowOutcome::Rejected(r) if r.rule == Rule::DuplicateKey && r.key.as_deref() == Some("+1******0123"))
+    );
+    assert_eq!((totals.rows, totals.profiles, totals.rejected), (4, 2, 2));
+    // guards.max_invalid: 1 in the test job
+    assert!(!totals.invalid_guard.passed(), "{}", totals.invalid_guard);
+}
+
+#[tokio::test]
+async fn a_mapped_column_the_query_lacks_fails_before_rows() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: email\nfields:\n  email: email\n  first_name: frist_name\n  properties.x: { template: \"{{ nope }}\" }",
+        "select 'a@example.com' as email, 'Ana' as first_name",
+    );
+    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let err = jq.open(&src, None, None).await.err().expect("fails");
+    let RowsError::Columns(problems) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(problems.len(), 2, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("first_name: the query returns no column `frist_name`"),
+        "{msg}"
+    );
+    assert!(msg.contains("did you mean `first_name`?"), "{msg}");
+    assert!(
+        msg.contains("properties.x: the query returns no column `nope`"),
+        "{msg}"
+    );
+    // A column of the wrong shape for a standard attribute is caught before rows too.
+    let job2 = make_job(
+        "key: email\nfields:\n  email: email\n  first_name: names",
+        "select 'a@example.com' as email, array['Ana'] as names",
+    );
+    let jq = prepare(&job2, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let msg = jq
+        .open(&src, None, None)
+        .await
+        .err()
+        .expect("fails")
+        .to_string();
+    assert!(
+        msg.contains("`first_name` takes text, but column `names` is _text"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn mapping_errors_are_all_reported() {
+    let job = make_job(
+        "key: external_id\ndefault_region: XX\nfields:\n  email: email\n  frist_name: a\n  properties.t: { template: \"{{ x \" }\n  properties.y: { column: a, value: 1 }",
+        "select 1",
+    );
+    let err = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap_err();
+    let msg = err.to_string();
+    for expected in [
+        "default_region: `XX` is not an ISO 3166",
+        "frist_name: `frist_name` is not a Klaviyo profile attribute",
+        "properties.t: template syntax error",
+        "properties.y: gives more than one",
+        "external_id: the job's key is `external_id`, but no field `external_id` is mapped",
+    ] {
+        assert!(msg.contains(expected), "missing `{expected}` in:\n{msg}");
+    }
+}

@@ -1,0 +1,216 @@
+//! A job's rows as profiles: the source and transform stages joined, for `plan`, `run`,
+//! `preview` and `check`.
+//!
+//! In: a job file's `JobSpec` (its query and `profiles` section) and project `Defaults`;
+//! a `Source`. Out: a `JobQuery` (the stored query rendered with its parameters, the
+//! compiled mapping, the timeout) and, once opened, a `ProfileStream` yielding one
+//! `RowOutcome` (a `ProfileRow` or a `Reject`) per row, in query order, with bounded memory.
+//! `prepare` reads the query file from disk; `open` talks to PostgreSQL.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::query::{QueryError, RenderedQuery, StoredQuery};
+use crate::source::{Column, Interrupt, Rows, RunContext, Source, SourceError};
+use crate::spec::{Defaults, JobSpec, Threshold};
+use crate::transform::{
+    ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, Transformer,
+    check_invalid,
+};
+
+/// Reads a job file. (Stand-in until the loader with line/column diagnostics lands: kept in
+/// one function so it can be swapped.)
+pub fn load_job(path: &Path) -> Result<JobSpec, RowsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| RowsError::Job {
+        path: path.to_path_buf(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    yaml_serde::from_str::<JobSpec>(&text).map_err(|e| RowsError::Job {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Why a job's rows cannot be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum RowsError {
+    #[error("{}: {message}", .path.display())]
+    Job { path: PathBuf, message: String },
+    #[error("{0}")]
+    Query(#[from] QueryError),
+    #[error("{}", join(.0))]
+    Mapping(Vec<MappingError>),
+    #[error("{}", join(.0))]
+    Columns(Vec<ColumnProblem>),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+fn join<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A job's query and mapping, checked offline and ready to run.
+#[derive(Debug)]
+pub struct JobQuery {
+    pub job_name: String,
+    pub query: StoredQuery,
+    pub rendered: RenderedQuery,
+    pub mapping: Mapping,
+    /// `query.timeout`, else the project's default.
+    pub timeout: Option<Duration>,
+    /// `guards.max_invalid`, else the project's default.
+    pub max_invalid: Option<Threshold>,
+}
+
+/// Reads the job's query (a file relative to the job file, or inline SQL), renders it with
+/// the job's parameters and compiles the profile mapping.
+pub fn prepare(
+    job: &JobSpec,
+    job_path: &Path,
+    defaults: Option<&Defaults>,
+) -> Result<JobQuery, RowsError> {
+    let query = match (&job.query.file, &job.query.sql) {
+        (Some(file), None) => {
+            let path = job_path.parent().unwrap_or(Path::new(".")).join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| RowsError::Job {
+                path: job_path.to_path_buf(),
+                message: format!("cannot read query file {}: {e}", path.display()),
+            })?;
+            StoredQuery::parse(file.clone(), &text)?
+        }
+        (None, Some(sql)) => StoredQuery::inline(sql)?,
+        _ => {
+            return Err(RowsError::Job {
+                path: job_path.to_path_buf(),
+                message: "`query` needs exactly one of `file` or `sql`".into(),
+            });
+        }
+    };
+    let rendered = query.render(&job.query.params)?;
+    let mapping = Mapping::compile(&job.profiles, defaults)
+        .map_err(RowsError::Mapping)?
+        .with_extra_columns(&job.query.columns);
+    Ok(JobQuery {
+        job_name: job.name.clone(),
+        query,
+        rendered,
+        mapping,
+        timeout: job
+            .query
+            .timeout
+            .or(defaults.and_then(|d| d.timeout))
+            .map(|d| d.0),
+        max_invalid: job
+            .guards
+            .as_ref()
+            .and_then(|g| g.max_invalid)
+            .or(defaults.and_then(|d| d.guards.as_ref().and_then(|g| g.max_invalid))),
+    })
+}
+
+impl JobQuery {
+    /// The run context for this job's query.
+    pub fn context(&self, limit: Option<u64>, interrupt: Option<Interrupt>) -> RunContext {
+        RunContext {
+            job: Some(self.job_name.clone()),
+            timeout: self.timeout,
+            limit,
+            interrupt,
+        }
+    }
+
+    /// Starts the query and binds the mapping to its columns: a mapped column the query
+    /// lacks fails here, before any row is read.
+    pub async fn open(
+        &self,
+        source: &Source,
+        limit: Option<u64>,
+        interrupt: Option<Interrupt>,
+    ) -> Result<ProfileStream<'_>, RowsError> {
+        let started = Instant::now();
+        let rows = source
+            .stream(&self.rendered, &self.context(limit, interrupt))
+            .await?;
+        let transformer = self
+            .mapping
+            .bind(rows.columns())
+            .map_err(RowsError::Columns)?;
+        Ok(ProfileStream {
+            rows,
+            transformer,
+            rejected: 0,
+            profiles: 0,
+            started,
+            max_invalid: self.max_invalid,
+        })
+    }
+}
+
+/// One row's fate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome {
+    Profile(ProfileRow),
+    Rejected(Reject),
+}
+
+/// Profiles (and rejects) of a running query, in row order.
+pub struct ProfileStream<'m> {
+    rows: Rows,
+    transformer: Transformer<'m>,
+    rejected: u64,
+    profiles: u64,
+    started: Instant,
+    max_invalid: Option<Threshold>,
+}
+
+/// Counts at the end of a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowTotals {
+    pub rows: u64,
+    pub profiles: u64,
+    pub rejected: u64,
+    pub elapsed: Duration,
+    pub invalid_guard: InvalidGuard,
+}
+
+impl ProfileStream<'_> {
+    pub fn columns(&self) -> &[Column] {
+        self.rows.columns()
+    }
+
+    pub async fn next(&mut self) -> Option<Result<RowOutcome, SourceError>> {
+        let cells = match self.rows.next().await? {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let n = self.rows.count();
+        Some(Ok(match self.transformer.row(n, cells) {
+            Ok(p) => {
+                self.profiles += 1;
+                RowOutcome::Profile(p)
+            }
+            Err(r) => {
+                self.rejected += 1;
+                RowOutcome::Rejected(r)
+            }
+        }))
+    }
+
+    /// Ends the query's transaction; the counts and the `max_invalid` verdict.
+    pub async fn finish(self) -> Result<RowTotals, SourceError> {
+        let rows = self.rows.finish().await?;
+        Ok(RowTotals {
+            rows,
+            profiles: self.profiles,
+            rejected: self.rejected,
+            elapsed: self.started.elapsed(),
+            invalid_guard: check_invalid(self.max_invalid, self.rejected, rows),
+        })
+    }
+}
