@@ -204,6 +204,7 @@ fn process_chunk(shared: &Shared, id: &str, chunk_no: usize, chunk: &[Value]) {
             }
         }
     }
+    store.version += 1;
     if let Some(job) = store.jobs.get_mut(id) {
         job.completed += done.len();
         job.failed += errors.len();

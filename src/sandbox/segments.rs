@@ -357,9 +357,18 @@ pub fn evaluate(store: &Store, p: &Profile, def: &Value) -> bool {
     })
 }
 
-/// Current members (id → first time seen matching), refreshing the segment's join times.
-pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64>> {
-    let def = store.segments.get(id)?.definition.clone();
+/// Makes sure the segment's member cache is current; false when there is no such segment.
+/// Membership is recomputed only after a write, so relative date filters (`in-the-last`)
+/// are evaluated as of the last change.
+pub fn refresh_members(store: &mut Store, id: &str) -> bool {
+    let version = store.version;
+    let Some(seg) = store.segments.get(id) else {
+        return false;
+    };
+    if seg.members.as_ref().is_some_and(|(v, _)| *v == version) {
+        return true;
+    }
+    let def = seg.definition.clone();
     let matching: Vec<Ulid> = store
         .profiles
         .values()
@@ -367,13 +376,28 @@ pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64
         .map(|p| p.id)
         .collect();
     let now = now_millis();
-    let seg = store.segments.get_mut(id)?;
-    let mut out = BTreeMap::new();
-    for u in matching {
-        out.insert(u, *seg.joined.get(&u).unwrap_or(&now));
+    let Some(seg) = store.segments.get_mut(id) else {
+        return false;
+    };
+    let before = seg.members.take().map(|(_, m)| m).unwrap_or_default();
+    let members = matching
+        .into_iter()
+        .map(|u| (u, *before.get(&u).unwrap_or(&now)))
+        .collect();
+    seg.members = Some((version, members));
+    true
+}
+
+/// Current members (id → joined time).
+pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64>> {
+    if !refresh_members(store, id) {
+        return None;
     }
-    seg.joined = out.iter().map(|(k, v)| (*k, *v)).collect();
-    Some(out)
+    store
+        .segments
+        .get(id)
+        .and_then(|s| s.members.as_ref())
+        .map(|(_, m)| m.clone())
 }
 
 fn with_fields(mut r: Value, req: &Req, count: Option<usize>) -> Result<Value, ApiError> {
@@ -475,8 +499,12 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     if !store.segments.contains_key(id) {
         return Err(segment_not_found(id));
     }
-    let n = if count {
-        current_members(&mut store, id).map(|m| m.len())
+    let n = if count && refresh_members(&mut store, id) {
+        store
+            .segments
+            .get(id)
+            .and_then(|s| s.members.as_ref())
+            .map(|(_, m)| m.len())
     } else {
         None
     };
@@ -520,7 +548,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         is_active: true,
         is_starred,
         processing_until: now + shared.segment_processing.as_millis() as i64,
-        joined: Default::default(),
+        members: None,
     };
     let r = resource(&shared.base_url, &id, &s);
     store.segments.insert(id, s);
@@ -584,6 +612,7 @@ pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     }
     if let Some(d) = definition {
         s.definition = d;
+        s.members = None;
         s.processing_until = now + shared.segment_processing.as_millis() as i64;
     }
     if let Some(b) = is_starred {
@@ -616,6 +645,15 @@ pub fn delete(shared: &Arc<Shared>, req: &Req) -> ApiResult {
 pub fn members(shared: &Arc<Shared>, req: &Req, ids_only: bool) -> ApiResult {
     let mut store = shared.store();
     let id = req.param(0);
-    let m = current_members(&mut store, id).ok_or_else(|| segment_not_found(id))?;
-    member_page(shared, req, &store, &m, ids_only)
+    if !refresh_members(&mut store, id) {
+        return Err(segment_not_found(id));
+    }
+    let store = &*store;
+    let members = store
+        .segments
+        .get(id)
+        .and_then(|s| s.members.as_ref())
+        .map(|(_, m)| m)
+        .ok_or_else(|| segment_not_found(id))?;
+    member_page(shared, req, store, members, ids_only)
 }

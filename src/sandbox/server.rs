@@ -385,7 +385,11 @@ async fn process(
         body,
         base: shared.base_url.clone(),
     };
-    let mut resp = match dispatch(shared, template, &r) {
+    let result = dispatch(shared, template, &r);
+    if r.method != Method::GET {
+        shared.store().version += 1;
+    }
+    let mut resp = match result {
         Ok(Reply { status, body }) => json_response(status, body.as_ref(), JSONAPI),
         Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => too_many(retry_to_midnight()),
         Err(e) => error_response(&e),

@@ -329,9 +329,10 @@ pub struct Segment {
     pub is_starred: bool,
     /// Until this time (millis) the segment reports `is_processing: true`.
     pub processing_until: i64,
-    /// When each current member first matched (millis); recomputed on read.
+    /// Members (id → first time seen matching) as of store version `.0`; recomputed on read
+    /// once anything changed.
     #[serde(skip)]
-    pub joined: HashMap<Ulid, i64>,
+    pub members: Option<(u64, BTreeMap<Ulid, i64>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -405,6 +406,8 @@ pub struct Store {
     pub jobs: BTreeMap<String, BulkJob>,
     /// Creates per UTC day for the daily caps (lists 150/day, segments 100/day).
     pub daily: HashMap<(&'static str, i64), u32>,
+    /// Bumped on every write, so derived data (segment members) knows when to recompute.
+    pub version: u64,
     seed: u64,
 }
 
@@ -427,6 +430,7 @@ impl Store {
             tags: BTreeMap::new(),
             jobs: BTreeMap::new(),
             daily: HashMap::new(),
+            version: 0,
             seed,
         };
         let gid = s.new_uuid();
