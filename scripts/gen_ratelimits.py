@@ -26,6 +26,20 @@ for path, item in spec["paths"].items():
         rows.append((method.upper(), path, per(rl["burst"], "s"), per(rl["steady"], "m"),
                      per(daily, "d") if daily else None))
 rows.sort()
+
+# Stricter limits for some query parameters live only in operation descriptions, e.g.
+# "Rate limits when using the `additional-fields[list]=profile_count` parameter ...
+#  Burst: `1/s`<br>Steady: `15/m`".
+EXTRA = re.compile(r"Rate limits when using the `([^`=]+)=([^`]+)` parameter in your API request:"
+                   r"<br>Burst: `(\d+)/s`<br>Steady: `(\d+)/m`")
+extra = []
+for path, item in spec["paths"].items():
+    for method, op in item.items():
+        if method == "parameters":
+            continue
+        for m in EXTRA.finditer(op.get("description", "")):
+            extra.append((method.upper(), path, m.group(1), m.group(2), int(m.group(3)), int(m.group(4))))
+extra.sort()
 out = [
     "//! Per-operation rate limits from `x-klaviyo-ratelimit` in openapi.json (revision 2026-07-15).",
     "//!",
@@ -37,5 +51,12 @@ out = [
 for m, p, b, s, d in rows:
     out.append(f'    ("{m}", "{p}", {b}, {s}, {"Some(%d)" % d if d else "None"}),')
 out.append("];")
+out.append("")
+out.append("/// Stricter limits when a query parameter has a value: (method, path template, parameter,")
+out.append("/// value, burst per second, steady per minute), from the operation descriptions.")
+out.append("pub(crate) const QUERY_LIMITS: &[(&str, &str, &str, &str, u32, u32)] = &[")
+for m, p, k, v, b, st in extra:
+    out.append(f'    ("{m}", "{p}", "{k}", "{v}", {b}, {st}),')
+out.append("];")
 open(os.path.join(root, "src", "sandbox", "ratelimit_table.rs"), "w").write("\n".join(out) + "\n")
-print(len(rows), "operations")
+print(len(rows), "operations,", len(extra), "query-parameter limits")

@@ -346,7 +346,10 @@ async fn bench(total: usize) -> anyhow::Result<()> {
     );
     if let (Some(a), Some(b)) = (rss_before, rss_kib()) {
         let per = (b.saturating_sub(a) * 1024) as f64 / sb.profile_count().max(1) as f64;
-        println!("resident memory: {} MiB ({per:.0} bytes per profile)", b / 1024);
+        println!(
+            "resident memory: {} MiB ({per:.0} bytes per profile)",
+            b / 1024
+        );
     }
     Ok(())
 }

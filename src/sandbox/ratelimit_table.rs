@@ -1004,3 +1004,50 @@ pub(crate) const RATE_LIMITS: &[(&str, &str, u32, u32, Option<u32>)] = &[
     ("POST", "/client/reviews", 10, 150, None),
     ("POST", "/client/subscriptions", 350, 750, None),
 ];
+
+/// Stricter limits when a query parameter has a value: (method, path template, parameter,
+/// value, burst per second, steady per minute), from the operation descriptions.
+pub(crate) const QUERY_LIMITS: &[(&str, &str, &str, &str, u32, u32)] = &[
+    (
+        "GET",
+        "/api/lists/{id}",
+        "additional-fields[list]",
+        "profile_count",
+        1,
+        15,
+    ),
+    (
+        "GET",
+        "/api/lists/{id}/profiles",
+        "additional-fields[profile]",
+        "predictive_analytics",
+        10,
+        150,
+    ),
+    (
+        "GET",
+        "/api/lists/{id}/relationships/profiles",
+        "additional-fields[profile]",
+        "predictive_analytics",
+        10,
+        150,
+    ),
+    (
+        "GET",
+        "/api/profiles",
+        "additional-fields[profile]",
+        "predictive_analytics",
+        10,
+        150,
+    ),
+    ("GET", "/api/profiles/{id}", "include", "list", 1, 15),
+    ("GET", "/api/profiles/{id}", "include", "segment", 1, 15),
+    (
+        "GET",
+        "/api/segments/{id}",
+        "additional-fields[segment]",
+        "profile_count",
+        1,
+        15,
+    ),
+];

@@ -353,7 +353,8 @@ async fn process(
         Fault::Slow(d) => tokio::time::sleep(d).await,
     }
 
-    let limit_headers = match shared.limiter().check(method.as_str(), template) {
+    let query = parse_query(req.uri().query());
+    let limit_headers = match shared.limiter().check(method.as_str(), template, &query) {
         Decision::Unlimited => None,
         Decision::Allowed {
             limit,
@@ -372,7 +373,6 @@ async fn process(
     if has_body && let Err(e) = http::check_content_type(&headers) {
         return Outcome::Reply(error_response(&e));
     }
-    let query = parse_query(req.uri().query());
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(e) => return Outcome::Reply(error_response(&e)),
