@@ -1271,3 +1271,52 @@ async fn sandbox_state_file_round_trip() {
         .await;
     assert_eq!(r.json()["data"].as_array().map(Vec::len), Some(1));
 }
+
+// ---------------------------------------------------------------- the spec checker itself
+
+#[test]
+fn sandbox_openapi_checker_catches_violations() {
+    assert_eq!(
+        openapi::template_for("/api/profiles/01GDDKASAP8TKDDA2GRZDSVP4H/").as_deref(),
+        Some("/api/profiles/{id}")
+    );
+    assert_eq!(
+        openapi::template_for("/api/lists/Ab12Cd/relationships/profiles").as_deref(),
+        Some("/api/lists/{id}/relationships/profiles")
+    );
+    let ok = json!({"data": {"type": "profile", "attributes": {"email": "a@example.com"}}});
+    openapi::check_request("POST", "/api/profiles", &ok).expect("valid request");
+    let bad = json!({"data": {"type": "profile", "attributes": {"email": 5}}});
+    assert!(openapi::check_request("POST", "/api/profiles", &bad).is_err());
+    let bad = json!({"data": {"type": "list", "attributes": {}}});
+    assert!(openapi::check_request("POST", "/api/profiles", &bad).is_err());
+    // Responses: a missing required member, a wrong enum value, a body where none belongs.
+    let bad = json!({"data": [{"type": "account", "id": "x"}]});
+    assert!(openapi::check_response("GET", "/api/accounts", 200, Some(&bad)).is_err());
+    let bad = json!({"data": {"type": "profile-bulk-import-job", "id": "x", "attributes": {
+        "status": "exploded", "created_at": "2024-01-01T00:00:00+00:00", "total_count": 1},
+        "links": {"self": "http://x/"}}});
+    assert!(
+        openapi::check_response("POST", "/api/profile-bulk-import-jobs", 202, Some(&bad)).is_err()
+    );
+    assert!(openapi::check_response("DELETE", "/api/lists/x", 204, Some(&json!({}))).is_err());
+    openapi::check_response("DELETE", "/api/lists/x", 204, None).expect("no body");
+    let err = json!({"errors": [{"id": "1", "code": "invalid", "title": "t", "detail": "d"}]});
+    openapi::check_response("GET", "/api/lists", 400, Some(&err)).expect("error body");
+    assert!(openapi::check_response("GET", "/api/lists", 400, Some(&json!({}))).is_err());
+}
+
+#[tokio::test]
+async fn sandbox_query_parameter_rate_limits() {
+    let api = Api::with(SandboxConfig::default()).await;
+    let list = api.create_list("Counted").await;
+    let r = api.get(&format!("/api/lists/{list}")).await;
+    assert_eq!(r.header("ratelimit-limit"), Some("750"));
+    let r = api
+        .get(&format!(
+            "/api/lists/{list}?additional-fields[list]=profile_count"
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-limit"), Some("15"));
+}
