@@ -55,7 +55,7 @@ pub struct SandboxArgs {
     /// Private API key to accept (default: a fresh `pk_sandbox_…` key, printed at start).
     #[arg(long, env = "KDIT_SANDBOX_API_KEY")]
     pub api_key: Option<String>,
-    /// Keep state in this file between restarts (loaded at start, saved on Ctrl-C).
+    /// Keep state in this file between restarts (loaded at start, saved on Ctrl-C or SIGTERM).
     #[arg(long)]
     pub state_file: Option<PathBuf>,
     /// Measure bulk imports against a fresh in-process sandbox (rate limits off) and exit.
@@ -303,12 +303,30 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         },
         sb.base_url()
     );
-    tokio::signal::ctrl_c().await?;
+    wait_for_stop().await?;
     if let Some(p) = &args.state_file {
         sb.save()?;
         eprintln!("kdit sandbox: state saved to {}", p.display());
     }
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix (what service managers and `kill` send).
+async fn wait_for_stop() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
 }
 
 /// Imports `total` generated profiles in bulk jobs of 10,000 over HTTP (rate limits off) and
