@@ -1320,3 +1320,96 @@ async fn sandbox_query_parameter_rate_limits() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("ratelimit-limit"), Some("15"));
 }
+
+#[tokio::test]
+async fn sandbox_bulk_conflicts_and_ids() {
+    let api = Api::new().await;
+    let a = api.create_profile(json!({"email": "a@example.com"})).await;
+    let _b = api.create_profile(json!({"external_id": "b-1"})).await;
+    let body = json!({"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [
+        // email of one profile, external id of another: refused, never merged.
+        {"type": "profile", "attributes": {"email": "a@example.com", "external_id": "b-1"}},
+        // by Klaviyo id: the email changes on that profile.
+        {"type": "profile", "id": a, "attributes": {"email": "a2@example.com"}},
+        {"type": "profile", "id": "01GDDKASAP8TKDDA2GRZDSVP4H", "attributes": {"email": "z@example.com"}}
+    ]}}}});
+    let job = api.bulk(&body).await;
+    let errs = api
+        .get(&format!(
+            "/api/profile-bulk-import-jobs/{job}/import-errors"
+        ))
+        .await;
+    let errs = errs.json()["data"].as_array().cloned().unwrap_or_default();
+    let codes: Vec<&str> = errs
+        .iter()
+        .filter_map(|e| e["attributes"]["code"].as_str())
+        .collect();
+    assert_eq!(codes, vec!["duplicate_profile", "not_found"]);
+    assert_eq!(
+        api.sb.profile_by_email("a2@example.com").map(|p| p.id),
+        Some(a)
+    );
+}
+
+#[tokio::test]
+async fn sandbox_segment_member_paging_and_nested_fields() {
+    let api = Api::new().await;
+    for i in 0..3 {
+        api.create_profile(json!({"email": format!("s{i}@example.com"), "location": {"city": "Oslo", "zip": "0150"}}))
+            .await;
+    }
+    let body = segment_body(
+        "Oslo",
+        json!([{"conditions": [{"type": "profile-property", "property": "location['city']",
+            "filter": {"type": "string", "operator": "equals", "value": "Oslo"}}]}]),
+    );
+    let seg = api.post("/api/segments", &body).await.json()["data"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut url = Some(api.url(&format!(
+        "/api/segments/{seg}/profiles?page[size]=2&fields[profile]=email,location.city"
+    )));
+    let mut n = 0;
+    while let Some(u) = url {
+        let r = api.get(&u).await;
+        for p in r.json()["data"].as_array().cloned().unwrap_or_default() {
+            assert_eq!(p["attributes"]["location"], json!({"city": "Oslo"}));
+            assert!(p["attributes"]["joined_group_at"].is_string());
+            n += 1;
+        }
+        url = r.json()["links"]["next"].as_str().map(str::to_string);
+    }
+    assert_eq!(n, 3);
+    assert_eq!(api.sb.segments()[0].members.len(), 3);
+}
+
+#[tokio::test]
+async fn sandbox_historical_consent() {
+    let api = Api::new().await;
+    let body = json!({"data": {"type": "profile-subscription-bulk-create-job", "attributes": {
+        "historical_import": true,
+        "profiles": {"data": [{"type": "profile", "attributes": {"email": "old@example.com",
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED",
+                "consented_at": "2020-05-01T10:00:00+00:00"}}}}}]}}}});
+    assert_eq!(
+        api.post("/api/profile-subscription-bulk-create-jobs", &body)
+            .await
+            .status,
+        202
+    );
+    let p = api.sb.profile_by_email("old@example.com").expect("created");
+    let m = &p.subscriptions.expect("consent")["email"]["marketing"];
+    assert_eq!(m["consent_timestamp"], "2020-05-01T10:00:00.000+00:00");
+    // Without consented_at a historical import is refused.
+    let body = json!({"data": {"type": "profile-subscription-bulk-create-job", "attributes": {
+        "historical_import": true,
+        "profiles": {"data": [{"type": "profile", "attributes": {"email": "old2@example.com",
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}}}}]}}}});
+    assert_eq!(
+        api.post("/api/profile-subscription-bulk-create-jobs", &body)
+            .await
+            .status,
+        400
+    );
+}
