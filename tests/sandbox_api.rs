@@ -1413,3 +1413,73 @@ async fn sandbox_historical_consent() {
         400
     );
 }
+
+#[tokio::test]
+async fn sandbox_includes() {
+    let api = Api::new().await;
+    let pid = api
+        .create_profile(json!({"email": "inc@example.com"}))
+        .await;
+    let list = api.create_list("Included").await;
+    api.post(
+        &format!("/api/lists/{list}/relationships/profiles"),
+        &json!({"data": [{"type": "profile", "id": pid}]}),
+    )
+    .await;
+    let seg = api
+        .post(
+            "/api/segments",
+            &segment_body(
+                "All",
+                json!([{"conditions": [{"type": "profile-property",
+            "property": "email", "filter": {"type": "existence", "operator": "is-set"}}]}]),
+            ),
+        )
+        .await
+        .json()["data"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let tag = api
+        .post(
+            "/api/tags",
+            &json!({"data": {"type": "tag", "attributes": {"name": "inc"}}}),
+        )
+        .await
+        .json()["data"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    api.post(
+        &format!("/api/tags/{tag}/relationships/lists"),
+        &json!({"data": [{"type": "list", "id": list}]}),
+    )
+    .await;
+
+    let r = api
+        .get(&format!("/api/profiles/{pid}?include=lists,segments"))
+        .await;
+    assert_eq!(
+        r.json()["data"]["relationships"]["lists"]["data"][0]["id"],
+        list
+    );
+    assert_eq!(
+        r.json()["data"]["relationships"]["segments"]["data"][0]["id"],
+        seg
+    );
+    assert_eq!(r.json()["included"].as_array().map(Vec::len), Some(2));
+    let r = api.get(&format!("/api/lists/{list}?include=tags")).await;
+    assert_eq!(r.json()["included"][0]["attributes"]["name"], "inc");
+    let r = api.get("/api/lists?include=tags").await;
+    assert_eq!(
+        r.json()["data"][0]["relationships"]["tags"]["data"][0]["id"],
+        tag
+    );
+    let r = api.get("/api/tags?include=tag-group").await;
+    assert_eq!(r.json()["included"][0]["attributes"]["default"], true);
+    let r = api.get(&format!("/api/segments/{seg}?include=tags")).await;
+    assert_eq!(r.json()["included"], json!([]));
+    let r = api.get("/api/profiles?include=lists").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errors"][0]["source"]["parameter"], "include");
+}

@@ -258,6 +258,24 @@ impl Req {
         }))
     }
 
+    /// Values of `include`, each checked against what the operation allows.
+    pub fn includes(&self, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+        let Some(inc) = self.q("include")? else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for i in inc.split(',').map(str::trim) {
+            if !allowed.contains(&i) {
+                return Err(ApiError::invalid(format!(
+                    "'{i}' is not an allowed include parameter for this resource."
+                ))
+                .parameter("include"));
+            }
+            out.push(i.to_string());
+        }
+        Ok(out)
+    }
+
     /// Values of `additional-fields[TYPE]`.
     pub fn additional(&self, ty: &str) -> Result<Vec<String>, ApiError> {
         Ok(self

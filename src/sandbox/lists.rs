@@ -87,6 +87,10 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         "include",
     ])?;
     let size = req.page_size(10, 10)?;
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let conds = match req.q("filter")? {
         Some(f) => filter::parse(f, LIST_FILTERS)?,
         None => vec![],
@@ -124,28 +128,45 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         None
     };
     let mut data = Vec::new();
+    let mut included = Vec::new();
     for (id, l) in page {
-        data.push(with_fields(resource(&shared.base_url, id, l), req, None)?);
+        let mut r = with_fields(resource(&shared.base_url, id, l), req, None)?;
+        if include {
+            super::tags::attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
+        }
+        data.push(r);
     }
-    Ok(Reply::ok(
-        json!({"data": data, "links": req.collection_links(next.as_deref())}),
-    ))
+    let mut body = json!({"data": data, "links": req.collection_links(next.as_deref())});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&["fields[*]", "additional-fields[list]", "include"])?;
     let count = wants_count(req)?;
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let store = shared.store();
     let id = req.param(0);
     let l = store.lists.get(id).ok_or_else(|| list_not_found(id))?;
-    let r = with_fields(
+    let mut r = with_fields(
         resource(&shared.base_url, id, l),
         req,
         count.then_some(l.members.len()),
     )?;
-    Ok(Reply::ok(
-        json!({"data": r, "links": {"self": req.self_link()}}),
-    ))
+    let mut included = Vec::new();
+    if include {
+        super::tags::attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
+    }
+    let mut body = json!({"data": r, "links": {"self": req.self_link()}});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 fn opt_in(attrs: &serde_json::Map<String, Value>) -> Result<Option<String>, ApiError> {

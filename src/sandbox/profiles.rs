@@ -216,16 +216,8 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         Some(f) => filter::parse(f, PROFILE_FILTERS)?,
         None => vec![],
     };
-    if let Some(inc) = req.q("include")? {
-        for i in inc.split(',') {
-            if !matches!(i, "conversations" | "push-tokens") {
-                return Err(ApiError::invalid(format!(
-                    "'{i}' is not an allowed include parameter for this resource."
-                ))
-                .parameter("include"));
-            }
-        }
-    }
+    // Conversations and push tokens do not exist in the sandbox: nothing to include.
+    let included = !req.includes(&["conversations", "push-tokens"])?.is_empty();
     let descending = match req.q("sort")? {
         None | Some("id") | Some("created") => false,
         Some("-id") | Some("-created") => true,
@@ -281,24 +273,71 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .filter_map(|id| store.profiles.get(id))
         .map(|p| resource(p, &shared.base_url, fields.as_deref(), subs, None))
         .collect();
-    Ok(Reply::ok(json!({
+    let mut body = json!({
         "data": data,
         "links": req.collection_links(next.as_deref()),
-    })))
+    });
+    if included {
+        body["included"] = json!([]);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&["fields[*]", "additional-fields[profile]", "include"])?;
     let fields = req.fields("profile")?;
     let subs = wants_subscriptions(req)?;
-    let store = shared.store();
-    let p = store
+    let includes = req.includes(&["conversations", "lists", "push-tokens", "segments"])?;
+    let mut store = shared.store();
+    let id = store
         .profile_by_str(req.param(0))
+        .map(|p| p.id)
         .ok_or_else(|| profile_not_found(req.param(0)))?;
-    Ok(Reply::ok(json!({
-        "data": resource(p, &shared.base_url, fields.as_deref(), subs, None),
-        "links": {"self": req.self_link()},
-    })))
+    let base = &shared.base_url;
+    let mut included = Vec::new();
+    let mut linkage = Vec::new();
+    if includes.iter().any(|i| i == "lists") {
+        let lists: Vec<(String, Value)> = store
+            .lists
+            .iter()
+            .filter(|(_, l)| l.members.contains_key(&id))
+            .map(|(lid, l)| (lid.clone(), super::lists::resource(base, lid, l)))
+            .collect();
+        linkage.push((
+            "lists",
+            "list",
+            lists.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(),
+        ));
+        included.extend(lists.into_iter().map(|(_, r)| r));
+    }
+    if includes.iter().any(|i| i == "segments") {
+        let ids: Vec<String> = store.segments.keys().cloned().collect();
+        let mut mine = Vec::new();
+        for sid in ids {
+            super::segments::refresh_members(&mut store, &sid);
+            if let Some(s) = store.segments.get(&sid)
+                && s.members.as_ref().is_some_and(|(_, m)| m.contains_key(&id))
+            {
+                included.push(super::segments::resource(base, &sid, s));
+                mine.push(sid);
+            }
+        }
+        linkage.push(("segments", "segment", mine));
+    }
+    let p = store
+        .profiles
+        .get(&id)
+        .ok_or_else(|| profile_not_found(req.param(0)))?;
+    let mut data = resource(p, base, fields.as_deref(), subs, None);
+    for (rel, ty, ids) in linkage {
+        data["relationships"][rel]["data"] =
+            ids.iter().map(|i| json!({"type": ty, "id": i})).collect();
+    }
+    let mut body = json!({"data": data, "links": {"self": req.self_link()}});
+    if !includes.is_empty() {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 fn single(shared: &Arc<Shared>, store: &Store, id: Ulid) -> Value {

@@ -431,6 +431,10 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         "include",
     ])?;
     let size = req.page_size(10, 10)?;
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let conds = match req.q("filter")? {
         Some(f) => filter::parse(f, SEGMENT_FILTERS)?,
         None => vec![],
@@ -474,12 +478,26 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         None
     };
     let mut data = Vec::new();
+    let mut included = Vec::new();
     for (id, s) in page {
-        data.push(with_fields(resource(&shared.base_url, id, s), req, None)?);
+        let mut r = with_fields(resource(&shared.base_url, id, s), req, None)?;
+        if include {
+            super::tags::attach_tags(
+                &store,
+                &shared.base_url,
+                "segment",
+                id,
+                &mut r,
+                &mut included,
+            );
+        }
+        data.push(r);
     }
-    Ok(Reply::ok(
-        json!({"data": data, "links": req.collection_links(next.as_deref())}),
-    ))
+    let mut body = json!({"data": data, "links": req.collection_links(next.as_deref())});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
@@ -494,6 +512,10 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         }
         count = true;
     }
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let mut store = shared.store();
     let id = req.param(0);
     if !store.segments.contains_key(id) {
@@ -512,10 +534,23 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .segments
         .get(id)
         .ok_or_else(|| segment_not_found(id))?;
-    let r = with_fields(resource(&shared.base_url, id, s), req, n)?;
-    Ok(Reply::ok(
-        json!({"data": r, "links": {"self": req.self_link()}}),
-    ))
+    let mut r = with_fields(resource(&shared.base_url, id, s), req, n)?;
+    let mut included = Vec::new();
+    if include {
+        super::tags::attach_tags(
+            &store,
+            &shared.base_url,
+            "segment",
+            id,
+            &mut r,
+            &mut included,
+        );
+    }
+    let mut body = json!({"data": r, "links": {"self": req.self_link()}});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {

@@ -111,6 +111,7 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         "include",
     ])?;
     let size = req.page_size(50, 50)?;
+    let include = !req.includes(&["tag-group"])?.is_empty();
     let conds = match req.q("filter")? {
         Some(f) => filter::parse(
             f,
@@ -124,23 +125,35 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         conds.iter().all(|c| name_matches(c, &t.name))
     });
     let mut data = Vec::new();
+    let mut included = Vec::new();
     for (id, t) in page {
-        data.push(fields(tag_resource(&shared.base_url, id, t), req, "tag")?);
+        let r = fields(tag_resource(&shared.base_url, id, t), req, "tag")?;
+        if include {
+            attach_group(&store, &shared.base_url, t, &mut included);
+        }
+        data.push(r);
     }
-    Ok(Reply::ok(
-        json!({"data": data, "links": req.collection_links(next.as_deref())}),
-    ))
+    let mut body = json!({"data": data, "links": req.collection_links(next.as_deref())});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&["fields[*]", "include"])?;
+    let include = !req.includes(&["tag-group"])?.is_empty();
     let store = shared.store();
     let id = req.param(0);
     let t = store.tags.get(id).ok_or_else(|| tag_not_found(id))?;
     let r = fields(tag_resource(&shared.base_url, id, t), req, "tag")?;
-    Ok(Reply::ok(
-        json!({"data": r, "links": {"self": req.self_link()}}),
-    ))
+    let mut body = json!({"data": r, "links": {"self": req.self_link()}});
+    if include {
+        let mut included = Vec::new();
+        attach_group(&store, &shared.base_url, t, &mut included);
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
@@ -361,6 +374,41 @@ pub fn relate(shared: &Arc<Shared>, req: &Req, kind: &str, add: bool) -> ApiResu
 }
 
 /// `GET /api/lists/{id}/tags` and `/api/segments/{id}/tags` (+ relationships).
+/// For `include=tags` on lists and segments: fills `relationships.tags.data` of `r` and adds
+/// the tags to `included` (each once).
+pub fn attach_tags(
+    store: &Store,
+    base: &str,
+    kind: &str,
+    rid: &str,
+    r: &mut Value,
+    included: &mut Vec<Value>,
+) {
+    let ids = tags_on(store, kind, rid);
+    r["relationships"]["tags"]["data"] = ids
+        .iter()
+        .map(|i| json!({"type": "tag", "id": i}))
+        .collect();
+    for id in ids {
+        if included.iter().any(|v| v["id"] == id.as_str()) {
+            continue;
+        }
+        if let Some(t) = store.tags.get(&id) {
+            included.push(tag_resource(base, &id, t));
+        }
+    }
+}
+
+/// For `include=tag-group` on tags: adds the tag's group to `included` (once).
+fn attach_group(store: &Store, base: &str, t: &Tag, included: &mut Vec<Value>) {
+    if included.iter().any(|v| v["id"] == t.group.as_str()) {
+        return;
+    }
+    if let Some(g) = store.tag_groups.get(&t.group) {
+        included.push(group_resource(base, &t.group, g));
+    }
+}
+
 pub fn for_resource(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> ApiResult {
     let store = shared.store();
     let rid = req.param(0);
