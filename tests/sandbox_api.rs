@@ -786,6 +786,24 @@ async fn sandbox_segments_membership() {
 
     let bad = segment_body("bad", json!([{"conditions": [{"type": "profile-vibes"}]}]));
     assert_eq!(api.post_invalid("/api/segments", &bad).await.status, 400);
+    let bad = segment_body(
+        "bad",
+        json!([{"conditions": [{"type": "profile-property", "property": "email",
+        "filter": {"type": "numeric", "operator": "contains", "value": 1}}]}]),
+    );
+    assert_eq!(api.post_invalid("/api/segments", &bad).await.status, 400);
+    let bad = segment_body(
+        "bad",
+        json!([{"conditions": [{"type": "profile-group-membership",
+        "is_member": true, "group_ids": ["NoList"]}]}]),
+    );
+    let r = api.post("/api/segments", &bad).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["errors"][0]["source"]["pointer"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/group_ids/0"))
+    );
     assert_eq!(
         api.delete(&format!("/api/segments/{seg}"), None)
             .await

@@ -65,6 +65,109 @@ const CONDITION_TYPES: &[&str] = &[
     "profile-has-custom-object",
 ];
 
+/// Filter types and operators a `profile-property` condition accepts (spec schemas
+/// `StringOperatorStringFilter`, `NumericOperatorNumericFilter`, … in `ProfilePropertyCondition`).
+const PROPERTY_FILTERS: &[(&str, &[&str])] = &[
+    (
+        "string",
+        &[
+            "equals",
+            "not-equals",
+            "contains",
+            "not-contains",
+            "starts-with",
+            "not-starts-with",
+            "ends-with",
+            "not-ends-with",
+            "regex",
+            "nregex",
+            "in",
+            "not-in",
+            "phone-country-code-in",
+            "phone-country-code-not-in",
+        ],
+    ),
+    (
+        "numeric",
+        &[
+            "equals",
+            "not-equals",
+            "greater-than",
+            "greater-than-or-equal",
+            "less-than",
+            "less-than-or-equal",
+        ],
+    ),
+    ("boolean", &["equals"]),
+    (
+        "date",
+        &[
+            "after",
+            "before",
+            "between-static",
+            "in-the-last",
+            "in-the-next",
+            "at-least",
+            "between",
+            "anniversary-last",
+            "anniversary-next",
+            "calendar-month",
+            "anniversary",
+            "anniversary-month",
+        ],
+    ),
+    (
+        "list",
+        &[
+            "contains",
+            "not-contains",
+            "length-equals",
+            "length-greater-than",
+            "length-greater-than-or-equal",
+            "length-less-than",
+            "length-less-than-or-equal",
+        ],
+    ),
+    ("existence", &["is-set", "not-set"]),
+];
+
+/// Lists named by `profile-group-membership` conditions must exist.
+fn check_groups(store: &Store, def: &Value) -> Result<(), ApiError> {
+    let groups = def
+        .get("condition_groups")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (g, group) in groups.iter().enumerate() {
+        let conds = group
+            .get("conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (c, cond) in conds.iter().enumerate() {
+            if cond.get("type").and_then(Value::as_str) != Some("profile-group-membership") {
+                continue;
+            }
+            for (i, gid) in cond
+                .get("group_ids")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let gid = gid.as_str().unwrap_or("");
+                if !store.lists.contains_key(gid) {
+                    return Err(ApiError::invalid(format!("A list with id {gid} does not exist."))
+                        .pointer(format!(
+                            "/data/attributes/definition/condition_groups/{g}/conditions/{c}/group_ids/{i}"
+                        )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks the parts of a definition the sandbox evaluates; the rest is stored verbatim.
 fn validate_definition(def: &Value) -> Result<(), ApiError> {
     let base = "/data/attributes/definition";
@@ -109,16 +212,20 @@ fn validate_definition(def: &Value) -> Result<(), ApiError> {
                             .pointer(format!("{cp}/property")));
                     }
                     let f = cond.get("filter");
-                    let ok = f
-                        .and_then(|f| f.get("type"))
-                        .and_then(Value::as_str)
-                        .is_some()
-                        && f.and_then(|f| f.get("operator"))
-                            .and_then(Value::as_str)
-                            .is_some();
-                    if !ok {
+                    let ty = f.and_then(|f| f.get("type")).and_then(Value::as_str);
+                    let op = f.and_then(|f| f.get("operator")).and_then(Value::as_str);
+                    let (Some(ty), Some(op)) = (ty, op) else {
                         return Err(ApiError::invalid("`filter` needs `type` and `operator`.")
                             .pointer(format!("{cp}/filter")));
+                    };
+                    if !PROPERTY_FILTERS
+                        .iter()
+                        .any(|(t, ops)| *t == ty && ops.contains(&op))
+                    {
+                        return Err(ApiError::invalid(format!(
+                            "'{op}' is not a valid operator for a '{ty}' filter on a profile property."
+                        ))
+                        .pointer(format!("{cp}/filter/operator")));
                     }
                 }
                 "profile-group-membership" => {
@@ -572,6 +679,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     validate_definition(&definition)?;
     let is_starred = opt_bool(&attrs, "is_starred", "/data/attributes")?.unwrap_or(false);
     let mut store = shared.store();
+    check_groups(&store, &definition)?;
     store.take_daily("segments", 100)?;
     let id = store.new_short_id();
     let now = now_millis();
@@ -635,6 +743,9 @@ pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     let mut store = shared.store();
     if !store.segments.contains_key(id) {
         return Err(segment_not_found(id));
+    }
+    if let Some(d) = &definition {
+        check_groups(&store, d)?;
     }
     store.take_daily("segment updates", 100)?;
     let now = now_millis();
