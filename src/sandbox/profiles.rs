@@ -3,7 +3,6 @@
 //! JSON:API replies, and writes to the store. Also renders profile resources for the list,
 //! segment and bulk-job endpoints.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -247,24 +246,21 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         };
         page_after(ids.into_iter().skip(start), size)
     } else if descending {
-        let upper = after.map_or(Bound::Unbounded, Bound::Excluded);
         page_after(
             store
                 .profiles
-                .range((Bound::Unbounded, upper))
-                .rev()
-                .filter(|(_, p)| keep(p))
-                .map(|(id, _)| *id),
+                .before(after)
+                .filter(|p| keep(p))
+                .map(|p| p.id),
             size,
         )
     } else {
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         page_after(
             store
                 .profiles
-                .range((lower, Bound::Unbounded))
-                .filter(|(_, p)| keep(p))
-                .map(|(id, _)| *id),
+                .after(after)
+                .filter(|p| keep(p))
+                .map(|p| p.id),
             size,
         )
     };
