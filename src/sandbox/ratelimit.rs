@@ -213,7 +213,7 @@ mod tests {
         ));
     }
 
-    /// The committed table must equal what `scripts/gen_ratelimits.py` makes of openapi.json.
+    /// The committed table must equal what `tests/sandbox/gen_ratelimits.py` makes of openapi.json.
     #[test]
     fn sandbox_ratelimit_table_matches_spec() {
         let path =
@@ -249,7 +249,7 @@ mod tests {
             .collect();
         assert_eq!(
             table, from_spec,
-            "src/sandbox/ratelimit_table.rs is stale: run `python3 scripts/gen_ratelimits.py`"
+            "src/sandbox/ratelimit_table.rs is stale: run `python3 tests/sandbox/gen_ratelimits.py`"
         );
 
         // Query-parameter limits, read from the descriptions the same way the script does.
@@ -301,7 +301,7 @@ mod tests {
             .collect();
         assert_eq!(
             table, extra,
-            "QUERY_LIMITS is stale: run `python3 scripts/gen_ratelimits.py`"
+            "QUERY_LIMITS is stale: run `python3 tests/sandbox/gen_ratelimits.py`"
         );
     }
 }
