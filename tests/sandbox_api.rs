@@ -1238,6 +1238,13 @@ async fn sandbox_inspection_and_reset() {
     assert_eq!(stats.by_endpoint_status["POST /api/profiles"][&409], 1);
     assert_eq!(stats.total, 4);
 
+    let log = api.sb.requests();
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[3].endpoint, "POST /api/profiles");
+    assert_eq!(log[3].status, 409);
+    assert_eq!(log[1].uri, "/api/profiles");
+    let r = api.send(api.http.get(api.url("/_sandbox/requests"))).await;
+    assert_eq!(r.json()["requests"][0]["status"], 201);
     let r = api.send(api.http.get(api.url("/_sandbox/stats"))).await;
     assert_eq!(r.json()["by_endpoint"]["GET /api/profiles"], 2);
     let r = api

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::FaultSpec;
 pub use http::REVISION;
-pub use server::Stats;
+pub use server::{LoggedRequest, REQUEST_LOG_SIZE, Stats};
 
 use server::Shared;
 
@@ -240,6 +240,11 @@ impl Sandbox {
     /// Requests per endpoint, e.g. `counts["POST /api/profile-bulk-import-jobs"]`.
     pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
         self.shared.stats().by_endpoint.clone()
+    }
+
+    /// The most recent requests (up to `REQUEST_LOG_SIZE`), oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.stats().recent.iter().cloned().collect()
     }
 
     /// Replaces the fault settings (and reseeds when `seed` is given).

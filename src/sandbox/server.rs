@@ -58,10 +58,35 @@ pub struct Stats {
     pub by_endpoint: BTreeMap<String, u64>,
     pub by_status: BTreeMap<u16, u64>,
     pub by_endpoint_status: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// The most recent requests, oldest first (at most `REQUEST_LOG_SIZE`).
+    #[serde(skip)]
+    pub recent: std::collections::VecDeque<LoggedRequest>,
+}
+
+/// How many requests `Stats::recent` keeps.
+pub const REQUEST_LOG_SIZE: usize = 10_000;
+
+/// One request as the sandbox answered it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// `METHOD /api/template`.
+    pub endpoint: String,
+    /// The path and query as sent.
+    pub uri: String,
+    /// 0 when the connection was dropped by fault injection.
+    pub status: u16,
 }
 
 impl Stats {
-    fn record(&mut self, endpoint: &str, status: u16) {
+    fn record(&mut self, endpoint: &str, uri: &str, status: u16) {
+        if self.recent.len() == REQUEST_LOG_SIZE {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(LoggedRequest {
+            endpoint: endpoint.to_string(),
+            uri: uri.to_string(),
+            status,
+        });
         self.total += 1;
         *self.by_endpoint.entry(endpoint.to_string()).or_default() += 1;
         *self.by_status.entry(status).or_default() += 1;
@@ -275,6 +300,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
     let method = req.method().clone();
+    let uri = req.uri().to_string();
     let raw_path = req.uri().path().to_string();
     let path = if raw_path.len() > 1 {
         raw_path.trim_end_matches('/').to_string()
@@ -301,7 +327,7 @@ pub(crate) async fn handle(
         Outcome::Reply(r) => (r.status().as_u16(), Ok(r)),
         Outcome::Drop => (0, Err(DropConnection)),
     };
-    shared.stats().record(&endpoint, status);
+    shared.stats().record(&endpoint, &uri, status);
     resp
 }
 
