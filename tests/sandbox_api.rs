@@ -1508,3 +1508,98 @@ async fn sandbox_includes() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["errors"][0]["source"]["parameter"], "include");
 }
+
+#[tokio::test]
+async fn sandbox_sorting() {
+    let api = Api::new().await;
+    let mut first = String::new();
+    for e in ["c@example.com", "a@example.com", "b@example.com"] {
+        let id = api.create_profile(json!({"email": e})).await;
+        if first.is_empty() {
+            first = id;
+        }
+    }
+    // Touch the first profile last, so `updated` order differs from id order.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let body = json!({"data": {"type": "profile", "id": first, "attributes": {"title": "x"}}});
+    api.patch(&format!("/api/profiles/{first}"), &body).await;
+    let emails = |r: &sandbox::Resp| -> Vec<String> {
+        r.json()["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p["attributes"]["email"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let r = api.get("/api/profiles?sort=email&page[size]=2").await;
+    assert_eq!(emails(&r), ["a@example.com", "b@example.com"]);
+    let next = r.json()["links"]["next"]
+        .as_str()
+        .expect("next")
+        .to_string();
+    assert_eq!(emails(&api.get(&next).await), ["c@example.com"]);
+    let r = api.get("/api/profiles?sort=-email").await;
+    assert_eq!(
+        emails(&r),
+        ["c@example.com", "b@example.com", "a@example.com"]
+    );
+    let r = api.get("/api/profiles?sort=-updated&page[size]=1").await;
+    assert_eq!(emails(&r), ["c@example.com"]);
+    assert_eq!(api.get("/api/profiles?sort=first_name").await.status, 400);
+
+    for name in ["Zeta", "Alpha", "Mid"] {
+        api.create_list(name).await;
+    }
+    let names = |r: &sandbox::Resp| -> Vec<String> {
+        r.json()["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l["attributes"]["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&api.get("/api/lists?sort=name").await),
+        ["Alpha", "Mid", "Zeta"]
+    );
+    assert_eq!(
+        names(&api.get("/api/lists?sort=-name&page[size]=1").await),
+        ["Zeta"]
+    );
+    assert_eq!(api.get("/api/lists?sort=size").await.status, 400);
+    for name in ["b-tag", "a-tag"] {
+        api.post(
+            "/api/tags",
+            &json!({"data": {"type": "tag", "attributes": {"name": name}}}),
+        )
+        .await;
+    }
+    assert_eq!(
+        names(&api.get("/api/tags?sort=name").await),
+        ["a-tag", "b-tag"]
+    );
+
+    let list = api.sb.lists()[0].id.clone();
+    let ids: Vec<String> = api.sb.profiles().iter().map(|p| p.id.clone()).collect();
+    for id in ids.iter().rev() {
+        api.post(
+            &format!("/api/lists/{list}/relationships/profiles"),
+            &json!({"data": [{"type": "profile", "id": id}]}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = api
+        .get(&format!(
+            "/api/lists/{list}/relationships/profiles?sort=joined_group_at"
+        ))
+        .await;
+    let got: Vec<&str> = r.json()["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_str()).collect())
+        .unwrap_or_default();
+    let want: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(got, want);
+}

@@ -340,7 +340,8 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         Some(f) => super::filter::parse(f, &[("status", &["any", "equals"])])?,
         None => vec![],
     };
-    let after = req.cursor()?;
+    // Job ids are ULIDs, so id order is creation order.
+    let descending = req.sort(&["created_at"])?.is_some_and(|(_, d)| d);
     let store = shared.store();
     let mut ids: Vec<&String> = store
         .jobs
@@ -353,14 +354,12 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .map(|(id, _)| id)
         .collect();
     ids.sort();
-    let start = after
-        .as_ref()
-        .map_or(0, |a| ids.iter().position(|x| *x > a).unwrap_or(ids.len()));
-    let page: Vec<&String> = ids.iter().skip(start).take(size + 1).copied().collect();
-    let next = (page.len() > size).then(|| page[size - 1].clone());
+    if descending {
+        ids.reverse();
+    }
+    let (page, next) = req.offset_page(ids, size)?;
     let data: Vec<Value> = page
         .iter()
-        .take(size)
         .filter_map(|id| {
             store
                 .jobs

@@ -217,15 +217,32 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     };
     // Conversations and push tokens do not exist in the sandbox: nothing to include.
     let included = !req.includes(&["conversations", "push-tokens"])?.is_empty();
-    let descending = match req.q("sort")? {
-        None | Some("id") | Some("created") => false,
-        Some("-id") | Some("-created") => true,
-        Some(s) => {
-            return Err(
-                ApiError::invalid(format!("'{s}' is not a valid sort field.")).parameter("sort"),
-            );
-        }
-    };
+    let sort = req.sort(&[
+        "created",
+        "email",
+        "id",
+        "updated",
+        // No suppressions exist in the sandbox, so these order like `id`.
+        "subscriptions.email.marketing.list_suppressions.timestamp",
+        "subscriptions.email.marketing.suppression.timestamp",
+    ])?;
+    let descending = sort.as_ref().is_some_and(|(_, d)| *d);
+    let by_key = sort
+        .as_ref()
+        .map(|(f, _)| f.as_str())
+        .filter(|f| matches!(*f, "email" | "updated"));
+    if let Some(field) = by_key {
+        return sorted_list(
+            shared,
+            req,
+            &conds,
+            field,
+            descending,
+            size,
+            fields.as_deref(),
+            subs,
+        );
+    }
     let after = cursor_ulid(req)?;
     let store = shared.store();
     let keep = |p: &Profile| conds.iter().all(|c| matches(p, c));
@@ -277,6 +294,45 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         body["included"] = json!([]);
     }
     Ok(Reply::ok(body))
+}
+
+/// `GET /api/profiles?sort=±email|±updated`: every matching profile sorted, offset cursor.
+#[allow(clippy::too_many_arguments)]
+fn sorted_list(
+    shared: &Arc<Shared>,
+    req: &Req,
+    conds: &[Cond],
+    field: &str,
+    descending: bool,
+    size: usize,
+    fields: Option<&[String]>,
+    subs: bool,
+) -> ApiResult {
+    let store = shared.store();
+    let mut items: Vec<&Profile> = match indexed(&store, conds) {
+        Some(ids) => ids.iter().filter_map(|id| store.profiles.get(id)).collect(),
+        None => store.profiles.values().collect(),
+    };
+    items.retain(|p| conds.iter().all(|c| matches(p, c)));
+    items.sort_by(|a, b| {
+        let o = if field == "email" {
+            // Profiles without an email sort last, as nulls do.
+            (a.email.is_none(), a.email.as_deref()).cmp(&(b.email.is_none(), b.email.as_deref()))
+        } else {
+            a.updated.cmp(&b.updated)
+        };
+        let o = o.then(a.id.cmp(&b.id));
+        if descending { o.reverse() } else { o }
+    });
+    let (page, next) = req.offset_page(items, size)?;
+    let data: Vec<Value> = page
+        .iter()
+        .map(|p| resource(p, &shared.base_url, fields, subs, None))
+        .collect();
+    Ok(Reply::ok(json!({
+        "data": data,
+        "links": req.collection_links(next.as_deref()),
+    })))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {

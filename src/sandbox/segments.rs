@@ -9,7 +9,6 @@
 //! predictions to evaluate it against.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -546,7 +545,7 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         Some(f) => filter::parse(f, SEGMENT_FILTERS)?,
         None => vec![],
     };
-    let after = req.cursor()?;
+    let sort = req.sort(&["created", "id", "name", "updated"])?;
     let store = shared.store();
     let keep = |id: &String, s: &Segment| {
         conds.iter().all(|c| match c.field.as_str() {
@@ -571,19 +570,23 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
             }
         })
     };
-    let lower = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-    let mut page: Vec<(&String, &Segment)> = store
+    let mut items: Vec<(&String, &Segment)> = store
         .segments
-        .range::<String, _>((lower, Bound::Unbounded))
+        .iter()
         .filter(|(id, s)| keep(id, s))
-        .take(size + 1)
         .collect();
-    let next = if page.len() > size {
-        page.truncate(size);
-        page.last().map(|(id, _)| (*id).clone())
-    } else {
-        None
-    };
+    if let Some((field, desc)) = &sort {
+        items.sort_by(|a, b| {
+            let o = match field.as_str() {
+                "name" => a.1.name.cmp(&b.1.name),
+                "created" => a.1.created.cmp(&b.1.created),
+                "updated" => a.1.updated.cmp(&b.1.updated),
+                _ => a.0.cmp(b.0),
+            };
+            if *desc { o.reverse() } else { o }
+        });
+    }
+    let (page, next) = req.offset_page(items, size)?;
     let mut data = Vec::new();
     let mut included = Vec::new();
     for (id, s) in page {

@@ -3,7 +3,6 @@
 //! tags, 50 groups and 100 tags per list or segment; PATCH answers 204. Tags attach to lists and
 //! segments only. In: routed requests; out: JSON:API replies and tag changes in the store.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -79,26 +78,30 @@ fn name_matches(c: &filter::Cond, name: &str) -> bool {
     }
 }
 
-/// A page of a BTreeMap keyed by id, after the cursor.
+/// One page of `(id, item)` pairs and the next cursor.
+type Page<'a, V> = (Vec<(&'a String, &'a V)>, Option<String>);
+
+/// A page of tags or tag groups: filtered by `keep`, sorted by `sort=±id|±name`, offset cursor.
 fn page_keys<'a, V>(
     map: &'a std::collections::BTreeMap<String, V>,
-    after: Option<&String>,
+    req: &Req,
     size: usize,
+    name: impl Fn(&V) -> &str,
     keep: impl Fn(&String, &V) -> bool,
-) -> (Vec<(&'a String, &'a V)>, Option<String>) {
-    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut page: Vec<_> = map
-        .range::<String, _>((lower, Bound::Unbounded))
-        .filter(|(k, v)| keep(k, v))
-        .take(size + 1)
-        .collect();
-    let next = if page.len() > size {
-        page.truncate(size);
-        page.last().map(|(k, _)| (*k).clone())
-    } else {
-        None
-    };
-    (page, next)
+) -> Result<Page<'a, V>, ApiError> {
+    let sort = req.sort(&["id", "name"])?;
+    let mut items: Vec<_> = map.iter().filter(|(k, v)| keep(k, v)).collect();
+    if let Some((field, desc)) = sort {
+        items.sort_by(|a, b| {
+            let o = if field == "name" {
+                name(a.1).cmp(name(b.1))
+            } else {
+                a.0.cmp(b.0)
+            };
+            if desc { o.reverse() } else { o }
+        });
+    }
+    req.offset_page(items, size)
 }
 
 pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
@@ -119,11 +122,14 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         )?,
         None => vec![],
     };
-    let after = req.cursor()?;
     let store = shared.store();
-    let (page, next) = page_keys(&store.tags, after.as_ref(), size, |_, t| {
-        conds.iter().all(|c| name_matches(c, &t.name))
-    });
+    let (page, next) = page_keys(
+        &store.tags,
+        req,
+        size,
+        |t| &t.name,
+        |_, t| conds.iter().all(|c| name_matches(c, &t.name)),
+    )?;
     let mut data = Vec::new();
     let mut included = Vec::new();
     for (id, t) in page {
@@ -453,15 +459,20 @@ pub fn list_groups(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         )?,
         None => vec![],
     };
-    let after = req.cursor()?;
     let store = shared.store();
-    let (page, next) = page_keys(&store.tag_groups, after.as_ref(), size, |_, g| {
-        conds.iter().all(|c| match c.field.as_str() {
-            "exclusive" => c.value == filter::Lit::Bool(g.exclusive),
-            "default" => c.value == filter::Lit::Bool(g.default),
-            _ => name_matches(c, &g.name),
-        })
-    });
+    let (page, next) = page_keys(
+        &store.tag_groups,
+        req,
+        size,
+        |g| &g.name,
+        |_, g| {
+            conds.iter().all(|c| match c.field.as_str() {
+                "exclusive" => c.value == filter::Lit::Bool(g.exclusive),
+                "default" => c.value == filter::Lit::Bool(g.default),
+                _ => name_matches(c, &g.name),
+            })
+        },
+    )?;
     let mut data = Vec::new();
     for (id, g) in page {
         data.push(fields(
