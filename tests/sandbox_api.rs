@@ -1309,6 +1309,11 @@ fn sandbox_openapi_checker_catches_violations() {
         openapi::template_for("/api/lists/Ab12Cd/relationships/profiles").as_deref(),
         Some("/api/lists/{id}/relationships/profiles")
     );
+    assert_eq!(
+        openapi::template_for("https://a.klaviyo.com/api/profile-import/?x=1").as_deref(),
+        Some("/api/profile-import")
+    );
+    assert_eq!(openapi::template_for("/api/nope"), None);
     let ok = json!({"data": {"type": "profile", "attributes": {"email": "a@example.com"}}});
     openapi::check_request("POST", "/api/profiles", &ok).expect("valid request");
     let bad = json!({"data": {"type": "profile", "attributes": {"email": 5}}});
