@@ -499,6 +499,7 @@ async fn sandbox_bulk_import_job_lifecycle() {
     // Nulls did not clear; patch_properties applied; everyone imported is on the list.
     let keep = api.sb.profile_by_email("keep@example.com").expect("kept");
     assert_eq!(keep.id, existing);
+    assert_eq!(api.sb.profile(&existing), Some(keep.clone()));
     assert_eq!(keep.attributes["first_name"], "Keep");
     assert_eq!(keep.attributes["last_name"], "Changed");
     assert_eq!(keep.attributes["properties"]["tags"], json!(["old", "vip"]));

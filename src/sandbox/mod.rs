@@ -209,6 +209,12 @@ impl Sandbox {
         store.profiles.values().map(inspect::profile_view).collect()
     }
 
+    /// The profile with this Klaviyo id, if any.
+    pub fn profile(&self, id: &str) -> Option<SandboxProfile> {
+        let store = self.shared.store();
+        store.profile_by_str(id).map(inspect::profile_view)
+    }
+
     /// The profile with this email (case-insensitive), if any.
     pub fn profile_by_email(&self, email: &str) -> Option<SandboxProfile> {
         let store = self.shared.store();
