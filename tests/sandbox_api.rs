@@ -1510,6 +1510,23 @@ async fn sandbox_includes() {
     assert_eq!(r.json()["included"][0]["attributes"]["default"], true);
     let r = api.get(&format!("/api/segments/{seg}?include=tags")).await;
     assert_eq!(r.json()["included"], json!([]));
+    let r = api
+        .get(&format!("/api/profiles/{pid}/lists?fields[list]=name"))
+        .await;
+    assert_eq!(
+        r.json()["data"][0]["attributes"],
+        json!({"name": "Included"})
+    );
+    let r = api
+        .get(&format!("/api/profiles/{pid}/relationships/segments"))
+        .await;
+    assert_eq!(r.json()["data"], json!([{"type": "segment", "id": seg}]));
+    let r = api.get(&format!("/api/profiles/{pid}/segments")).await;
+    assert_eq!(r.json()["data"][0]["attributes"]["name"], "All");
+    let r = api
+        .get(&format!("/api/profiles/{pid}/relationships/lists"))
+        .await;
+    assert_eq!(r.json()["data"], json!([{"type": "list", "id": list}]));
     let r = api.get("/api/profiles?include=lists").await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["errors"][0]["source"]["parameter"], "include");

@@ -392,6 +392,59 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     Ok(Reply::ok(body))
 }
 
+/// `GET /api/profiles/{id}/lists|segments` (and `/relationships/…`): what the profile is in.
+pub fn groups(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> ApiResult {
+    req.allow_params(&["fields[*]"])?;
+    let mut store = shared.store();
+    let id = store
+        .profile_by_str(req.param(0))
+        .map(|p| p.id)
+        .ok_or_else(|| profile_not_found(req.param(0)))?;
+    let base = &shared.base_url;
+    let fields = req.fields(kind)?;
+    let mut data = Vec::new();
+    if kind == "list" {
+        for (lid, l) in store
+            .lists
+            .iter()
+            .filter(|(_, l)| l.members.contains_key(&id))
+        {
+            data.push(if ids_only {
+                json!({"type": "list", "id": lid})
+            } else {
+                let mut r = super::lists::resource(base, lid, l);
+                if let Some(Value::Object(a)) = r.get_mut("attributes") {
+                    *a = sparse(std::mem::take(a), fields.as_deref());
+                }
+                r
+            });
+        }
+    } else {
+        let ids: Vec<String> = store.segments.keys().cloned().collect();
+        for sid in ids {
+            super::segments::refresh_members(&mut store, &sid);
+            let Some(s) = store.segments.get(&sid) else {
+                continue;
+            };
+            if !s.members.as_ref().is_some_and(|(_, m)| m.contains_key(&id)) {
+                continue;
+            }
+            data.push(if ids_only {
+                json!({"type": "segment", "id": sid})
+            } else {
+                let mut r = super::segments::resource(base, &sid, s);
+                if let Some(Value::Object(a)) = r.get_mut("attributes") {
+                    *a = sparse(std::mem::take(a), fields.as_deref());
+                }
+                r
+            });
+        }
+    }
+    Ok(Reply::ok(
+        json!({"data": data, "links": req.collection_links(None)}),
+    ))
+}
+
 fn single(shared: &Arc<Shared>, store: &Store, id: Ulid) -> Value {
     match store.profiles.get(&id) {
         Some(p) => json!({"data": resource(p, &shared.base_url, None, false, None)}),

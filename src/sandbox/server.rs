@@ -104,6 +104,10 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/api/accounts", &["GET"]),
     ("/api/profiles", &["GET", "POST"]),
     ("/api/profiles/{id}", &["GET", "PATCH"]),
+    ("/api/profiles/{id}/lists", &["GET"]),
+    ("/api/profiles/{id}/relationships/lists", &["GET"]),
+    ("/api/profiles/{id}/segments", &["GET"]),
+    ("/api/profiles/{id}/relationships/segments", &["GET"]),
     ("/api/profile-import", &["POST"]),
     ("/api/profile-bulk-import-jobs", &["GET", "POST"]),
     ("/api/profile-bulk-import-jobs/{job_id}", &["GET"]),
@@ -189,6 +193,14 @@ fn dispatch(shared: &Arc<Shared>, template: &str, req: &Req) -> ApiResult {
         ("POST", "/api/profiles") => profiles::create(shared, req),
         ("GET", "/api/profiles/{id}") => profiles::get(shared, req),
         ("PATCH", "/api/profiles/{id}") => profiles::update(shared, req),
+        ("GET", "/api/profiles/{id}/lists") => profiles::groups(shared, req, "list", false),
+        ("GET", "/api/profiles/{id}/relationships/lists") => {
+            profiles::groups(shared, req, "list", true)
+        }
+        ("GET", "/api/profiles/{id}/segments") => profiles::groups(shared, req, "segment", false),
+        ("GET", "/api/profiles/{id}/relationships/segments") => {
+            profiles::groups(shared, req, "segment", true)
+        }
         ("POST", "/api/profile-import") => profiles::import(shared, req),
         ("GET", "/api/profile-bulk-import-jobs") => bulk::list(shared, req),
         ("POST", "/api/profile-bulk-import-jobs") => bulk::create(shared, req),
