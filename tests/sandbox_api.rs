@@ -1626,3 +1626,63 @@ async fn sandbox_sorting() {
     let want: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_concurrent_load_with_faults() {
+    let api = std::sync::Arc::new(
+        Api::with(SandboxConfig {
+            rate_limits: RateLimits::Off,
+            faults: "5xx=10%,drop=5%,slow=5%:5ms,bulk-fail=10%"
+                .parse()
+                .expect("spec"),
+            seed: 9,
+            ..SandboxConfig::default()
+        })
+        .await,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let api = api.clone();
+        tasks.spawn(async move {
+            let key = format!("Klaviyo-API-Key {}", api.sb.api_key());
+            let mut sent = 0u64;
+            for i in 0..20 {
+                let body = json!({"data": {"type": "profile", "attributes": {
+                    "email": format!("t{t}-{i}@example.com"), "properties": {"i": i}}}});
+                let rb = if i % 3 == 0 {
+                    api.http.get(api.url("/api/profiles?page[size]=5"))
+                } else {
+                    api.http
+                        .post(api.url("/api/profile-import"))
+                        .header("Content-Type", "application/vnd.api+json")
+                        .body(body.to_string())
+                };
+                sent += 1;
+                // Dropped connections surface as errors; everything else must be a response.
+                if let Ok(r) = rb
+                    .header("Authorization", &key)
+                    .header("revision", REVISION)
+                    .send()
+                    .await
+                {
+                    let status = r.status().as_u16();
+                    assert!([200, 201, 500, 502, 503].contains(&status), "{status}");
+                }
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(n) = tasks.join_next().await {
+        sent += n.expect("task");
+    }
+    let stats = api.sb.stats();
+    // Every request reached the sandbox (a client may resend one it could not write).
+    assert!(stats.total >= sent, "{} < {sent}", stats.total);
+    assert!(
+        stats.by_status.get(&0).copied().unwrap_or(0) > 0,
+        "some connections dropped"
+    );
+    api.sb.set_faults(FaultSpec::none(), None);
+    assert_eq!(api.get("/api/accounts").await.status, 200);
+}
