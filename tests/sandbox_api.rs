@@ -499,6 +499,7 @@ async fn sandbox_bulk_import_job_lifecycle() {
     // Nulls did not clear; patch_properties applied; everyone imported is on the list.
     let keep = api.sb.profile_by_email("keep@example.com").expect("kept");
     assert_eq!(keep.id, existing);
+    assert_eq!(api.sb.profile(&existing), Some(keep.clone()));
     assert_eq!(keep.attributes["first_name"], "Keep");
     assert_eq!(keep.attributes["last_name"], "Changed");
     assert_eq!(keep.attributes["properties"]["tags"], json!(["old", "vip"]));
@@ -786,6 +787,24 @@ async fn sandbox_segments_membership() {
 
     let bad = segment_body("bad", json!([{"conditions": [{"type": "profile-vibes"}]}]));
     assert_eq!(api.post_invalid("/api/segments", &bad).await.status, 400);
+    let bad = segment_body(
+        "bad",
+        json!([{"conditions": [{"type": "profile-property", "property": "email",
+        "filter": {"type": "numeric", "operator": "contains", "value": 1}}]}]),
+    );
+    assert_eq!(api.post_invalid("/api/segments", &bad).await.status, 400);
+    let bad = segment_body(
+        "bad",
+        json!([{"conditions": [{"type": "profile-group-membership",
+        "is_member": true, "group_ids": ["NoList"]}]}]),
+    );
+    let r = api.post("/api/segments", &bad).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["errors"][0]["source"]["pointer"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/group_ids/0"))
+    );
     assert_eq!(
         api.delete(&format!("/api/segments/{seg}"), None)
             .await
@@ -1220,6 +1239,13 @@ async fn sandbox_inspection_and_reset() {
     assert_eq!(stats.by_endpoint_status["POST /api/profiles"][&409], 1);
     assert_eq!(stats.total, 4);
 
+    let log = api.sb.requests();
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[3].endpoint, "POST /api/profiles");
+    assert_eq!(log[3].status, 409);
+    assert_eq!(log[1].uri, "/api/profiles");
+    let r = api.send(api.http.get(api.url("/_sandbox/requests"))).await;
+    assert_eq!(r.json()["requests"][0]["status"], 201);
     let r = api.send(api.http.get(api.url("/_sandbox/stats"))).await;
     assert_eq!(r.json()["by_endpoint"]["GET /api/profiles"], 2);
     let r = api
@@ -1270,4 +1296,393 @@ async fn sandbox_state_file_round_trip() {
         .get("/api/profiles?filter=equals(email,\"persist@example.com\")")
         .await;
     assert_eq!(r.json()["data"].as_array().map(Vec::len), Some(1));
+}
+
+// ---------------------------------------------------------------- the spec checker itself
+
+#[test]
+fn sandbox_openapi_checker_catches_violations() {
+    assert_eq!(
+        openapi::template_for("/api/profiles/01GDDKASAP8TKDDA2GRZDSVP4H/").as_deref(),
+        Some("/api/profiles/{id}")
+    );
+    assert_eq!(
+        openapi::template_for("/api/lists/Ab12Cd/relationships/profiles").as_deref(),
+        Some("/api/lists/{id}/relationships/profiles")
+    );
+    assert_eq!(
+        openapi::template_for("https://a.klaviyo.com/api/profile-import/?x=1").as_deref(),
+        Some("/api/profile-import")
+    );
+    assert_eq!(openapi::template_for("/api/nope"), None);
+    let ok = json!({"data": {"type": "profile", "attributes": {"email": "a@example.com"}}});
+    openapi::check_request("POST", "/api/profiles", &ok).expect("valid request");
+    let bad = json!({"data": {"type": "profile", "attributes": {"email": 5}}});
+    assert!(openapi::check_request("POST", "/api/profiles", &bad).is_err());
+    let bad = json!({"data": {"type": "list", "attributes": {}}});
+    assert!(openapi::check_request("POST", "/api/profiles", &bad).is_err());
+    // Responses: a missing required member, a wrong enum value, a body where none belongs.
+    let bad = json!({"data": [{"type": "account", "id": "x"}]});
+    assert!(openapi::check_response("GET", "/api/accounts", 200, Some(&bad)).is_err());
+    let bad = json!({"data": {"type": "profile-bulk-import-job", "id": "x", "attributes": {
+        "status": "exploded", "created_at": "2024-01-01T00:00:00+00:00", "total_count": 1},
+        "links": {"self": "http://x/"}}});
+    assert!(
+        openapi::check_response("POST", "/api/profile-bulk-import-jobs", 202, Some(&bad)).is_err()
+    );
+    assert!(openapi::check_response("DELETE", "/api/lists/x", 204, Some(&json!({}))).is_err());
+    openapi::check_response("DELETE", "/api/lists/x", 204, None).expect("no body");
+    let err = json!({"errors": [{"id": "1", "code": "invalid", "title": "t", "detail": "d"}]});
+    openapi::check_response("GET", "/api/lists", 400, Some(&err)).expect("error body");
+    assert!(openapi::check_response("GET", "/api/lists", 400, Some(&json!({}))).is_err());
+}
+
+#[tokio::test]
+async fn sandbox_query_parameter_rate_limits() {
+    let api = Api::with(SandboxConfig::default()).await;
+    let list = api.create_list("Counted").await;
+    let r = api.get(&format!("/api/lists/{list}")).await;
+    assert_eq!(r.header("ratelimit-limit"), Some("750"));
+    let r = api
+        .get(&format!(
+            "/api/lists/{list}?additional-fields[list]=profile_count"
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-limit"), Some("15"));
+}
+
+#[tokio::test]
+async fn sandbox_bulk_conflicts_and_ids() {
+    let api = Api::new().await;
+    let a = api.create_profile(json!({"email": "a@example.com"})).await;
+    let _b = api.create_profile(json!({"external_id": "b-1"})).await;
+    let body = json!({"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [
+        // email of one profile, external id of another: refused, never merged.
+        {"type": "profile", "attributes": {"email": "a@example.com", "external_id": "b-1"}},
+        // by Klaviyo id: the email changes on that profile.
+        {"type": "profile", "id": a, "attributes": {"email": "a2@example.com"}},
+        {"type": "profile", "id": "01GDDKASAP8TKDDA2GRZDSVP4H", "attributes": {"email": "z@example.com"}}
+    ]}}}});
+    let job = api.bulk(&body).await;
+    let errs = api
+        .get(&format!(
+            "/api/profile-bulk-import-jobs/{job}/import-errors"
+        ))
+        .await;
+    let errs = errs.json()["data"].as_array().cloned().unwrap_or_default();
+    let codes: Vec<&str> = errs
+        .iter()
+        .filter_map(|e| e["attributes"]["code"].as_str())
+        .collect();
+    assert_eq!(codes, vec!["duplicate_profile", "not_found"]);
+    assert_eq!(
+        api.sb.profile_by_email("a2@example.com").map(|p| p.id),
+        Some(a)
+    );
+}
+
+#[tokio::test]
+async fn sandbox_segment_member_paging_and_nested_fields() {
+    let api = Api::new().await;
+    for i in 0..3 {
+        api.create_profile(json!({"email": format!("s{i}@example.com"), "location": {"city": "Oslo", "zip": "0150"}}))
+            .await;
+    }
+    let body = segment_body(
+        "Oslo",
+        json!([{"conditions": [{"type": "profile-property", "property": "location['city']",
+            "filter": {"type": "string", "operator": "equals", "value": "Oslo"}}]}]),
+    );
+    let seg = api.post("/api/segments", &body).await.json()["data"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut url = Some(api.url(&format!(
+        "/api/segments/{seg}/profiles?page[size]=2&fields[profile]=email,location.city"
+    )));
+    let mut n = 0;
+    while let Some(u) = url {
+        let r = api.get(&u).await;
+        for p in r.json()["data"].as_array().cloned().unwrap_or_default() {
+            assert_eq!(p["attributes"]["location"], json!({"city": "Oslo"}));
+            assert!(p["attributes"]["joined_group_at"].is_string());
+            n += 1;
+        }
+        url = r.json()["links"]["next"].as_str().map(str::to_string);
+    }
+    assert_eq!(n, 3);
+    assert_eq!(api.sb.segments()[0].members.len(), 3);
+}
+
+#[tokio::test]
+async fn sandbox_historical_consent() {
+    let api = Api::new().await;
+    let body = json!({"data": {"type": "profile-subscription-bulk-create-job", "attributes": {
+        "historical_import": true,
+        "profiles": {"data": [{"type": "profile", "attributes": {"email": "old@example.com",
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED",
+                "consented_at": "2020-05-01T10:00:00+00:00"}}}}}]}}}});
+    assert_eq!(
+        api.post("/api/profile-subscription-bulk-create-jobs", &body)
+            .await
+            .status,
+        202
+    );
+    let p = api.sb.profile_by_email("old@example.com").expect("created");
+    let m = &p.subscriptions.expect("consent")["email"]["marketing"];
+    assert_eq!(m["consent_timestamp"], "2020-05-01T10:00:00.000+00:00");
+    // Without consented_at a historical import is refused.
+    let body = json!({"data": {"type": "profile-subscription-bulk-create-job", "attributes": {
+        "historical_import": true,
+        "profiles": {"data": [{"type": "profile", "attributes": {"email": "old2@example.com",
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}}}}]}}}});
+    assert_eq!(
+        api.post("/api/profile-subscription-bulk-create-jobs", &body)
+            .await
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn sandbox_includes() {
+    let api = Api::new().await;
+    let pid = api
+        .create_profile(json!({"email": "inc@example.com"}))
+        .await;
+    let list = api.create_list("Included").await;
+    api.post(
+        &format!("/api/lists/{list}/relationships/profiles"),
+        &json!({"data": [{"type": "profile", "id": pid}]}),
+    )
+    .await;
+    let seg = api
+        .post(
+            "/api/segments",
+            &segment_body(
+                "All",
+                json!([{"conditions": [{"type": "profile-property",
+            "property": "email", "filter": {"type": "existence", "operator": "is-set"}}]}]),
+            ),
+        )
+        .await
+        .json()["data"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let tag = api
+        .post(
+            "/api/tags",
+            &json!({"data": {"type": "tag", "attributes": {"name": "inc"}}}),
+        )
+        .await
+        .json()["data"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    api.post(
+        &format!("/api/tags/{tag}/relationships/lists"),
+        &json!({"data": [{"type": "list", "id": list}]}),
+    )
+    .await;
+
+    let r = api
+        .get(&format!("/api/profiles/{pid}?include=lists,segments"))
+        .await;
+    assert_eq!(
+        r.json()["data"]["relationships"]["lists"]["data"][0]["id"],
+        list
+    );
+    assert_eq!(
+        r.json()["data"]["relationships"]["segments"]["data"][0]["id"],
+        seg
+    );
+    assert_eq!(r.json()["included"].as_array().map(Vec::len), Some(2));
+    let r = api.get(&format!("/api/lists/{list}?include=tags")).await;
+    assert_eq!(r.json()["included"][0]["attributes"]["name"], "inc");
+    let r = api.get("/api/lists?include=tags").await;
+    assert_eq!(
+        r.json()["data"][0]["relationships"]["tags"]["data"][0]["id"],
+        tag
+    );
+    let r = api.get("/api/tags?include=tag-group").await;
+    assert_eq!(r.json()["included"][0]["attributes"]["default"], true);
+    let r = api.get(&format!("/api/segments/{seg}?include=tags")).await;
+    assert_eq!(r.json()["included"], json!([]));
+    let r = api
+        .get(&format!("/api/profiles/{pid}/lists?fields[list]=name"))
+        .await;
+    assert_eq!(
+        r.json()["data"][0]["attributes"],
+        json!({"name": "Included"})
+    );
+    let r = api
+        .get(&format!("/api/profiles/{pid}/relationships/segments"))
+        .await;
+    assert_eq!(r.json()["data"], json!([{"type": "segment", "id": seg}]));
+    let r = api.get(&format!("/api/profiles/{pid}/segments")).await;
+    assert_eq!(r.json()["data"][0]["attributes"]["name"], "All");
+    let r = api
+        .get(&format!("/api/profiles/{pid}/relationships/lists"))
+        .await;
+    assert_eq!(r.json()["data"], json!([{"type": "list", "id": list}]));
+    let r = api.get("/api/profiles?include=lists").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errors"][0]["source"]["parameter"], "include");
+}
+
+#[tokio::test]
+async fn sandbox_sorting() {
+    let api = Api::new().await;
+    let mut first = String::new();
+    for e in ["c@example.com", "a@example.com", "b@example.com"] {
+        let id = api.create_profile(json!({"email": e})).await;
+        if first.is_empty() {
+            first = id;
+        }
+    }
+    // Touch the first profile last, so `updated` order differs from id order.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let body = json!({"data": {"type": "profile", "id": first, "attributes": {"title": "x"}}});
+    api.patch(&format!("/api/profiles/{first}"), &body).await;
+    let emails = |r: &sandbox::Resp| -> Vec<String> {
+        r.json()["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p["attributes"]["email"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let r = api.get("/api/profiles?sort=email&page[size]=2").await;
+    assert_eq!(emails(&r), ["a@example.com", "b@example.com"]);
+    let next = r.json()["links"]["next"]
+        .as_str()
+        .expect("next")
+        .to_string();
+    assert_eq!(emails(&api.get(&next).await), ["c@example.com"]);
+    let r = api.get("/api/profiles?sort=-email").await;
+    assert_eq!(
+        emails(&r),
+        ["c@example.com", "b@example.com", "a@example.com"]
+    );
+    let r = api.get("/api/profiles?sort=-updated&page[size]=1").await;
+    assert_eq!(emails(&r), ["c@example.com"]);
+    assert_eq!(api.get("/api/profiles?sort=first_name").await.status, 400);
+
+    for name in ["Zeta", "Alpha", "Mid"] {
+        api.create_list(name).await;
+    }
+    let names = |r: &sandbox::Resp| -> Vec<String> {
+        r.json()["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l["attributes"]["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&api.get("/api/lists?sort=name").await),
+        ["Alpha", "Mid", "Zeta"]
+    );
+    assert_eq!(
+        names(&api.get("/api/lists?sort=-name&page[size]=1").await),
+        ["Zeta"]
+    );
+    assert_eq!(api.get("/api/lists?sort=size").await.status, 400);
+    for name in ["b-tag", "a-tag"] {
+        api.post(
+            "/api/tags",
+            &json!({"data": {"type": "tag", "attributes": {"name": name}}}),
+        )
+        .await;
+    }
+    assert_eq!(
+        names(&api.get("/api/tags?sort=name").await),
+        ["a-tag", "b-tag"]
+    );
+
+    let list = api.sb.lists()[0].id.clone();
+    let ids: Vec<String> = api.sb.profiles().iter().map(|p| p.id.clone()).collect();
+    for id in ids.iter().rev() {
+        api.post(
+            &format!("/api/lists/{list}/relationships/profiles"),
+            &json!({"data": [{"type": "profile", "id": id}]}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = api
+        .get(&format!(
+            "/api/lists/{list}/relationships/profiles?sort=joined_group_at"
+        ))
+        .await;
+    let got: Vec<&str> = r.json()["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_str()).collect())
+        .unwrap_or_default();
+    let want: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_concurrent_load_with_faults() {
+    let api = std::sync::Arc::new(
+        Api::with(SandboxConfig {
+            rate_limits: RateLimits::Off,
+            faults: "5xx=10%,drop=5%,slow=5%:5ms,bulk-fail=10%"
+                .parse()
+                .expect("spec"),
+            seed: 9,
+            ..SandboxConfig::default()
+        })
+        .await,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let api = api.clone();
+        tasks.spawn(async move {
+            let key = format!("Klaviyo-API-Key {}", api.sb.api_key());
+            let mut sent = 0u64;
+            for i in 0..20 {
+                let body = json!({"data": {"type": "profile", "attributes": {
+                    "email": format!("t{t}-{i}@example.com"), "properties": {"i": i}}}});
+                let rb = if i % 3 == 0 {
+                    api.http.get(api.url("/api/profiles?page[size]=5"))
+                } else {
+                    api.http
+                        .post(api.url("/api/profile-import"))
+                        .header("Content-Type", "application/vnd.api+json")
+                        .body(body.to_string())
+                };
+                sent += 1;
+                // Dropped connections surface as errors; everything else must be a response.
+                if let Ok(r) = rb
+                    .header("Authorization", &key)
+                    .header("revision", REVISION)
+                    .send()
+                    .await
+                {
+                    let status = r.status().as_u16();
+                    assert!([200, 201, 500, 502, 503].contains(&status), "{status}");
+                }
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(n) = tasks.join_next().await {
+        sent += n.expect("task");
+    }
+    let stats = api.sb.stats();
+    // Every request reached the sandbox (a client may resend one it could not write).
+    assert!(stats.total >= sent, "{} < {sent}", stats.total);
+    assert!(
+        stats.by_status.get(&0).copied().unwrap_or(0) > 0,
+        "some connections dropped"
+    );
+    api.sb.set_faults(FaultSpec::none(), None);
+    assert_eq!(api.get("/api/accounts").await.status, 200);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use ulid::Ulid;
 
-use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, ts};
+use super::http::{ApiError, ApiResult, Reply, Req, data_object, now_millis, ts};
 use super::profiles::{self, cursor_ulid, page_after};
 use super::server::Shared;
 use super::store::{BulkJob, ImportError, JobStatus, parse_profile};
@@ -61,9 +61,55 @@ fn resource(base: &str, id: &str, job: &BulkJob) -> Value {
 
 pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&[])?;
-    let body = req.json()?;
-    let data = data_object(&body, "profile-bulk-import-job")?;
-    let attrs = attributes(data)?;
+    let mut body = req.json()?;
+    let (total, list_ids) = validate_job(&body)?;
+    // Move the profiles out of the parsed body: a 10,000-profile job is too big to copy.
+    let pending = match body.pointer_mut("/data/attributes/profiles/data") {
+        Some(Value::Array(a)) => std::mem::take(a),
+        _ => Vec::new(),
+    };
+    let mut store = shared.store();
+    for (i, l) in list_ids.iter().enumerate() {
+        if !store.lists.contains_key(l) {
+            return Err(
+                ApiError::not_found(format!("A list with id {l} does not exist."))
+                    .pointer(format!("/data/relationships/lists/data/{i}/id")),
+            );
+        }
+    }
+    let id = store.new_ulid().to_string();
+    let job = BulkJob {
+        status: JobStatus::Queued,
+        created_at: now_millis(),
+        started_at: None,
+        completed_at: None,
+        total,
+        completed: 0,
+        failed: 0,
+        lists: list_ids,
+        pending,
+        profiles: Vec::new(),
+        errors: Vec::new(),
+    };
+    let out = resource(&shared.base_url, &id, &job);
+    store.jobs.insert(id.clone(), job);
+    drop(store);
+    let shared2 = shared.clone();
+    tokio::spawn(async move { process(shared2, id).await });
+    Ok(Reply::accepted(Some(json!({"data": out}))))
+}
+
+/// Checks a job body's shape and limits; returns the profile count and the list ids.
+fn validate_job(body: &Value) -> Result<(usize, Vec<String>), ApiError> {
+    let data = data_object(body, "profile-bulk-import-job")?;
+    let attrs = match data.get("attributes") {
+        Some(Value::Object(a)) => a,
+        _ => {
+            return Err(
+                ApiError::invalid("`attributes` must be an object.").pointer("/data/attributes")
+            );
+        }
+    };
     let profiles = attrs
         .get("profiles")
         .and_then(|p| p.get("data"))
@@ -114,35 +160,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
             }
         }
     }
-    let mut store = shared.store();
-    for (i, l) in list_ids.iter().enumerate() {
-        if !store.lists.contains_key(l) {
-            return Err(
-                ApiError::not_found(format!("A list with id {l} does not exist."))
-                    .pointer(format!("/data/relationships/lists/data/{i}/id")),
-            );
-        }
-    }
-    let id = store.new_ulid().to_string();
-    let job = BulkJob {
-        status: JobStatus::Queued,
-        created_at: now_millis(),
-        started_at: None,
-        completed_at: None,
-        total: profiles.len(),
-        completed: 0,
-        failed: 0,
-        lists: list_ids,
-        pending: profiles.clone(),
-        profiles: Vec::new(),
-        errors: Vec::new(),
-    };
-    let out = resource(&shared.base_url, &id, &job);
-    store.jobs.insert(id.clone(), job);
-    drop(store);
-    let shared2 = shared.clone();
-    tokio::spawn(async move { process(shared2, id).await });
-    Ok(Reply::accepted(Some(json!({"data": out}))))
+    Ok((profiles.len(), list_ids))
 }
 
 /// Marks the job `processing` and takes its profiles.
@@ -204,6 +222,7 @@ fn process_chunk(shared: &Shared, id: &str, chunk_no: usize, chunk: &[Value]) {
             }
         }
     }
+    store.version += 1;
     if let Some(job) = store.jobs.get_mut(id) {
         job.completed += done.len();
         job.failed += errors.len();
@@ -237,25 +256,42 @@ fn finish(shared: &Shared, id: &str) {
     }
 }
 
+/// Length of a value's JSON encoding, without building it.
+fn encoded_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 fn import_one(
     store: &mut super::store::Store,
     item: &Value,
     prefix: &str,
 ) -> Result<Ulid, ApiError> {
-    if serde_json::to_vec(item).map(|v| v.len()).unwrap_or(0) > MAX_PROFILE_BYTES {
+    if encoded_len(item) > MAX_PROFILE_BYTES {
         return Err(
             ApiError::invalid("A profile must be at most 100 KB.").pointer(prefix.to_string())
         );
     }
     let attrs = match item.get("attributes") {
-        Some(Value::Object(m)) => m.clone(),
+        Some(Value::Object(m)) => m,
         _ => {
             return Err(ApiError::invalid("`attributes` must be an object.")
                 .pointer(format!("{prefix}/attributes")));
         }
     };
     let input = parse_profile(
-        &attrs,
+        attrs,
         item.get("meta"),
         false,
         &format!("{prefix}/attributes"),
@@ -304,7 +340,8 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         Some(f) => super::filter::parse(f, &[("status", &["any", "equals"])])?,
         None => vec![],
     };
-    let after = req.cursor()?;
+    // Job ids are ULIDs, so id order is creation order.
+    let descending = req.sort(&["created_at"])?.is_some_and(|(_, d)| d);
     let store = shared.store();
     let mut ids: Vec<&String> = store
         .jobs
@@ -317,14 +354,12 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .map(|(id, _)| id)
         .collect();
     ids.sort();
-    let start = after
-        .as_ref()
-        .map_or(0, |a| ids.iter().position(|x| *x > a).unwrap_or(ids.len()));
-    let page: Vec<&String> = ids.iter().skip(start).take(size + 1).copied().collect();
-    let next = (page.len() > size).then(|| page[size - 1].clone());
+    if descending {
+        ids.reverse();
+    }
+    let (page, next) = req.offset_page(ids, size)?;
     let data: Vec<Value> = page
         .iter()
-        .take(size)
         .filter_map(|id| {
             store
                 .jobs

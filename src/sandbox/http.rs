@@ -258,6 +258,63 @@ impl Req {
         }))
     }
 
+    /// `sort=[-]field` checked against the fields the operation sorts by: (field, descending).
+    pub fn sort(&self, allowed: &[&str]) -> Result<Option<(String, bool)>, ApiError> {
+        let Some(s) = self.q("sort")? else {
+            return Ok(None);
+        };
+        let (field, desc) = match s.strip_prefix('-') {
+            Some(f) => (f, true),
+            None => (s, false),
+        };
+        if !allowed.contains(&field) {
+            return Err(ApiError::invalid(format!(
+                "'{s}' is not a valid sort field for this resource."
+            ))
+            .parameter("sort"));
+        }
+        Ok(Some((field.to_string(), desc)))
+    }
+
+    /// One page of an already filtered and sorted collection; the cursor is an offset.
+    pub fn offset_page<T>(
+        &self,
+        items: Vec<T>,
+        size: usize,
+    ) -> Result<(Vec<T>, Option<String>), ApiError> {
+        let start = match self.cursor()? {
+            None => 0,
+            Some(c) => c
+                .strip_prefix('o')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid("Invalid page cursor.").parameter("page[cursor]")
+                })?,
+        };
+        let total = items.len();
+        let page: Vec<T> = items.into_iter().skip(start).take(size).collect();
+        let next = (start + size < total).then(|| format!("o{}", start + size));
+        Ok((page, next))
+    }
+
+    /// Values of `include`, each checked against what the operation allows.
+    pub fn includes(&self, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+        let Some(inc) = self.q("include")? else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for i in inc.split(',').map(str::trim) {
+            if !allowed.contains(&i) {
+                return Err(ApiError::invalid(format!(
+                    "'{i}' is not an allowed include parameter for this resource."
+                ))
+                .parameter("include"));
+            }
+            out.push(i.to_string());
+        }
+        Ok(out)
+    }
+
     /// Values of `additional-fields[TYPE]`.
     pub fn additional(&self, ty: &str) -> Result<Vec<String>, ApiError> {
         Ok(self

@@ -153,6 +153,13 @@ pub fn handle(
         ),
         ("GET", "tags") => json(StatusCode::OK, &json!({"tags": tags_view(&shared.store())})),
         ("GET", "stats") => json(StatusCode::OK, &to_value(&*shared.stats())),
+        ("GET", "requests") => {
+            let stats = shared.stats();
+            json(
+                StatusCode::OK,
+                &json!({"requests": to_value(&stats.recent)}),
+            )
+        }
         ("POST", "reset") => {
             reset(shared);
             json(StatusCode::OK, &json!({"reset": true}))

@@ -87,11 +87,15 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         "include",
     ])?;
     let size = req.page_size(10, 10)?;
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let conds = match req.q("filter")? {
         Some(f) => filter::parse(f, LIST_FILTERS)?,
         None => vec![],
     };
-    let after = req.cursor()?;
+    let sort = req.sort(&["created", "id", "name", "updated"])?;
     let store = shared.store();
     let keep = |id: &String, l: &List| {
         conds.iter().all(|c| match c.field.as_str() {
@@ -110,42 +114,60 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
             }
         })
     };
-    let lower = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-    let mut page: Vec<(&String, &List)> = store
-        .lists
-        .range::<String, _>((lower, Bound::Unbounded))
-        .filter(|(id, l)| keep(id, l))
-        .take(size + 1)
-        .collect();
-    let next = if page.len() > size {
-        page.truncate(size);
-        page.last().map(|(id, _)| (*id).clone())
-    } else {
-        None
-    };
-    let mut data = Vec::new();
-    for (id, l) in page {
-        data.push(with_fields(resource(&shared.base_url, id, l), req, None)?);
+    let mut items: Vec<(&String, &List)> =
+        store.lists.iter().filter(|(id, l)| keep(id, l)).collect();
+    if let Some((field, desc)) = &sort {
+        items.sort_by(|a, b| {
+            let o = match field.as_str() {
+                "name" => a.1.name.cmp(&b.1.name),
+                "created" => a.1.created.cmp(&b.1.created),
+                "updated" => a.1.updated.cmp(&b.1.updated),
+                _ => a.0.cmp(b.0),
+            };
+            if *desc { o.reverse() } else { o }
+        });
     }
-    Ok(Reply::ok(
-        json!({"data": data, "links": req.collection_links(next.as_deref())}),
-    ))
+    let (page, next) = req.offset_page(items, size)?;
+    let mut data = Vec::new();
+    let mut included = Vec::new();
+    for (id, l) in page {
+        let mut r = with_fields(resource(&shared.base_url, id, l), req, None)?;
+        if include {
+            super::tags::attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
+        }
+        data.push(r);
+    }
+    let mut body = json!({"data": data, "links": req.collection_links(next.as_deref())});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&["fields[*]", "additional-fields[list]", "include"])?;
     let count = wants_count(req)?;
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let store = shared.store();
     let id = req.param(0);
     let l = store.lists.get(id).ok_or_else(|| list_not_found(id))?;
-    let r = with_fields(
+    let mut r = with_fields(
         resource(&shared.base_url, id, l),
         req,
         count.then_some(l.members.len()),
     )?;
-    Ok(Reply::ok(
-        json!({"data": r, "links": {"self": req.self_link()}}),
-    ))
+    let mut included = Vec::new();
+    if include {
+        super::tags::attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
+    }
+    let mut body = json!({"data": r, "links": {"self": req.self_link()}});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 fn opt_in(attrs: &serde_json::Map<String, Value>) -> Result<Option<String>, ApiError> {
@@ -329,8 +351,7 @@ pub fn member_page(
         Some(f) => filter::parse(f, MEMBER_FILTERS)?,
         None => vec![],
     };
-    let after = cursor_ulid(req)?;
-    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let sort = req.sort(&["joined_group_at"])?;
     let keep = |id: &Ulid, joined: i64| {
         let Some(p) = store.profiles.get(id) else {
             return false;
@@ -354,13 +375,32 @@ pub fn member_page(
             _ => false,
         })
     };
-    let (page, next) = page_after(
-        members
-            .range((lower, Bound::Unbounded))
-            .filter(|(id, j)| keep(id, **j))
-            .map(|(id, _)| *id),
-        size,
-    );
+    let (page, next) = match sort {
+        // Sorted by join time: collect, sort, page by offset.
+        Some((_, desc)) => {
+            let mut items: Vec<(Ulid, i64)> = members
+                .iter()
+                .filter(|(id, j)| keep(id, **j))
+                .map(|(id, j)| (*id, *j))
+                .collect();
+            items.sort_by(|a, b| {
+                let o = a.1.cmp(&b.1).then(a.0.cmp(&b.0));
+                if desc { o.reverse() } else { o }
+            });
+            let (page, next) = req.offset_page(items, size)?;
+            (page.into_iter().map(|(id, _)| id).collect(), next)
+        }
+        None => {
+            let lower = cursor_ulid(req)?.map_or(Bound::Unbounded, Bound::Excluded);
+            page_after(
+                members
+                    .range((lower, Bound::Unbounded))
+                    .filter(|(id, j)| keep(id, **j))
+                    .map(|(id, _)| *id),
+                size,
+            )
+        }
+    };
     let data: Vec<Value> = page
         .iter()
         .filter_map(|id| {

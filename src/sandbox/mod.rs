@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::FaultSpec;
 pub use http::REVISION;
-pub use server::Stats;
+pub use server::{LoggedRequest, REQUEST_LOG_SIZE, Stats};
 
 use server::Shared;
 
@@ -55,12 +55,15 @@ pub struct SandboxArgs {
     /// Private API key to accept (default: a fresh `pk_sandbox_…` key, printed at start).
     #[arg(long, env = "KDIT_SANDBOX_API_KEY")]
     pub api_key: Option<String>,
-    /// Keep state in this file between restarts (loaded at start, saved on Ctrl-C).
+    /// Keep state in this file between restarts (loaded at start, saved on Ctrl-C or SIGTERM).
     #[arg(long)]
     pub state_file: Option<PathBuf>,
-    /// Measure a 10,000-profile bulk import against a fresh in-process sandbox and exit.
+    /// Measure bulk imports against a fresh in-process sandbox (rate limits off) and exit.
     #[arg(long)]
     pub bench: bool,
+    /// With `--bench`: how many profiles to import, in jobs of 10,000 (e.g. 1000000).
+    #[arg(long, default_value_t = 10_000, requires = "bench")]
+    pub bench_profiles: usize,
 }
 
 /// Whether Klaviyo's rate limits are enforced.
@@ -206,6 +209,12 @@ impl Sandbox {
         store.profiles.values().map(inspect::profile_view).collect()
     }
 
+    /// The profile with this Klaviyo id, if any.
+    pub fn profile(&self, id: &str) -> Option<SandboxProfile> {
+        let store = self.shared.store();
+        store.profile_by_str(id).map(inspect::profile_view)
+    }
+
     /// The profile with this email (case-insensitive), if any.
     pub fn profile_by_email(&self, email: &str) -> Option<SandboxProfile> {
         let store = self.shared.store();
@@ -237,6 +246,11 @@ impl Sandbox {
     /// Requests per endpoint, e.g. `counts["POST /api/profile-bulk-import-jobs"]`.
     pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
         self.shared.stats().by_endpoint.clone()
+    }
+
+    /// The most recent requests (up to `REQUEST_LOG_SIZE`), oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.stats().recent.iter().cloned().collect()
     }
 
     /// Replaces the fault settings (and reseeds when `seed` is given).
@@ -277,7 +291,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--faults: {e}"))?;
     if args.bench {
-        return bench().await;
+        return bench(args.bench_profiles).await;
     }
     let sb = Sandbox::start(SandboxConfig {
         port: args.port,
@@ -300,7 +314,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         },
         sb.base_url()
     );
-    tokio::signal::ctrl_c().await?;
+    wait_for_stop().await?;
     if let Some(p) = &args.state_file {
         sb.save()?;
         eprintln!("kdit sandbox: state saved to {}", p.display());
@@ -308,23 +322,72 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Posts one 10,000-profile bulk job (rate limits off) and reports how long it took to be
-/// accepted and to complete.
-async fn bench() -> anyhow::Result<()> {
+/// Ctrl-C, or SIGTERM on Unix (what service managers and `kill` send).
+async fn wait_for_stop() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
+}
+
+/// Imports `total` generated profiles in bulk jobs of 10,000 over HTTP (rate limits off) and
+/// prints how long each job took to be accepted and completed, and the memory held.
+async fn bench(total: usize) -> anyhow::Result<()> {
     let sb = Sandbox::start(SandboxConfig {
         rate_limits: RateLimits::Off,
         ..SandboxConfig::default()
     })
     .await?;
-    let r = bench_bulk(&sb, 10_000).await?;
+    let rss_before = rss_kib();
+    let start = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut first = None;
+    let mut done = 0;
+    while done < total {
+        let n = (total - done).min(10_000);
+        let r = bench_bulk_from(&sb, n, done).await?;
+        worst = worst.max(r.completed);
+        first.get_or_insert(r);
+        done += n;
+    }
+    if let Some(r) = first {
+        println!(
+            "first bulk job of {} profiles: accepted in {:.1?}, complete in {:.1?}",
+            r.profiles, r.accepted, r.completed
+        );
+    }
     println!(
-        "bulk import of {} profiles: accepted in {:?}, complete in {:?} ({} profiles held)",
-        r.profiles,
-        r.accepted,
-        r.completed,
+        "{} profiles imported in {:.2?} (slowest job {:.1?}); {} profiles held",
+        done,
+        start.elapsed(),
+        worst,
         sb.profile_count()
     );
+    if let (Some(a), Some(b)) = (rss_before, rss_kib()) {
+        let per = (b.saturating_sub(a) * 1024) as f64 / sb.profile_count().max(1) as f64;
+        println!(
+            "resident memory: {} MiB ({per:.0} bytes per profile)",
+            b / 1024
+        );
+    }
     Ok(())
+}
+
+/// Resident set size in KiB (Linux only).
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Timings of one bulk import run.
@@ -337,7 +400,11 @@ pub struct BenchResult {
 
 /// Runs one bulk import of `n` generated profiles over HTTP and polls until complete.
 pub async fn bench_bulk(sb: &Sandbox, n: usize) -> anyhow::Result<BenchResult> {
-    let profiles: Vec<_> = (0..n)
+    bench_bulk_from(sb, n, 0).await
+}
+
+async fn bench_bulk_from(sb: &Sandbox, n: usize, first: usize) -> anyhow::Result<BenchResult> {
+    let profiles: Vec<_> = (first..first + n)
         .map(|i| {
             serde_json::json!({"type":"profile","attributes":{
                 "email": format!("bench{i}@example.com"),

@@ -3,7 +3,6 @@
 //! JSON:API replies, and writes to the store. Also renders profile resources for the list,
 //! segment and bulk-job endpoints.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -216,25 +215,34 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         Some(f) => filter::parse(f, PROFILE_FILTERS)?,
         None => vec![],
     };
-    if let Some(inc) = req.q("include")? {
-        for i in inc.split(',') {
-            if !matches!(i, "conversations" | "push-tokens") {
-                return Err(ApiError::invalid(format!(
-                    "'{i}' is not an allowed include parameter for this resource."
-                ))
-                .parameter("include"));
-            }
-        }
+    // Conversations and push tokens do not exist in the sandbox: nothing to include.
+    let included = !req.includes(&["conversations", "push-tokens"])?.is_empty();
+    let sort = req.sort(&[
+        "created",
+        "email",
+        "id",
+        "updated",
+        // No suppressions exist in the sandbox, so these order like `id`.
+        "subscriptions.email.marketing.list_suppressions.timestamp",
+        "subscriptions.email.marketing.suppression.timestamp",
+    ])?;
+    let descending = sort.as_ref().is_some_and(|(_, d)| *d);
+    let by_key = sort
+        .as_ref()
+        .map(|(f, _)| f.as_str())
+        .filter(|f| matches!(*f, "email" | "updated"));
+    if let Some(field) = by_key {
+        return sorted_list(
+            shared,
+            req,
+            &conds,
+            field,
+            descending,
+            size,
+            fields.as_deref(),
+            subs,
+        );
     }
-    let descending = match req.q("sort")? {
-        None | Some("id") | Some("created") => false,
-        Some("-id") | Some("-created") => true,
-        Some(s) => {
-            return Err(
-                ApiError::invalid(format!("'{s}' is not a valid sort field.")).parameter("sort"),
-            );
-        }
-    };
     let after = cursor_ulid(req)?;
     let store = shared.store();
     let keep = |p: &Profile| conds.iter().all(|c| matches(p, c));
@@ -255,24 +263,21 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         };
         page_after(ids.into_iter().skip(start), size)
     } else if descending {
-        let upper = after.map_or(Bound::Unbounded, Bound::Excluded);
         page_after(
             store
                 .profiles
-                .range((Bound::Unbounded, upper))
-                .rev()
-                .filter(|(_, p)| keep(p))
-                .map(|(id, _)| *id),
+                .before(after)
+                .filter(|p| keep(p))
+                .map(|p| p.id),
             size,
         )
     } else {
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         page_after(
             store
                 .profiles
-                .range((lower, Bound::Unbounded))
-                .filter(|(_, p)| keep(p))
-                .map(|(id, _)| *id),
+                .after(after)
+                .filter(|p| keep(p))
+                .map(|p| p.id),
             size,
         )
     };
@@ -280,6 +285,49 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .iter()
         .filter_map(|id| store.profiles.get(id))
         .map(|p| resource(p, &shared.base_url, fields.as_deref(), subs, None))
+        .collect();
+    let mut body = json!({
+        "data": data,
+        "links": req.collection_links(next.as_deref()),
+    });
+    if included {
+        body["included"] = json!([]);
+    }
+    Ok(Reply::ok(body))
+}
+
+/// `GET /api/profiles?sort=±email|±updated`: every matching profile sorted, offset cursor.
+#[allow(clippy::too_many_arguments)]
+fn sorted_list(
+    shared: &Arc<Shared>,
+    req: &Req,
+    conds: &[Cond],
+    field: &str,
+    descending: bool,
+    size: usize,
+    fields: Option<&[String]>,
+    subs: bool,
+) -> ApiResult {
+    let store = shared.store();
+    let mut items: Vec<&Profile> = match indexed(&store, conds) {
+        Some(ids) => ids.iter().filter_map(|id| store.profiles.get(id)).collect(),
+        None => store.profiles.values().collect(),
+    };
+    items.retain(|p| conds.iter().all(|c| matches(p, c)));
+    items.sort_by(|a, b| {
+        let o = if field == "email" {
+            // Profiles without an email sort last, as nulls do.
+            (a.email.is_none(), a.email.as_deref()).cmp(&(b.email.is_none(), b.email.as_deref()))
+        } else {
+            a.updated.cmp(&b.updated)
+        };
+        let o = o.then(a.id.cmp(&b.id));
+        if descending { o.reverse() } else { o }
+    });
+    let (page, next) = req.offset_page(items, size)?;
+    let data: Vec<Value> = page
+        .iter()
+        .map(|p| resource(p, &shared.base_url, fields, subs, None))
         .collect();
     Ok(Reply::ok(json!({
         "data": data,
@@ -291,14 +339,110 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&["fields[*]", "additional-fields[profile]", "include"])?;
     let fields = req.fields("profile")?;
     let subs = wants_subscriptions(req)?;
-    let store = shared.store();
-    let p = store
+    let includes = req.includes(&["conversations", "lists", "push-tokens", "segments"])?;
+    let mut store = shared.store();
+    let id = store
         .profile_by_str(req.param(0))
+        .map(|p| p.id)
         .ok_or_else(|| profile_not_found(req.param(0)))?;
-    Ok(Reply::ok(json!({
-        "data": resource(p, &shared.base_url, fields.as_deref(), subs, None),
-        "links": {"self": req.self_link()},
-    })))
+    let base = &shared.base_url;
+    let mut included = Vec::new();
+    let mut linkage = Vec::new();
+    if includes.iter().any(|i| i == "lists") {
+        let lists: Vec<(String, Value)> = store
+            .lists
+            .iter()
+            .filter(|(_, l)| l.members.contains_key(&id))
+            .map(|(lid, l)| (lid.clone(), super::lists::resource(base, lid, l)))
+            .collect();
+        linkage.push((
+            "lists",
+            "list",
+            lists.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(),
+        ));
+        included.extend(lists.into_iter().map(|(_, r)| r));
+    }
+    if includes.iter().any(|i| i == "segments") {
+        let ids: Vec<String> = store.segments.keys().cloned().collect();
+        let mut mine = Vec::new();
+        for sid in ids {
+            super::segments::refresh_members(&mut store, &sid);
+            if let Some(s) = store.segments.get(&sid)
+                && s.members.as_ref().is_some_and(|(_, m)| m.contains_key(&id))
+            {
+                included.push(super::segments::resource(base, &sid, s));
+                mine.push(sid);
+            }
+        }
+        linkage.push(("segments", "segment", mine));
+    }
+    let p = store
+        .profiles
+        .get(&id)
+        .ok_or_else(|| profile_not_found(req.param(0)))?;
+    let mut data = resource(p, base, fields.as_deref(), subs, None);
+    for (rel, ty, ids) in linkage {
+        data["relationships"][rel]["data"] =
+            ids.iter().map(|i| json!({"type": ty, "id": i})).collect();
+    }
+    let mut body = json!({"data": data, "links": {"self": req.self_link()}});
+    if !includes.is_empty() {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
+}
+
+/// `GET /api/profiles/{id}/lists|segments` (and `/relationships/…`): what the profile is in.
+pub fn groups(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> ApiResult {
+    req.allow_params(&["fields[*]"])?;
+    let mut store = shared.store();
+    let id = store
+        .profile_by_str(req.param(0))
+        .map(|p| p.id)
+        .ok_or_else(|| profile_not_found(req.param(0)))?;
+    let base = &shared.base_url;
+    let fields = req.fields(kind)?;
+    let mut data = Vec::new();
+    if kind == "list" {
+        for (lid, l) in store
+            .lists
+            .iter()
+            .filter(|(_, l)| l.members.contains_key(&id))
+        {
+            data.push(if ids_only {
+                json!({"type": "list", "id": lid})
+            } else {
+                let mut r = super::lists::resource(base, lid, l);
+                if let Some(Value::Object(a)) = r.get_mut("attributes") {
+                    *a = sparse(std::mem::take(a), fields.as_deref());
+                }
+                r
+            });
+        }
+    } else {
+        let ids: Vec<String> = store.segments.keys().cloned().collect();
+        for sid in ids {
+            super::segments::refresh_members(&mut store, &sid);
+            let Some(s) = store.segments.get(&sid) else {
+                continue;
+            };
+            if !s.members.as_ref().is_some_and(|(_, m)| m.contains_key(&id)) {
+                continue;
+            }
+            data.push(if ids_only {
+                json!({"type": "segment", "id": sid})
+            } else {
+                let mut r = super::segments::resource(base, &sid, s);
+                if let Some(Value::Object(a)) = r.get_mut("attributes") {
+                    *a = sparse(std::mem::take(a), fields.as_deref());
+                }
+                r
+            });
+        }
+    }
+    Ok(Reply::ok(
+        json!({"data": data, "links": req.collection_links(None)}),
+    ))
 }
 
 fn single(shared: &Arc<Shared>, store: &Store, id: Ulid) -> Value {

@@ -9,7 +9,6 @@
 //! predictions to evaluate it against.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -65,6 +64,109 @@ const CONDITION_TYPES: &[&str] = &[
     "profile-has-custom-object",
 ];
 
+/// Filter types and operators a `profile-property` condition accepts (spec schemas
+/// `StringOperatorStringFilter`, `NumericOperatorNumericFilter`, … in `ProfilePropertyCondition`).
+const PROPERTY_FILTERS: &[(&str, &[&str])] = &[
+    (
+        "string",
+        &[
+            "equals",
+            "not-equals",
+            "contains",
+            "not-contains",
+            "starts-with",
+            "not-starts-with",
+            "ends-with",
+            "not-ends-with",
+            "regex",
+            "nregex",
+            "in",
+            "not-in",
+            "phone-country-code-in",
+            "phone-country-code-not-in",
+        ],
+    ),
+    (
+        "numeric",
+        &[
+            "equals",
+            "not-equals",
+            "greater-than",
+            "greater-than-or-equal",
+            "less-than",
+            "less-than-or-equal",
+        ],
+    ),
+    ("boolean", &["equals"]),
+    (
+        "date",
+        &[
+            "after",
+            "before",
+            "between-static",
+            "in-the-last",
+            "in-the-next",
+            "at-least",
+            "between",
+            "anniversary-last",
+            "anniversary-next",
+            "calendar-month",
+            "anniversary",
+            "anniversary-month",
+        ],
+    ),
+    (
+        "list",
+        &[
+            "contains",
+            "not-contains",
+            "length-equals",
+            "length-greater-than",
+            "length-greater-than-or-equal",
+            "length-less-than",
+            "length-less-than-or-equal",
+        ],
+    ),
+    ("existence", &["is-set", "not-set"]),
+];
+
+/// Lists named by `profile-group-membership` conditions must exist.
+fn check_groups(store: &Store, def: &Value) -> Result<(), ApiError> {
+    let groups = def
+        .get("condition_groups")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (g, group) in groups.iter().enumerate() {
+        let conds = group
+            .get("conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (c, cond) in conds.iter().enumerate() {
+            if cond.get("type").and_then(Value::as_str) != Some("profile-group-membership") {
+                continue;
+            }
+            for (i, gid) in cond
+                .get("group_ids")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let gid = gid.as_str().unwrap_or("");
+                if !store.lists.contains_key(gid) {
+                    return Err(ApiError::invalid(format!("A list with id {gid} does not exist."))
+                        .pointer(format!(
+                            "/data/attributes/definition/condition_groups/{g}/conditions/{c}/group_ids/{i}"
+                        )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks the parts of a definition the sandbox evaluates; the rest is stored verbatim.
 fn validate_definition(def: &Value) -> Result<(), ApiError> {
     let base = "/data/attributes/definition";
@@ -109,16 +211,20 @@ fn validate_definition(def: &Value) -> Result<(), ApiError> {
                             .pointer(format!("{cp}/property")));
                     }
                     let f = cond.get("filter");
-                    let ok = f
-                        .and_then(|f| f.get("type"))
-                        .and_then(Value::as_str)
-                        .is_some()
-                        && f.and_then(|f| f.get("operator"))
-                            .and_then(Value::as_str)
-                            .is_some();
-                    if !ok {
+                    let ty = f.and_then(|f| f.get("type")).and_then(Value::as_str);
+                    let op = f.and_then(|f| f.get("operator")).and_then(Value::as_str);
+                    let (Some(ty), Some(op)) = (ty, op) else {
                         return Err(ApiError::invalid("`filter` needs `type` and `operator`.")
                             .pointer(format!("{cp}/filter")));
+                    };
+                    if !PROPERTY_FILTERS
+                        .iter()
+                        .any(|(t, ops)| *t == ty && ops.contains(&op))
+                    {
+                        return Err(ApiError::invalid(format!(
+                            "'{op}' is not a valid operator for a '{ty}' filter on a profile property."
+                        ))
+                        .pointer(format!("{cp}/filter/operator")));
                     }
                 }
                 "profile-group-membership" => {
@@ -357,9 +463,18 @@ pub fn evaluate(store: &Store, p: &Profile, def: &Value) -> bool {
     })
 }
 
-/// Current members (id → first time seen matching), refreshing the segment's join times.
-pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64>> {
-    let def = store.segments.get(id)?.definition.clone();
+/// Makes sure the segment's member cache is current; false when there is no such segment.
+/// Membership is recomputed only after a write, so relative date filters (`in-the-last`)
+/// are evaluated as of the last change.
+pub fn refresh_members(store: &mut Store, id: &str) -> bool {
+    let version = store.version;
+    let Some(seg) = store.segments.get(id) else {
+        return false;
+    };
+    if seg.members.as_ref().is_some_and(|(v, _)| *v == version) {
+        return true;
+    }
+    let def = seg.definition.clone();
     let matching: Vec<Ulid> = store
         .profiles
         .values()
@@ -367,13 +482,28 @@ pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64
         .map(|p| p.id)
         .collect();
     let now = now_millis();
-    let seg = store.segments.get_mut(id)?;
-    let mut out = BTreeMap::new();
-    for u in matching {
-        out.insert(u, *seg.joined.get(&u).unwrap_or(&now));
+    let Some(seg) = store.segments.get_mut(id) else {
+        return false;
+    };
+    let before = seg.members.take().map(|(_, m)| m).unwrap_or_default();
+    let members = matching
+        .into_iter()
+        .map(|u| (u, *before.get(&u).unwrap_or(&now)))
+        .collect();
+    seg.members = Some((version, members));
+    true
+}
+
+/// Current members (id → joined time).
+pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64>> {
+    if !refresh_members(store, id) {
+        return None;
     }
-    seg.joined = out.iter().map(|(k, v)| (*k, *v)).collect();
-    Some(out)
+    store
+        .segments
+        .get(id)
+        .and_then(|s| s.members.as_ref())
+        .map(|(_, m)| m.clone())
 }
 
 fn with_fields(mut r: Value, req: &Req, count: Option<usize>) -> Result<Value, ApiError> {
@@ -407,11 +537,15 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         "include",
     ])?;
     let size = req.page_size(10, 10)?;
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let conds = match req.q("filter")? {
         Some(f) => filter::parse(f, SEGMENT_FILTERS)?,
         None => vec![],
     };
-    let after = req.cursor()?;
+    let sort = req.sort(&["created", "id", "name", "updated"])?;
     let store = shared.store();
     let keep = |id: &String, s: &Segment| {
         conds.iter().all(|c| match c.field.as_str() {
@@ -436,26 +570,44 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
             }
         })
     };
-    let lower = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-    let mut page: Vec<(&String, &Segment)> = store
+    let mut items: Vec<(&String, &Segment)> = store
         .segments
-        .range::<String, _>((lower, Bound::Unbounded))
+        .iter()
         .filter(|(id, s)| keep(id, s))
-        .take(size + 1)
         .collect();
-    let next = if page.len() > size {
-        page.truncate(size);
-        page.last().map(|(id, _)| (*id).clone())
-    } else {
-        None
-    };
-    let mut data = Vec::new();
-    for (id, s) in page {
-        data.push(with_fields(resource(&shared.base_url, id, s), req, None)?);
+    if let Some((field, desc)) = &sort {
+        items.sort_by(|a, b| {
+            let o = match field.as_str() {
+                "name" => a.1.name.cmp(&b.1.name),
+                "created" => a.1.created.cmp(&b.1.created),
+                "updated" => a.1.updated.cmp(&b.1.updated),
+                _ => a.0.cmp(b.0),
+            };
+            if *desc { o.reverse() } else { o }
+        });
     }
-    Ok(Reply::ok(
-        json!({"data": data, "links": req.collection_links(next.as_deref())}),
-    ))
+    let (page, next) = req.offset_page(items, size)?;
+    let mut data = Vec::new();
+    let mut included = Vec::new();
+    for (id, s) in page {
+        let mut r = with_fields(resource(&shared.base_url, id, s), req, None)?;
+        if include {
+            super::tags::attach_tags(
+                &store,
+                &shared.base_url,
+                "segment",
+                id,
+                &mut r,
+                &mut included,
+            );
+        }
+        data.push(r);
+    }
+    let mut body = json!({"data": data, "links": req.collection_links(next.as_deref())});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
@@ -470,13 +622,21 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         }
         count = true;
     }
+    let include = req
+        .includes(&["flow-triggers", "tags"])?
+        .iter()
+        .any(|i| i == "tags");
     let mut store = shared.store();
     let id = req.param(0);
     if !store.segments.contains_key(id) {
         return Err(segment_not_found(id));
     }
-    let n = if count {
-        current_members(&mut store, id).map(|m| m.len())
+    let n = if count && refresh_members(&mut store, id) {
+        store
+            .segments
+            .get(id)
+            .and_then(|s| s.members.as_ref())
+            .map(|(_, m)| m.len())
     } else {
         None
     };
@@ -484,10 +644,23 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .segments
         .get(id)
         .ok_or_else(|| segment_not_found(id))?;
-    let r = with_fields(resource(&shared.base_url, id, s), req, n)?;
-    Ok(Reply::ok(
-        json!({"data": r, "links": {"self": req.self_link()}}),
-    ))
+    let mut r = with_fields(resource(&shared.base_url, id, s), req, n)?;
+    let mut included = Vec::new();
+    if include {
+        super::tags::attach_tags(
+            &store,
+            &shared.base_url,
+            "segment",
+            id,
+            &mut r,
+            &mut included,
+        );
+    }
+    let mut body = json!({"data": r, "links": {"self": req.self_link()}});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
@@ -509,6 +682,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     validate_definition(&definition)?;
     let is_starred = opt_bool(&attrs, "is_starred", "/data/attributes")?.unwrap_or(false);
     let mut store = shared.store();
+    check_groups(&store, &definition)?;
     store.take_daily("segments", 100)?;
     let id = store.new_short_id();
     let now = now_millis();
@@ -520,7 +694,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         is_active: true,
         is_starred,
         processing_until: now + shared.segment_processing.as_millis() as i64,
-        joined: Default::default(),
+        members: None,
     };
     let r = resource(&shared.base_url, &id, &s);
     store.segments.insert(id, s);
@@ -573,6 +747,9 @@ pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     if !store.segments.contains_key(id) {
         return Err(segment_not_found(id));
     }
+    if let Some(d) = &definition {
+        check_groups(&store, d)?;
+    }
     store.take_daily("segment updates", 100)?;
     let now = now_millis();
     let s = store
@@ -584,6 +761,7 @@ pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     }
     if let Some(d) = definition {
         s.definition = d;
+        s.members = None;
         s.processing_until = now + shared.segment_processing.as_millis() as i64;
     }
     if let Some(b) = is_starred {
@@ -616,6 +794,15 @@ pub fn delete(shared: &Arc<Shared>, req: &Req) -> ApiResult {
 pub fn members(shared: &Arc<Shared>, req: &Req, ids_only: bool) -> ApiResult {
     let mut store = shared.store();
     let id = req.param(0);
-    let m = current_members(&mut store, id).ok_or_else(|| segment_not_found(id))?;
-    member_page(shared, req, &store, &m, ids_only)
+    if !refresh_members(&mut store, id) {
+        return Err(segment_not_found(id));
+    }
+    let store = &*store;
+    let members = store
+        .segments
+        .get(id)
+        .and_then(|s| s.members.as_ref())
+        .map(|(_, m)| m)
+        .ok_or_else(|| segment_not_found(id))?;
+    member_page(shared, req, store, members, ids_only)
 }

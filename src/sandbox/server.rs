@@ -58,10 +58,35 @@ pub struct Stats {
     pub by_endpoint: BTreeMap<String, u64>,
     pub by_status: BTreeMap<u16, u64>,
     pub by_endpoint_status: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// The most recent requests, oldest first (at most `REQUEST_LOG_SIZE`).
+    #[serde(skip)]
+    pub recent: std::collections::VecDeque<LoggedRequest>,
+}
+
+/// How many requests `Stats::recent` keeps.
+pub const REQUEST_LOG_SIZE: usize = 10_000;
+
+/// One request as the sandbox answered it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// `METHOD /api/template`.
+    pub endpoint: String,
+    /// The path and query as sent.
+    pub uri: String,
+    /// 0 when the connection was dropped by fault injection.
+    pub status: u16,
 }
 
 impl Stats {
-    fn record(&mut self, endpoint: &str, status: u16) {
+    fn record(&mut self, endpoint: &str, uri: &str, status: u16) {
+        if self.recent.len() == REQUEST_LOG_SIZE {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(LoggedRequest {
+            endpoint: endpoint.to_string(),
+            uri: uri.to_string(),
+            status,
+        });
         self.total += 1;
         *self.by_endpoint.entry(endpoint.to_string()).or_default() += 1;
         *self.by_status.entry(status).or_default() += 1;
@@ -79,6 +104,10 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/api/accounts", &["GET"]),
     ("/api/profiles", &["GET", "POST"]),
     ("/api/profiles/{id}", &["GET", "PATCH"]),
+    ("/api/profiles/{id}/lists", &["GET"]),
+    ("/api/profiles/{id}/relationships/lists", &["GET"]),
+    ("/api/profiles/{id}/segments", &["GET"]),
+    ("/api/profiles/{id}/relationships/segments", &["GET"]),
     ("/api/profile-import", &["POST"]),
     ("/api/profile-bulk-import-jobs", &["GET", "POST"]),
     ("/api/profile-bulk-import-jobs/{job_id}", &["GET"]),
@@ -164,6 +193,14 @@ fn dispatch(shared: &Arc<Shared>, template: &str, req: &Req) -> ApiResult {
         ("POST", "/api/profiles") => profiles::create(shared, req),
         ("GET", "/api/profiles/{id}") => profiles::get(shared, req),
         ("PATCH", "/api/profiles/{id}") => profiles::update(shared, req),
+        ("GET", "/api/profiles/{id}/lists") => profiles::groups(shared, req, "list", false),
+        ("GET", "/api/profiles/{id}/relationships/lists") => {
+            profiles::groups(shared, req, "list", true)
+        }
+        ("GET", "/api/profiles/{id}/segments") => profiles::groups(shared, req, "segment", false),
+        ("GET", "/api/profiles/{id}/relationships/segments") => {
+            profiles::groups(shared, req, "segment", true)
+        }
         ("POST", "/api/profile-import") => profiles::import(shared, req),
         ("GET", "/api/profile-bulk-import-jobs") => bulk::list(shared, req),
         ("POST", "/api/profile-bulk-import-jobs") => bulk::create(shared, req),
@@ -275,6 +312,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
     let method = req.method().clone();
+    let uri = req.uri().to_string();
     let raw_path = req.uri().path().to_string();
     let path = if raw_path.len() > 1 {
         raw_path.trim_end_matches('/').to_string()
@@ -301,7 +339,7 @@ pub(crate) async fn handle(
         Outcome::Reply(r) => (r.status().as_u16(), Ok(r)),
         Outcome::Drop => (0, Err(DropConnection)),
     };
-    shared.stats().record(&endpoint, status);
+    shared.stats().record(&endpoint, &uri, status);
     resp
 }
 
@@ -353,7 +391,8 @@ async fn process(
         Fault::Slow(d) => tokio::time::sleep(d).await,
     }
 
-    let limit_headers = match shared.limiter().check(method.as_str(), template) {
+    let query = parse_query(req.uri().query());
+    let limit_headers = match shared.limiter().check(method.as_str(), template, &query) {
         Decision::Unlimited => None,
         Decision::Allowed {
             limit,
@@ -372,7 +411,6 @@ async fn process(
     if has_body && let Err(e) = http::check_content_type(&headers) {
         return Outcome::Reply(error_response(&e));
     }
-    let query = parse_query(req.uri().query());
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(e) => return Outcome::Reply(error_response(&e)),
@@ -385,7 +423,11 @@ async fn process(
         body,
         base: shared.base_url.clone(),
     };
-    let mut resp = match dispatch(shared, template, &r) {
+    let result = dispatch(shared, template, &r);
+    if r.method != Method::GET {
+        shared.store().version += 1;
+    }
+    let mut resp = match result {
         Ok(Reply { status, body }) => json_response(status, body.as_ref(), JSONAPI),
         Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => too_many(retry_to_midnight()),
         Err(e) => error_response(&e),

@@ -329,9 +329,10 @@ pub struct Segment {
     pub is_starred: bool,
     /// Until this time (millis) the segment reports `is_processing: true`.
     pub processing_until: i64,
-    /// When each current member first matched (millis); recomputed on read.
+    /// Members (id → first time seen matching) as of store version `.0`; recomputed on read
+    /// once anything changed.
     #[serde(skip)]
-    pub joined: HashMap<Ulid, i64>,
+    pub members: Option<(u64, BTreeMap<Ulid, i64>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -390,12 +391,61 @@ pub struct ImportError {
     pub original_payload: Value,
 }
 
+/// Profiles in id order. Ids come from a monotonic generator, so new profiles append and a
+/// sorted Vec with binary search does the work of a BTreeMap at about half the memory (a
+/// BTreeMap filled in ascending order leaves its nodes half empty).
+#[derive(Debug, Default)]
+pub struct ProfileTable {
+    rows: Vec<Profile>,
+}
+
+impl ProfileTable {
+    fn pos(&self, id: &Ulid) -> Result<usize, usize> {
+        self.rows.binary_search_by(|p| p.id.cmp(id))
+    }
+    pub fn get(&self, id: &Ulid) -> Option<&Profile> {
+        self.pos(id).ok().map(|i| &self.rows[i])
+    }
+    pub fn get_mut(&mut self, id: &Ulid) -> Option<&mut Profile> {
+        self.pos(id).ok().map(|i| &mut self.rows[i])
+    }
+    pub fn contains_key(&self, id: &Ulid) -> bool {
+        self.pos(id).is_ok()
+    }
+    /// Replaces the profile with this id, or adds it in order.
+    pub fn insert(&mut self, p: Profile) {
+        match self.pos(&p.id) {
+            Ok(i) => self.rows[i] = p,
+            Err(i) => self.rows.insert(i, p),
+        }
+    }
+    pub fn values(&self) -> std::slice::Iter<'_, Profile> {
+        self.rows.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn last_id(&self) -> Option<Ulid> {
+        self.rows.last().map(|p| p.id)
+    }
+    /// Profiles with ids above `after`, ascending.
+    pub fn after(&self, after: Option<Ulid>) -> std::slice::Iter<'_, Profile> {
+        let start = after.map_or(0, |a| self.rows.partition_point(|p| p.id <= a));
+        self.rows[start..].iter()
+    }
+    /// Profiles with ids below `before`, descending.
+    pub fn before(&self, before: Option<Ulid>) -> std::iter::Rev<std::slice::Iter<'_, Profile>> {
+        let end = before.map_or(self.rows.len(), |b| self.rows.partition_point(|p| p.id < b));
+        self.rows[..end].iter().rev()
+    }
+}
+
 /// Everything the account holds.
 pub struct Store {
-    pub profiles: BTreeMap<Ulid, Profile>,
-    by_email: HashMap<Box<str>, Ulid>,
-    by_phone: HashMap<Box<str>, Ulid>,
-    by_external: HashMap<Box<str>, Ulid>,
+    pub profiles: ProfileTable,
+    by_email: IdentIndex,
+    by_phone: IdentIndex,
+    by_external: IdentIndex,
     ulids: ulid::Generator,
     pub rng: StdRng,
     pub lists: BTreeMap<String, List>,
@@ -405,20 +455,123 @@ pub struct Store {
     pub jobs: BTreeMap<String, BulkJob>,
     /// Creates per UTC day for the daily caps (lists 150/day, segments 100/day).
     pub daily: HashMap<(&'static str, i64), u32>,
+    /// Bumped on every write, so derived data (segment members) knows when to recompute.
+    pub version: u64,
     seed: u64,
 }
 
-fn email_key(e: &str) -> Box<str> {
-    e.to_ascii_lowercase().into_boxed_str()
+/// Which identifier an index covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ident {
+    Email,
+    Phone,
+    External,
+}
+
+impl Ident {
+    fn of(self, p: &Profile) -> Option<&str> {
+        match self {
+            Ident::Email => p.email.as_deref(),
+            Ident::Phone => p.phone_number.as_deref(),
+            Ident::External => p.external_id.as_deref(),
+        }
+    }
+
+    /// Emails match case-insensitively, other identifiers exactly.
+    fn norm(self, s: &str) -> Box<str> {
+        match self {
+            Ident::Email => s.to_ascii_lowercase().into_boxed_str(),
+            _ => s.into(),
+        }
+    }
+
+    fn same(self, a: &str, b: &str) -> bool {
+        match self {
+            Ident::Email => a.eq_ignore_ascii_case(b),
+            _ => a == b,
+        }
+    }
+}
+
+/// Identifier → profile id. Keyed by a 64-bit hash so the identifier's text is not stored a
+/// second time (a million emails would otherwise cost ~50 MB more); a hit is confirmed against
+/// the profile itself, and the rare identifier whose hash is already taken by a different
+/// identifier is kept by its full text in `overflow`.
+#[derive(Debug)]
+struct IdentIndex {
+    kind: Ident,
+    by_hash: HashMap<u64, Ulid>,
+    overflow: HashMap<Box<str>, Ulid>,
+    /// All ones; tests clear bits to force collisions.
+    mask: u64,
+}
+
+impl IdentIndex {
+    fn new(kind: Ident) -> Self {
+        IdentIndex {
+            kind,
+            by_hash: HashMap::new(),
+            overflow: HashMap::new(),
+            mask: u64::MAX,
+        }
+    }
+
+    fn hash(&self, s: &str) -> u64 {
+        use std::hash::Hasher;
+        // Fixed keys: the same identifier hashes the same in every run.
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(self.kind.norm(s).as_bytes());
+        h.finish() & self.mask
+    }
+
+    fn get(&self, key: &str, profiles: &ProfileTable) -> Option<Ulid> {
+        if let Some(id) = self.overflow.get(&self.kind.norm(key)) {
+            return Some(*id);
+        }
+        let id = *self.by_hash.get(&self.hash(key))?;
+        let p = profiles.get(&id)?;
+        self.kind
+            .of(p)
+            .is_some_and(|v| self.kind.same(v, key))
+            .then_some(id)
+    }
+
+    fn insert(&mut self, key: &str, id: Ulid, profiles: &ProfileTable) {
+        let h = self.hash(key);
+        let taken_by_other = self.by_hash.get(&h).is_some_and(|owner| {
+            *owner != id
+                && profiles
+                    .get(owner)
+                    .and_then(|p| self.kind.of(p))
+                    .is_some_and(|v| !self.kind.same(v, key))
+        });
+        if taken_by_other {
+            self.overflow.insert(self.kind.norm(key), id);
+        } else {
+            self.by_hash.insert(h, id);
+        }
+    }
+
+    fn remove(&mut self, key: &str, id: Ulid) {
+        let norm = self.kind.norm(key);
+        if self.overflow.get(&norm) == Some(&id) {
+            self.overflow.remove(&norm);
+            return;
+        }
+        let h = self.hash(key);
+        if self.by_hash.get(&h) == Some(&id) {
+            self.by_hash.remove(&h);
+        }
+    }
 }
 
 impl Store {
     pub fn new(seed: u64) -> Self {
         let mut s = Store {
-            profiles: BTreeMap::new(),
-            by_email: HashMap::new(),
-            by_phone: HashMap::new(),
-            by_external: HashMap::new(),
+            profiles: ProfileTable::default(),
+            by_email: IdentIndex::new(Ident::Email),
+            by_phone: IdentIndex::new(Ident::Phone),
+            by_external: IdentIndex::new(Ident::External),
             ulids: ulid::Generator::new(),
             rng: StdRng::seed_from_u64(seed),
             lists: BTreeMap::new(),
@@ -427,6 +580,7 @@ impl Store {
             tags: BTreeMap::new(),
             jobs: BTreeMap::new(),
             daily: HashMap::new(),
+            version: 0,
             seed,
         };
         let gid = s.new_uuid();
@@ -446,10 +600,13 @@ impl Store {
         *self = Store::new(self.seed);
     }
 
+    /// A new id above every profile id so far (also after loading a state file or a clock
+    /// step backwards), so profiles append in order.
     pub fn new_ulid(&mut self) -> Ulid {
-        match self.ulids.generate() {
-            Ok(u) => u,
-            Err(_) => Ulid::new(),
+        let u = self.ulids.generate().unwrap_or_else(|_| Ulid::new());
+        match self.profiles.last_id() {
+            Some(last) if u <= last => Ulid(last.0.wrapping_add(1)),
+            _ => u,
         }
     }
 
@@ -488,13 +645,13 @@ impl Store {
     }
 
     pub fn find_email(&self, email: &str) -> Option<Ulid> {
-        self.by_email.get(&*email_key(email)).copied()
+        self.by_email.get(email, &self.profiles)
     }
     pub fn find_phone(&self, phone: &str) -> Option<Ulid> {
-        self.by_phone.get(phone).copied()
+        self.by_phone.get(phone, &self.profiles)
     }
     pub fn find_external(&self, ext: &str) -> Option<Ulid> {
-        self.by_external.get(ext).copied()
+        self.by_external.get(ext, &self.profiles)
     }
 
     /// Who owns each identifier in `input` (email, phone, external id order).
@@ -537,19 +694,16 @@ impl Store {
         }
         let id = self.new_ulid();
         let now = now_millis();
-        self.profiles.insert(
+        self.profiles.insert(Profile {
             id,
-            Profile {
-                id,
-                email: None,
-                phone_number: None,
-                external_id: None,
-                created: now,
-                updated: now,
-                doc: "{}".into(),
-                subscriptions: None,
-            },
-        );
+            email: None,
+            phone_number: None,
+            external_id: None,
+            created: now,
+            updated: now,
+            doc: "{}".into(),
+            subscriptions: None,
+        });
         self.apply(id, input)?;
         Ok(id)
     }
@@ -604,20 +758,21 @@ impl Store {
         }
         let mut p = p.clone();
         let mut changed = false;
-        changed |= set_ident(&mut self.by_email, &mut p.email, &input.email, id, true);
+        let profiles = &self.profiles;
+        changed |= set_ident(&mut self.by_email, profiles, &mut p.email, &input.email, id);
         changed |= set_ident(
             &mut self.by_phone,
+            profiles,
             &mut p.phone_number,
             &input.phone_number,
             id,
-            false,
         );
         changed |= set_ident(
             &mut self.by_external,
+            profiles,
             &mut p.external_id,
             &input.external_id,
             id,
-            false,
         );
         let mut doc = p.doc();
         let before = doc.clone();
@@ -663,7 +818,7 @@ impl Store {
                 .into_boxed_str();
             p.updated = now_millis();
         }
-        self.profiles.insert(id, p);
+        self.profiles.insert(p);
         Ok(())
     }
 
@@ -731,48 +886,45 @@ impl Store {
         s.tags = snap.tags;
         for p in snap.profiles {
             let id = Ulid::from_string(&p.id)?;
-            if let Some(e) = &p.email {
-                s.by_email.insert(email_key(e), id);
-            }
-            if let Some(ph) = &p.phone_number {
-                s.by_phone.insert(ph.clone().into_boxed_str(), id);
-            }
-            if let Some(x) = &p.external_id {
-                s.by_external.insert(x.clone().into_boxed_str(), id);
-            }
-            s.profiles.insert(
+            // The profile goes in first: the indexes confirm hits against it.
+            s.profiles.insert(Profile {
                 id,
-                Profile {
-                    id,
-                    email: p.email.map(String::into_boxed_str),
-                    phone_number: p.phone_number.map(String::into_boxed_str),
-                    external_id: p.external_id.map(String::into_boxed_str),
-                    created: p.created,
-                    updated: p.updated,
-                    doc: p.doc.into_boxed_str(),
-                    subscriptions: p.subscriptions.map(String::into_boxed_str),
-                },
-            );
+                email: p.email.map(String::into_boxed_str),
+                phone_number: p.phone_number.map(String::into_boxed_str),
+                external_id: p.external_id.map(String::into_boxed_str),
+                created: p.created,
+                updated: p.updated,
+                doc: p.doc.into_boxed_str(),
+                subscriptions: p.subscriptions.map(String::into_boxed_str),
+            });
+            if let Some(p) = s.profiles.get(&id) {
+                if let Some(e) = &p.email {
+                    s.by_email.insert(e, id, &s.profiles);
+                }
+                if let Some(ph) = &p.phone_number {
+                    s.by_phone.insert(ph, id, &s.profiles);
+                }
+                if let Some(x) = &p.external_id {
+                    s.by_external.insert(x, id, &s.profiles);
+                }
+            }
         }
         Ok(s)
     }
 }
 
 fn set_ident(
-    index: &mut HashMap<Box<str>, Ulid>,
+    index: &mut IdentIndex,
+    profiles: &ProfileTable,
     slot: &mut Option<Box<str>>,
     field: &Field,
     id: Ulid,
-    is_email: bool,
 ) -> bool {
-    let key = |s: &str| {
-        if is_email { email_key(s) } else { s.into() }
-    };
     match field {
         Field::Absent => false,
         Field::Null => {
             if let Some(old) = slot.take() {
-                index.remove(&key(&old));
+                index.remove(&old, id);
                 true
             } else {
                 false
@@ -783,9 +935,9 @@ fn set_ident(
                 return false;
             }
             if let Some(old) = slot.take() {
-                index.remove(&key(&old));
+                index.remove(&old, id);
             }
-            index.insert(key(v), id);
+            index.insert(v, id, profiles);
             *slot = Some(v.clone().into_boxed_str());
             true
         }
@@ -878,5 +1030,59 @@ mod ulid_map {
                     .map_err(serde::de::Error::custom)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(email: Option<&str>, phone: Option<&str>, ext: Option<&str>) -> ProfileInput {
+        let f = |v: Option<&str>| v.map_or(Field::Absent, |s| Field::Set(s.to_string()));
+        ProfileInput {
+            email: f(email),
+            phone_number: f(phone),
+            external_id: f(ext),
+            ..ProfileInput::default()
+        }
+    }
+
+    /// With every hash equal, each lookup must still find exactly the right profile.
+    #[test]
+    fn sandbox_identifier_index_survives_collisions() {
+        let mut s = Store::new(1);
+        for idx in [&mut s.by_email, &mut s.by_phone, &mut s.by_external] {
+            idx.mask = 0;
+        }
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            let email = format!("P{i}@Example.com");
+            let phone = format!("+1555000{i:04}");
+            let ext = format!("x{i}");
+            let id = s
+                .create_profile(&input(Some(&email), Some(&phone), Some(&ext)))
+                .expect("created");
+            ids.push(id);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(s.find_email(&format!("p{i}@example.com")), Some(*id));
+            assert_eq!(s.find_phone(&format!("+1555000{i:04}")), Some(*id));
+            assert_eq!(s.find_external(&format!("x{i}")), Some(*id));
+        }
+        assert_eq!(s.find_email("nobody@example.com"), None);
+        // Change and clear identifiers; old values stop matching, new ones match.
+        let change = ProfileInput {
+            email: Field::Set("new0@example.com".into()),
+            external_id: Field::Null,
+            ..ProfileInput::default()
+        };
+        s.apply(ids[0], &change).expect("applied");
+        assert_eq!(s.find_email("p0@example.com"), None);
+        assert_eq!(s.find_email("NEW0@example.com"), Some(ids[0]));
+        assert_eq!(s.find_external("x0"), None);
+        assert_eq!(s.find_external("x1"), Some(ids[1]));
+        // A taken identifier is still a conflict.
+        let clash = input(Some("p1@example.com"), None, None);
+        assert!(s.create_profile(&clash).is_err());
     }
 }

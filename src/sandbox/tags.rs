@@ -3,7 +3,6 @@
 //! tags, 50 groups and 100 tags per list or segment; PATCH answers 204. Tags attach to lists and
 //! segments only. In: routed requests; out: JSON:API replies and tag changes in the store.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -79,26 +78,30 @@ fn name_matches(c: &filter::Cond, name: &str) -> bool {
     }
 }
 
-/// A page of a BTreeMap keyed by id, after the cursor.
+/// One page of `(id, item)` pairs and the next cursor.
+type Page<'a, V> = (Vec<(&'a String, &'a V)>, Option<String>);
+
+/// A page of tags or tag groups: filtered by `keep`, sorted by `sort=±id|±name`, offset cursor.
 fn page_keys<'a, V>(
     map: &'a std::collections::BTreeMap<String, V>,
-    after: Option<&String>,
+    req: &Req,
     size: usize,
+    name: impl Fn(&V) -> &str,
     keep: impl Fn(&String, &V) -> bool,
-) -> (Vec<(&'a String, &'a V)>, Option<String>) {
-    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut page: Vec<_> = map
-        .range::<String, _>((lower, Bound::Unbounded))
-        .filter(|(k, v)| keep(k, v))
-        .take(size + 1)
-        .collect();
-    let next = if page.len() > size {
-        page.truncate(size);
-        page.last().map(|(k, _)| (*k).clone())
-    } else {
-        None
-    };
-    (page, next)
+) -> Result<Page<'a, V>, ApiError> {
+    let sort = req.sort(&["id", "name"])?;
+    let mut items: Vec<_> = map.iter().filter(|(k, v)| keep(k, v)).collect();
+    if let Some((field, desc)) = sort {
+        items.sort_by(|a, b| {
+            let o = if field == "name" {
+                name(a.1).cmp(name(b.1))
+            } else {
+                a.0.cmp(b.0)
+            };
+            if desc { o.reverse() } else { o }
+        });
+    }
+    req.offset_page(items, size)
 }
 
 pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
@@ -111,6 +114,7 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         "include",
     ])?;
     let size = req.page_size(50, 50)?;
+    let include = !req.includes(&["tag-group"])?.is_empty();
     let conds = match req.q("filter")? {
         Some(f) => filter::parse(
             f,
@@ -118,29 +122,44 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         )?,
         None => vec![],
     };
-    let after = req.cursor()?;
     let store = shared.store();
-    let (page, next) = page_keys(&store.tags, after.as_ref(), size, |_, t| {
-        conds.iter().all(|c| name_matches(c, &t.name))
-    });
+    let (page, next) = page_keys(
+        &store.tags,
+        req,
+        size,
+        |t| &t.name,
+        |_, t| conds.iter().all(|c| name_matches(c, &t.name)),
+    )?;
     let mut data = Vec::new();
+    let mut included = Vec::new();
     for (id, t) in page {
-        data.push(fields(tag_resource(&shared.base_url, id, t), req, "tag")?);
+        let r = fields(tag_resource(&shared.base_url, id, t), req, "tag")?;
+        if include {
+            attach_group(&store, &shared.base_url, t, &mut included);
+        }
+        data.push(r);
     }
-    Ok(Reply::ok(
-        json!({"data": data, "links": req.collection_links(next.as_deref())}),
-    ))
+    let mut body = json!({"data": data, "links": req.collection_links(next.as_deref())});
+    if include {
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&["fields[*]", "include"])?;
+    let include = !req.includes(&["tag-group"])?.is_empty();
     let store = shared.store();
     let id = req.param(0);
     let t = store.tags.get(id).ok_or_else(|| tag_not_found(id))?;
     let r = fields(tag_resource(&shared.base_url, id, t), req, "tag")?;
-    Ok(Reply::ok(
-        json!({"data": r, "links": {"self": req.self_link()}}),
-    ))
+    let mut body = json!({"data": r, "links": {"self": req.self_link()}});
+    if include {
+        let mut included = Vec::new();
+        attach_group(&store, &shared.base_url, t, &mut included);
+        body["included"] = Value::Array(included);
+    }
+    Ok(Reply::ok(body))
 }
 
 pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
@@ -361,6 +380,41 @@ pub fn relate(shared: &Arc<Shared>, req: &Req, kind: &str, add: bool) -> ApiResu
 }
 
 /// `GET /api/lists/{id}/tags` and `/api/segments/{id}/tags` (+ relationships).
+/// For `include=tags` on lists and segments: fills `relationships.tags.data` of `r` and adds
+/// the tags to `included` (each once).
+pub fn attach_tags(
+    store: &Store,
+    base: &str,
+    kind: &str,
+    rid: &str,
+    r: &mut Value,
+    included: &mut Vec<Value>,
+) {
+    let ids = tags_on(store, kind, rid);
+    r["relationships"]["tags"]["data"] = ids
+        .iter()
+        .map(|i| json!({"type": "tag", "id": i}))
+        .collect();
+    for id in ids {
+        if included.iter().any(|v| v["id"] == id.as_str()) {
+            continue;
+        }
+        if let Some(t) = store.tags.get(&id) {
+            included.push(tag_resource(base, &id, t));
+        }
+    }
+}
+
+/// For `include=tag-group` on tags: adds the tag's group to `included` (once).
+fn attach_group(store: &Store, base: &str, t: &Tag, included: &mut Vec<Value>) {
+    if included.iter().any(|v| v["id"] == t.group.as_str()) {
+        return;
+    }
+    if let Some(g) = store.tag_groups.get(&t.group) {
+        included.push(group_resource(base, &t.group, g));
+    }
+}
+
 pub fn for_resource(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> ApiResult {
     let store = shared.store();
     let rid = req.param(0);
@@ -405,15 +459,20 @@ pub fn list_groups(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         )?,
         None => vec![],
     };
-    let after = req.cursor()?;
     let store = shared.store();
-    let (page, next) = page_keys(&store.tag_groups, after.as_ref(), size, |_, g| {
-        conds.iter().all(|c| match c.field.as_str() {
-            "exclusive" => c.value == filter::Lit::Bool(g.exclusive),
-            "default" => c.value == filter::Lit::Bool(g.default),
-            _ => name_matches(c, &g.name),
-        })
-    });
+    let (page, next) = page_keys(
+        &store.tag_groups,
+        req,
+        size,
+        |g| &g.name,
+        |_, g| {
+            conds.iter().all(|c| match c.field.as_str() {
+                "exclusive" => c.value == filter::Lit::Bool(g.exclusive),
+                "default" => c.value == filter::Lit::Bool(g.default),
+                _ => name_matches(c, &g.name),
+            })
+        },
+    )?;
     let mut data = Vec::new();
     for (id, g) in page {
         data.push(fields(

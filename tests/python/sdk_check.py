@@ -36,7 +36,8 @@ def cursor(links):
 
 
 def main(base_url, api_key):
-    k = KlaviyoAPI(api_key, max_delay=1, max_retries=1, test_host=base_url)
+    # Retries matter when the sandbox runs with --faults; the SDK retries 429 and 503.
+    k = KlaviyoAPI(api_key, max_delay=2, max_retries=5, test_host=base_url)
     steps = []
 
     def step(name):

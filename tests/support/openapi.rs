@@ -86,8 +86,13 @@ fn rewrite_nullable(v: &mut Value) {
     }
 }
 
-/// The spec's template for a concrete path such as `/api/profiles/01H…/` (literal segments win).
+/// The spec's template for a concrete path such as `/api/profiles/01H…/` or a full URL
+/// (`http://127.0.0.1:4010/api/lists?page[size]=10`); literal segments win over `{…}`.
 pub fn template_for(path: &str) -> Option<String> {
+    let path = match path.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => path,
+    };
     let path = path.split('?').next().unwrap_or(path);
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
