@@ -26,6 +26,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Time query + transform + validation against `COPY … TO STDOUT`.
     Source(BenchSourceArgs),
+    /// Whole syncs into an in-process sandbox: first sync, no-change re-run, 1% changed,
+    /// 1% removed from a mirrored list; wall time, profiles/s, API calls, peak memory.
+    Sync(crate::bench_sync::BenchSyncArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,7 +44,8 @@ pub struct BenchSourceArgs {
     pub no_phone: bool,
 }
 
-const SEED: &str = "
+/// Seeds `customers` with `$ROWS` rows (shared by the sync benchmark).
+pub(crate) const SEED: &str = "
 create table customers as
 select g as id,
        case when g % 10 = 0 then '  User' || g || '@Example.COM ' else 'user' || g || '@example.com' end as email,
@@ -58,7 +62,8 @@ from generate_series(1, $ROWS) g;
 analyze customers;
 ";
 
-const QUERY: &str = "select id, email, phone, first_name, last_name, city, lifetime_value, orders, plan, last_order_at, vip from customers";
+/// The benchmark query over `customers`.
+pub(crate) const QUERY: &str = "select id, email, phone, first_name, last_name, city, lifetime_value, orders, plan, last_order_at, vip from customers";
 
 fn bench_job(phone: bool) -> Result<JobSpec> {
     let yaml = format!(

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod attributes;
 pub mod bench;
+pub mod bench_sync;
 pub mod cli;
 pub mod commands;
 pub mod compile;

@@ -121,6 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
                 kdit::bench::BenchCommand::Source(a) => {
                     report(kdit::bench::bench_source(&a, &mut std::io::stdout()).await)
                 }
+                kdit::bench::BenchCommand::Sync(a) => {
+                    report(kdit::bench_sync::bench_sync(&a, &mut std::io::stdout()).await)
+                }
             }
         })?),
         Command::Sandbox(args) => {
