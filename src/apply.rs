@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -73,14 +74,14 @@ pub enum ApplyError {
 struct Item {
     row: u64,
     key: String,
-    attributes: Value,
+    /// The attributes as serialised JSON: ~300 bytes a profile rather than a tree of values,
+    /// so batches in flight stay small.
+    attributes: Box<RawValue>,
     unset: Vec<String>,
     hash: Hash,
     action: Action,
     /// Lists this send adds the profile to.
     adds: u32,
-    /// Every list of the job: where the profile is once the batch confirms.
-    lists: Vec<String>,
 }
 
 /// What one bulk batch came back with.
@@ -197,11 +198,7 @@ pub async fn apply(
                     attributes,
                     unset,
                 } = d;
-                let item_lists: Vec<String> = lists.iter().map(|(n, _)| n.clone()).collect();
-                let size = serde_json::to_vec(&attributes)
-                    .map(|v| v.len())
-                    .unwrap_or(0)
-                    + 64;
+                let size = attributes.get().len() + 32;
                 let bucket = buckets.entry(decision.add_lists).or_default();
                 if !bucket.0.is_empty() && bucket.1 + size > byte_budget {
                     let items = std::mem::take(&mut bucket.0);
@@ -232,7 +229,6 @@ pub async fn apply(
                     hash: decision.hash,
                     action: decision.action,
                     adds: decision.add_lists.count_ones(),
-                    lists: item_lists,
                 });
                 bucket.1 += size;
                 if bucket.0.len() >= batch_size {
@@ -369,14 +365,14 @@ async fn record(
         .confirmed
         .iter()
         .map(|i| Confirmed {
-            key: i.key.clone(),
+            key: &i.key,
             hash: i.hash,
-            payload: i.attributes.clone(),
-            lists: i.lists.clone(),
+            payload: &i.attributes,
         })
         .collect();
+    let lists: Vec<String> = job.spec.lists.iter().map(|l| l.name.clone()).collect();
     state
-        .confirm_profiles(job.name(), run_id, &confirmed)
+        .confirm_profiles(job.name(), run_id, &confirmed, &lists)
         .await?;
     let status = if o.failures.is_empty() {
         "confirmed"
@@ -443,11 +439,8 @@ async fn send_batch(
     };
     let mut queue = vec![items];
     while let Some(chunk) = queue.pop() {
-        let profiles: Vec<Value> = chunk
-            .iter()
-            .map(|i| json!({"type": "profile", "attributes": i.attributes}))
-            .collect();
-        let job = match client.start_bulk_import(profiles, &list_ids).await {
+        let profiles: Vec<&RawValue> = chunk.iter().map(|i| i.attributes.as_ref()).collect();
+        let job = match client.start_bulk_import(&profiles, &list_ids).await {
             Ok(job) => job,
             Err(KlaviyoError::Api {
                 status,
@@ -532,12 +525,8 @@ async fn send_batch(
         }
         let identifiers: HashSet<String> = failed.keys().cloned().collect();
         for item in chunk {
-            let ident = item.attributes[key_field]
-                .as_str()
-                .unwrap_or(&item.key)
-                .to_string();
-            if identifiers.contains(&ident) {
-                let (code, detail) = failed.get(&ident).cloned().unwrap_or_default();
+            if identifiers.contains(&item.key) {
+                let (code, detail) = failed.get(&item.key).cloned().unwrap_or_default();
                 out.failures.push(Failure {
                     row: item.row,
                     key: item.key.clone(),
@@ -585,7 +574,7 @@ async fn poll(client: &Client, mut job: BulkJob) -> Result<BulkJob, KlaviyoError
 }
 
 async fn clear_fields(client: &Client, item: &Item, key_field: &str) -> Result<(), KlaviyoError> {
-    let mut attributes = json!({ key_field: item.attributes[key_field].clone() });
+    let mut attributes = json!({ key_field: item.key });
     let mut props = Vec::new();
     for field in &item.unset {
         if let Some(p) = field.strip_prefix("properties.") {

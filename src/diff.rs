@@ -5,20 +5,22 @@
 //! `state`. Out: a `Decision` per row (what to send) and, at the end, the `Plan`.
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::plan::{FieldChange, ListChange, Plan, RejectCount, UpdateSample};
 use crate::state::{Hash, Snapshot, hash_payload, hex};
 
 /// A profile as the job wants it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Desired {
     /// 1-based row number in the query's result.
     pub row: u64,
     /// The job's key value (email, phone number or external id).
     pub key: String,
-    /// Klaviyo profile attributes (standard, `location`, `properties`).
-    pub attributes: Value,
+    /// Klaviyo profile attributes (standard, `location`, `properties`), serialised once:
+    /// hashed as is, sent as is.
+    pub attributes: Box<RawValue>,
     /// Fields to clear (`on_null: unset`), as field keys (`first_name`, `properties.plan`).
     pub unset: Vec<String>,
 }
@@ -139,8 +141,11 @@ impl<'s> Differ<'s> {
             Action::Update => {
                 self.plan.updates += 1;
                 if self.update_new.len() < SAMPLES {
-                    self.update_new
-                        .push((d.key.clone(), d.attributes.clone(), d.unset.clone()));
+                    self.update_new.push((
+                        d.key.clone(),
+                        serde_json::from_str(d.attributes.get()).unwrap_or(Value::Null),
+                        d.unset.clone(),
+                    ));
                 }
             }
             Action::ListsOnly | Action::Unchanged => self.plan.unchanged += 1,
@@ -327,7 +332,8 @@ mod tests {
         Desired {
             row,
             key: key.into(),
-            attributes: json!({"email": key, "first_name": name}),
+            attributes: serde_json::value::to_raw_value(&json!({"email": key, "first_name": name}))
+                .unwrap(),
             unset: vec![],
         }
     }

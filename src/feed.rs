@@ -81,7 +81,8 @@ async fn produce(
             rows::RowOutcome::Profile(p) => RowOutcome::Profile(Desired {
                 row: p.row_number,
                 key: p.key,
-                attributes: serde_json::Value::Object(p.attributes),
+                attributes: serde_json::value::to_raw_value(&p.attributes)
+                    .map_err(|e| e.to_string())?,
                 unset: p.unset.iter().map(|f| f.to_string()).collect(),
             }),
             rows::RowOutcome::Rejected(r) => RowOutcome::Reject(Rejected {

@@ -8,16 +8,17 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client as PgClient;
 
 /// A payload's fingerprint: the first 16 bytes of SHA-256 over its canonical JSON.
 pub type Hash = [u8; 16];
 
-/// Hashes a profile payload (attributes plus fields to unset).
-pub fn hash_payload(attributes: &Value, unset: &[String]) -> Hash {
+/// Hashes a profile payload (attributes as serialised JSON, plus fields to unset).
+pub fn hash_payload(attributes: &RawValue, unset: &[String]) -> Hash {
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(attributes).unwrap_or_default());
+    h.update(attributes.get().as_bytes());
     for u in unset {
         h.update([0u8]);
         h.update(u.as_bytes());
@@ -395,11 +396,14 @@ impl<'a> State<'a> {
     }
 
     /// Records profiles Klaviyo confirmed: their payloads, hashes and list memberships.
+    /// Records profiles Klaviyo confirmed: their payloads and hashes, and that they are now
+    /// members of `lists` (the job's lists).
     pub async fn confirm_profiles(
         &self,
         job: &str,
         run: i64,
-        confirmed: &[Confirmed],
+        confirmed: &[Confirmed<'_>],
+        lists: &[String],
     ) -> Result<(), StateError> {
         let job = self.scope(job);
         let job = job.as_str();
@@ -407,20 +411,18 @@ impl<'a> State<'a> {
             return Ok(());
         }
         let s = &self.schema;
-        let keys: Vec<&str> = confirmed.iter().map(|c| c.key.as_str()).collect();
+        let keys: Vec<&str> = confirmed.iter().map(|c| c.key).collect();
         let hashes: Vec<&[u8]> = confirmed.iter().map(|c| c.hash.as_slice()).collect();
-        let payloads: Vec<&Value> = confirmed.iter().map(|c| &c.payload).collect();
-        // text[][] cannot be ragged, so lists travel as one JSON array per row.
-        let lists: Vec<Value> = confirmed
+        let payloads: Vec<tokio_postgres::types::Json<&RawValue>> = confirmed
             .iter()
-            .map(|c| Value::from(c.lists.clone()))
+            .map(|c| tokio_postgres::types::Json(c.payload))
             .collect();
         self.db
             .execute(
                 &format!(
                     "insert into {s}.profiles (job, key, hash, payload, lists, run_id)
-                     select $1, k, h, p, array(select jsonb_array_elements_text(l)), $6
-                     from unnest($2::text[], $3::bytea[], $4::jsonb[], $5::jsonb[]) as t(k, h, p, l)
+                     select $1, k, h, p, $5, $6
+                     from unnest($2::text[], $3::bytea[], $4::jsonb[]) as t(k, h, p)
                      on conflict (job, key) do update
                        set hash = excluded.hash, payload = excluded.payload,
                            lists = excluded.lists, run_id = excluded.run_id, updated_at = now()"
@@ -510,11 +512,10 @@ impl<'a> State<'a> {
 
 /// A profile Klaviyo confirmed, to record.
 #[derive(Debug, Clone)]
-pub struct Confirmed {
-    pub key: String,
+pub struct Confirmed<'a> {
+    pub key: &'a str,
     pub hash: Hash,
-    pub payload: Value,
-    pub lists: Vec<String>,
+    pub payload: &'a RawValue,
 }
 
 /// One run from the ledger.
@@ -539,17 +540,18 @@ mod tests {
 
     #[test]
     fn payload_hashes_change_with_any_field() {
-        let a = hash_payload(&json!({"email": "a@x.com", "first_name": "A"}), &[]);
-        let b = hash_payload(&json!({"email": "a@x.com", "first_name": "B"}), &[]);
+        let raw = |v: serde_json::Value| serde_json::value::to_raw_value(&v).unwrap();
+        let a = hash_payload(&raw(json!({"email": "a@x.com", "first_name": "A"})), &[]);
+        let b = hash_payload(&raw(json!({"email": "a@x.com", "first_name": "B"})), &[]);
         let c = hash_payload(
-            &json!({"email": "a@x.com", "first_name": "A"}),
+            &raw(json!({"email": "a@x.com", "first_name": "A"})),
             &["plan".into()],
         );
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_eq!(
             a,
-            hash_payload(&json!({"email": "a@x.com", "first_name": "A"}), &[])
+            hash_payload(&raw(json!({"email": "a@x.com", "first_name": "A"})), &[])
         );
     }
 }

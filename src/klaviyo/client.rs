@@ -184,6 +184,20 @@ impl Client {
         template: &str,
         body: Option<&Value>,
     ) -> Result<Response, KlaviyoError> {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        self.send_bytes(tier, method, path_and_query, template, bytes.as_deref())
+            .await
+    }
+
+    /// `send` with a body already serialised.
+    pub async fn send_bytes(
+        &self,
+        tier: Tier,
+        method: Method,
+        path_and_query: &str,
+        template: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, KlaviyoError> {
         let url = if path_and_query.starts_with("http") {
             path_and_query.to_string()
         } else {
@@ -216,7 +230,7 @@ impl Client {
             if let Some(b) = body {
                 req = req
                     .header("Content-Type", "application/vnd.api+json")
-                    .body(serde_json::to_vec(b).unwrap_or_default());
+                    .body(b.to_vec());
             }
             let resp = match req.send().await {
                 Ok(r) => r,
