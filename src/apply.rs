@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 
 use crate::compile::Job;
 use crate::diff::{Action, Desired, Differ, RowOutcome};
-use crate::klaviyo::{BULK_MAX_BYTES, BulkJob, Client, KlaviyoError, Stats};
+use crate::klaviyo::watch::Watcher;
+use crate::klaviyo::{BULK_MAX_BYTES, Client, KlaviyoError, Stats};
 use crate::plan::Plan;
 use crate::state::{Confirmed, Hash, Snapshot, State, StateError};
 
@@ -161,14 +162,27 @@ pub async fn apply(
     };
     // Pending batches, by the set of lists their profiles join.
     let mut buckets: HashMap<u64, (Vec<Item>, usize)> = HashMap::new();
-    let mut in_flight: JoinSet<BatchOutcome> = JoinSet::new();
-    let mut seq = 0i32;
+    let mut batches = Batches {
+        in_flight: JoinSet::new(),
+        client,
+        watcher: Watcher::start(client.clone(), POLL_INTERVAL),
+        list_ids,
+        key_field: job.key.field(),
+        concurrency: settings.concurrency.max(1),
+        job,
+        run_id,
+        state,
+        seq: 0,
+        totals: Totals {
+            report: &mut report,
+            failures: &mut failures,
+            confirmed: 0,
+        },
+    };
     let batch_size = settings.batch_size.max(1);
     // Room for the envelope around the profiles.
     let byte_budget = BULK_MAX_BYTES - 64 * 1024;
-    let key_field = job.key.field();
 
-    let mut confirmed_total = 0u64;
     let mut seen = 0u64;
     while let Some(next) = rows.recv().await {
         if settings.stop.load(Ordering::Relaxed) {
@@ -179,7 +193,7 @@ pub async fn apply(
         match outcome {
             RowOutcome::Reject(r) => {
                 differ.reject(&r);
-                failures.push(Failure {
+                batches.totals.failures.push(Failure {
                     row: r.row,
                     key: r.key,
                     field: r.field,
@@ -203,22 +217,7 @@ pub async fn apply(
                 if !bucket.0.is_empty() && bucket.1 + size > byte_budget {
                     let items = std::mem::take(&mut bucket.0);
                     bucket.1 = 0;
-                    seq += 1;
-                    dispatch(
-                        &mut in_flight,
-                        client,
-                        items,
-                        decision.add_lists,
-                        list_ids,
-                        key_field,
-                        seq,
-                        settings.concurrency,
-                        &mut |o| on_batch(o, &mut report, &mut failures, &mut confirmed_total),
-                        job,
-                        run_id,
-                        state,
-                    )
-                    .await?;
+                    batches.send(items, decision.add_lists).await?;
                 }
                 let bucket = buckets.entry(decision.add_lists).or_default();
                 bucket.0.push(Item {
@@ -234,27 +233,12 @@ pub async fn apply(
                 if bucket.0.len() >= batch_size {
                     let items = std::mem::take(&mut bucket.0);
                     bucket.1 = 0;
-                    seq += 1;
-                    dispatch(
-                        &mut in_flight,
-                        client,
-                        items,
-                        decision.add_lists,
-                        list_ids,
-                        key_field,
-                        seq,
-                        settings.concurrency,
-                        &mut |o| on_batch(o, &mut report, &mut failures, &mut confirmed_total),
-                        job,
-                        run_id,
-                        state,
-                    )
-                    .await?;
+                    batches.send(items, decision.add_lists).await?;
                 }
             }
         }
         if seen % 5_000 == 0 {
-            (settings.progress)(seen, confirmed_total);
+            (settings.progress)(seen, batches.totals.confirmed);
         }
     }
     let interrupted = settings.stop.load(Ordering::Relaxed);
@@ -266,31 +250,14 @@ pub async fn apply(
             .collect();
         rest.sort_by_key(|(bits, _)| *bits);
         for (bits, items) in rest {
-            seq += 1;
-            dispatch(
-                &mut in_flight,
-                client,
-                items,
-                bits,
-                list_ids,
-                key_field,
-                seq,
-                settings.concurrency,
-                &mut |o| on_batch(o, &mut report, &mut failures, &mut confirmed_total),
-                job,
-                run_id,
-                state,
-            )
-            .await?;
+            batches.send(items, bits).await?;
         }
     }
     // Let every batch in flight confirm, even when interrupted: they were sent.
-    while let Some(done) = in_flight.join_next().await {
-        let outcome = done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
-        record(&outcome, job, run_id, state).await?;
-        on_batch(outcome, &mut report, &mut failures, &mut confirmed_total);
-        (settings.progress)(seen, confirmed_total);
+    while batches.finish_one().await? {
+        (settings.progress)(seen, batches.totals.confirmed);
     }
+    drop(batches);
     if interrupted {
         producer.abort();
         return Err(ApplyError::Interrupted);
@@ -307,7 +274,7 @@ pub async fn apply(
         if keys.is_empty() {
             continue;
         }
-        let found = client.profile_ids(key_field, keys).await?;
+        let found = client.profile_ids(job.key.field(), keys).await?;
         let ids: Vec<String> = found.iter().map(|(_, id)| id.clone()).collect();
         client.list_membership(&list_ids[i], &ids, false).await?;
         state
@@ -331,27 +298,6 @@ pub async fn apply(
     };
     failures.sort_by_key(|f| f.row);
     Ok((report, failures, plan))
-}
-
-fn on_batch(
-    o: BatchOutcome,
-    report: &mut Report,
-    failures: &mut Vec<Failure>,
-    confirmed_total: &mut u64,
-) {
-    report.bulk_jobs += o.bulk_ids.len() as u64;
-    for item in &o.confirmed {
-        match item.action {
-            Action::Create => report.created += 1,
-            Action::Update => report.updated += 1,
-            _ => {}
-        }
-        report.list_adds += u64::from(item.adds);
-    }
-    *confirmed_total += o.confirmed.len() as u64;
-    report.confirmed += o.confirmed.len() as u64;
-    report.failed += o.failures.len() as u64;
-    failures.extend(o.failures);
 }
 
 /// Records a finished batch: state for what Klaviyo confirmed, the ledger entry.
@@ -392,42 +338,84 @@ async fn record(
     Ok(())
 }
 
-/// Starts a batch, first waiting for (and recording) one in flight when at the limit.
-#[allow(clippy::too_many_arguments)]
-async fn dispatch(
-    in_flight: &mut JoinSet<BatchOutcome>,
-    client: &Client,
-    items: Vec<Item>,
-    bits: u64,
-    list_ids: &[String],
-    key_field: &'static str,
-    seq: i32,
-    concurrency: usize,
-    on_done: &mut dyn FnMut(BatchOutcome),
-    job: &Job,
-    run_id: i64,
-    state: &State<'_>,
-) -> Result<(), ApplyError> {
-    while in_flight.len() >= concurrency.max(1) {
-        if let Some(done) = in_flight.join_next().await {
-            let outcome =
-                done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
-            record(&outcome, job, run_id, state).await?;
-            on_done(outcome);
+/// How often the watcher asks Klaviyo about bulk jobs in flight.
+const POLL_INTERVAL: Duration = Duration::from_millis(750);
+
+/// Running totals of an apply.
+struct Totals<'r> {
+    report: &'r mut Report,
+    failures: &'r mut Vec<Failure>,
+    confirmed: u64,
+}
+
+impl Totals<'_> {
+    fn add(&mut self, o: BatchOutcome) {
+        self.report.bulk_jobs += o.bulk_ids.len() as u64;
+        for item in &o.confirmed {
+            match item.action {
+                Action::Create => self.report.created += 1,
+                Action::Update => self.report.updated += 1,
+                _ => {}
+            }
+            self.report.list_adds += u64::from(item.adds);
         }
+        self.confirmed += o.confirmed.len() as u64;
+        self.report.confirmed += o.confirmed.len() as u64;
+        self.report.failed += o.failures.len() as u64;
+        self.failures.extend(o.failures);
     }
-    let ids: Vec<String> = (0..list_ids.len())
-        .filter(|i| bits & (1 << i) != 0)
-        .map(|i| list_ids[i].clone())
-        .collect();
-    let client = client.clone();
-    in_flight.spawn(async move { send_batch(client, items, ids, key_field, seq).await });
-    Ok(())
+}
+
+/// Batches in flight: at most `concurrency`, each recorded in the state as it confirms.
+struct Batches<'a, 'r> {
+    in_flight: JoinSet<BatchOutcome>,
+    client: &'a Client,
+    watcher: Watcher,
+    list_ids: &'a [String],
+    key_field: &'static str,
+    concurrency: usize,
+    job: &'a Job,
+    run_id: i64,
+    state: &'a State<'a>,
+    seq: i32,
+    totals: Totals<'r>,
+}
+
+impl Batches<'_, '_> {
+    /// Starts a batch, first waiting for (and recording) one in flight when at the limit.
+    async fn send(&mut self, items: Vec<Item>, bits: u64) -> Result<(), ApplyError> {
+        while self.in_flight.len() >= self.concurrency {
+            self.finish_one().await?;
+        }
+        self.seq += 1;
+        let ids: Vec<String> = (0..self.list_ids.len())
+            .filter(|i| bits & (1 << i) != 0)
+            .map(|i| self.list_ids[i].clone())
+            .collect();
+        let client = self.client.clone();
+        let watcher = self.watcher.clone();
+        let (key_field, seq) = (self.key_field, self.seq);
+        self.in_flight
+            .spawn(async move { send_batch(client, watcher, items, ids, key_field, seq).await });
+        Ok(())
+    }
+
+    /// Waits for one batch in flight and records it; false when none is left.
+    async fn finish_one(&mut self) -> Result<bool, ApplyError> {
+        let Some(done) = self.in_flight.join_next().await else {
+            return Ok(false);
+        };
+        let outcome = done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
+        record(&outcome, self.job, self.run_id, self.state).await?;
+        self.totals.add(outcome);
+        Ok(true)
+    }
 }
 
 /// Sends one batch to completion: bulk import, poll, import errors, field clearing.
 async fn send_batch(
     client: Client,
+    watcher: Watcher,
     items: Vec<Item>,
     list_ids: Vec<String>,
     key_field: &'static str,
@@ -481,7 +469,7 @@ async fn send_batch(
             }
         };
         out.bulk_ids.push(job.id.clone());
-        let finished = match poll(&client, job).await {
+        let finished = match watcher.wait(job).await {
             Ok(j) => j,
             Err(e) => {
                 for i in &chunk {
@@ -553,24 +541,6 @@ async fn send_batch(
         }
     }
     out
-}
-
-async fn poll(client: &Client, mut job: BulkJob) -> Result<BulkJob, KlaviyoError> {
-    let mut wait = Duration::from_millis(300);
-    let deadline = Instant::now() + Duration::from_secs(30 * 60);
-    while !job.is_done() {
-        if Instant::now() > deadline {
-            return Err(KlaviyoError::GaveUp {
-                request: format!("GET /api/profile-bulk-import-jobs/{}", job.id),
-                attempts: 0,
-                last: "the bulk import job did not finish within 30 minutes".into(),
-            });
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
-        job = client.bulk_import(&job.id).await?;
-    }
-    Ok(job)
 }
 
 async fn clear_fields(client: &Client, item: &Item, key_field: &str) -> Result<(), KlaviyoError> {

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod ratelimit;
+pub mod watch;
 
 use reqwest::Method;
 use serde_json::value::RawValue;
@@ -36,7 +37,7 @@ impl BulkJob {
         matches!(self.status.as_str(), "complete" | "cancelled")
     }
 
-    fn from_resource(data: &Value) -> BulkJob {
+    pub(crate) fn from_resource(data: &Value) -> BulkJob {
         let a = &data["attributes"];
         BulkJob {
             id: data["id"].as_str().unwrap_or_default().to_string(),
