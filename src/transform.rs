@@ -553,7 +553,95 @@ fn fail(rule: Rule, message: impl Into<String>, value: Option<&Cell>) -> FieldFa
 
 impl Transformer<'_> {
     /// Turns one row into a profile, or says why it cannot be sent.
-    pub fn row(&mut self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
+    pub fn row(&mut self, row_number: u64, cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
+        let built = self.build(row_number, cells);
+        self.dedup(built)
+    }
+
+    /// Turns a batch of consecutive rows (the first is `first_row_number`) into outcomes, in
+    /// order, spreading the work over up to `threads` threads. Duplicate keys are resolved
+    /// afterwards in row order, so the result is the same as calling `row` for each.
+    pub fn rows(
+        &mut self,
+        first_row_number: u64,
+        batch: Vec<Vec<Cell>>,
+        threads: usize,
+    ) -> Vec<Result<ProfileRow, Reject>> {
+        let threads = threads.clamp(1, 16);
+        let built: Vec<Result<ProfileRow, Reject>> = if threads == 1 || batch.len() < 64 {
+            batch
+                .into_iter()
+                .enumerate()
+                .map(|(i, cells)| self.build(first_row_number + i as u64, cells))
+                .collect()
+        } else {
+            let chunk = batch.len().div_ceil(threads);
+            let mut chunks: Vec<(u64, Vec<Vec<Cell>>)> = Vec::with_capacity(threads);
+            let mut iter = batch.into_iter();
+            let mut start = first_row_number;
+            loop {
+                let part: Vec<Vec<Cell>> = iter.by_ref().take(chunk).collect();
+                if part.is_empty() {
+                    break;
+                }
+                let n = part.len() as u64;
+                chunks.push((start, part));
+                start += n;
+            }
+            let me = &*self;
+            let (first_start, first_part) = chunks.remove(0);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|(start, part)| {
+                        scope.spawn(move || {
+                            part.into_iter()
+                                .enumerate()
+                                .map(|(i, cells)| me.build(start + i as u64, cells))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                // The first chunk runs on this thread meanwhile.
+                let mut out: Vec<_> = first_part
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, cells)| me.build(first_start + i as u64, cells))
+                    .collect();
+                for h in handles {
+                    match h.join() {
+                        Ok(part) => out.extend(part),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+                out
+            })
+        };
+        built.into_iter().map(|b| self.dedup(b)).collect()
+    }
+
+    fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
+        let p = built?;
+        let mut h = std::hash::DefaultHasher::new();
+        p.key.hash(&mut h);
+        if !self.seen.insert(h.finish()) {
+            let key_field = self.mapping.key.field();
+            return Err(self.reject(
+                p.row_number,
+                Some(&p.key),
+                Some(key_field),
+                fail(
+                    Rule::DuplicateKey,
+                    format!("an earlier row has the same {key_field}; the first row wins"),
+                    None,
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Everything but the duplicate check: needs no mutable state, so it runs on any thread.
+    fn build(&self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
         let mut attributes = Map::new();
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
@@ -620,20 +708,6 @@ impl Transformer<'_> {
                         size.div_ceil(1024),
                         MAX_PROFILE_BYTES / 1024
                     ),
-                    None,
-                ),
-            ));
-        }
-        let mut h = std::hash::DefaultHasher::new();
-        key.hash(&mut h);
-        if !self.seen.insert(h.finish()) {
-            return Err(self.reject(
-                row_number,
-                Some(&key),
-                Some(key_field),
-                fail(
-                    Rule::DuplicateKey,
-                    format!("an earlier row has the same {key_field}; the first row wins"),
                     None,
                 ),
             ));

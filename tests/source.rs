@@ -794,3 +794,52 @@ async fn mapping_errors_are_all_reported() {
         assert!(msg.contains(expected), "missing `{expected}` in:\n{msg}");
     }
 }
+
+#[tokio::test]
+async fn batches_on_several_threads_match_one_thread() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: email\nfields:\n  email: { column: email, transform: [trim, lowercase] }\n  properties.n: n\n  properties.label: { template: \"{{ n }}-{{ email }}\" }",
+        "select g as n, case when g % 777 = 0 then 'bad' else ' U' || (g % 3000) || '@Example.com' end as email from generate_series(1, 9000) g order by g",
+    );
+    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let mut runs = Vec::new();
+    for threads in [1, 2, 4] {
+        let mut stream = jq.open(&src, None, None).await.unwrap();
+        stream.set_threads(threads);
+        let mut outcomes = Vec::new();
+        while let Some(r) = stream.next().await {
+            outcomes.push(r.unwrap());
+        }
+        let totals = stream.finish().await.unwrap();
+        assert_eq!(totals.rows, 9000);
+        runs.push(outcomes);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[0], runs[2]);
+    let outcomes = &runs[0];
+    // Rows come out in order; the first valid row of each key wins.
+    let mut seen = std::collections::HashSet::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        let n = i as u64 + 1;
+        let bad = n % 777 == 0;
+        let first = !bad && seen.insert(n % 3000);
+        match o {
+            RowOutcome::Profile(p) => {
+                assert_eq!(p.row_number, n);
+                assert!(first, "row {n} should not be a profile");
+            }
+            RowOutcome::Rejected(r) => {
+                assert_eq!(r.row_number, n);
+                let want = if bad {
+                    Rule::EmailSyntax
+                } else {
+                    Rule::DuplicateKey
+                };
+                assert!(!first, "row {n} should be a profile");
+                assert_eq!(r.rule, want, "row {n}");
+            }
+        }
+    }
+}
