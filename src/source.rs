@@ -1455,10 +1455,13 @@ fn decode_array(elem: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
 /// Binary numeric: ndigits, weight, sign, dscale, then base-10000 digits. Decoded to the
 /// exact decimal text PostgreSQL would print.
 pub(crate) fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
-    let ndigits = i16::from_be_bytes(take(raw)?) as usize;
-    let weight = i16::from_be_bytes(take(&raw[2..])?) as i32;
-    let sign = u16::from_be_bytes(take(&raw[4..])?);
-    let dscale = u16::from_be_bytes(take(&raw[6..])?) as usize;
+    let field = |off: usize| -> Result<[u8; 2], BoxError> {
+        take(raw.get(off..).ok_or("truncated numeric")?)
+    };
+    let ndigits = i16::from_be_bytes(field(0)?).max(0) as usize;
+    let weight = i16::from_be_bytes(field(2)?) as i32;
+    let sign = u16::from_be_bytes(field(4)?);
+    let dscale = u16::from_be_bytes(field(6)?) as usize;
     match sign {
         0xC000 => return Ok("NaN".into()),
         0xD000 => return Ok("Infinity".into()),
@@ -1595,5 +1598,11 @@ mod tests {
         // 10000: ndigits 1, weight 1, digits [1]
         let raw = [0, 1, 0, 1, 0, 0, 0, 0, 0, 1];
         assert_eq!(decode_numeric(&raw).unwrap(), "10000");
+        // Truncated input is an error, not a panic.
+        for n in 0..raw.len() {
+            assert!(decode_numeric(&raw[..n]).is_err() || n >= 8);
+        }
+        assert!(decode(&Type::INT4, &[0, 1]).is_err());
+        assert!(decode(&Type::TEXT_ARRAY, &[0, 0, 0, 1, 0]).is_err());
     }
 }

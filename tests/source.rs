@@ -843,3 +843,124 @@ async fn batches_on_several_threads_match_one_thread() {
         }
     }
 }
+
+// ---- commands ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn check_prints_one_line_per_check() {
+    let db = TestDb::new().await;
+    db.execute("create table customers (id int, email text, tags text[], ltv numeric)")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("queries")).unwrap();
+    std::fs::write(
+        dir.path().join("queries/active.sql"),
+        "-- @param min numeric = 0\nselect id, email, tags, ltv from customers where ltv >= {{ min }}\n",
+    )
+    .unwrap();
+    let job: JobSpec = yaml_serde::from_str(
+        "version: 1\nname: weekly\nquery:\n  file: queries/active.sql\n  timeout: 5s\nprofiles:\n  key: email\n  fields:\n    email: email\n    external_id: id\n    first_name: tags\n    last_name: surname\n    properties.ltv: { column: ltv, type: number }\n",
+    )
+    .unwrap();
+    let job_path = dir.path().join("weekly.yaml");
+    let mut out = Vec::new();
+    let ok = kdit::inspect::check_job(&job, &job_path, SourceConfig::parse(&db.url), &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(!ok, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], "✓ query     queries/active.sql (min = 0)",
+        "{text}"
+    );
+    assert!(lines[1].starts_with("✓ database  postgres://"), "{text}");
+    assert!(
+        lines[2].starts_with("✓ runs      read-only with LIMIT 0 in "),
+        "{text}"
+    );
+    assert!(lines[2].ends_with(" ms, 4 columns, timeout 5s"), "{text}");
+    assert_eq!(lines[3], "✓ field     email ← column email (text)");
+    assert_eq!(lines[4], "✓ field     external_id ← column id (int4)");
+    assert!(
+        lines[5].starts_with("✗ field     first_name ← column tags (_text): `first_name` takes text, but column `tags` is _text"),
+        "{text}"
+    );
+    assert!(text.contains("✗ field     last_name ← column surname: the query returns no column `surname`\n            hint: the query returns: id, email, tags, ltv\n"), "{text}");
+    assert!(
+        text.contains("✓ field     properties.ltv ← column ltv (numeric)"),
+        "{text}"
+    );
+
+    // An unreachable server is one failed line, not a crash.
+    let mut out = Vec::new();
+    let ok = kdit::inspect::check_job(
+        &job,
+        &job_path,
+        SourceConfig::parse("postgres://u:pw@127.0.0.1:1/x?sslmode=disable&connect_timeout=1"),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(!ok);
+    assert!(
+        text.contains(
+            "✗ database  cannot connect to PostgreSQL at postgres://u:****@127.0.0.1:1/x"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn preview_shows_profiles_and_rejects() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: email\nfields:\n  email: { column: email, transform: [trim, lowercase] }\n  properties.n: n",
+        "select g as n, case when g = 2 then 'nope' else 'u' || g || '@example.com' end as email from generate_series(1, 100) g",
+    );
+    let path = std::path::Path::new("jobs/test.yaml");
+    let mut out = Vec::new();
+    kdit::inspect::preview_job(
+        &job,
+        path,
+        &src,
+        3,
+        kdit::inspect::Format::Table,
+        None,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        "row  email           properties.n
+───  ──────────────  ────────────
+1    u1@example.com  1
+3    u3@example.com  3
+
+Rejected
+  ! row 2 email: not a valid email address [email_syntax] value `****`
+3 rows read (limit 3): 2 profiles, 1 rejected
+"
+    );
+    let mut out = Vec::new();
+    kdit::inspect::preview_job(
+        &job,
+        path,
+        &src,
+        1,
+        kdit::inspect::Format::Json,
+        None,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"profiles": [{"row_number": 1, "key": "u1@example.com", "attributes": {"email": "u1@example.com", "properties": {"n": 1}}}], "rejects": []})
+    );
+}
