@@ -1125,7 +1125,7 @@ pub(crate) fn is_decimal(s: &str) -> bool {
         && frac.chars().all(|c| c.is_ascii_digit())
 }
 
-/// Names the template references that are not parameters, and parameters it never uses.
+/// Declared parameters the template never uses (for a `kdit validate` warning).
 pub fn unused_params(q: &StoredQuery) -> Vec<&ParamDecl> {
     let used: HashSet<&String> = q.references.keys().collect();
     q.params

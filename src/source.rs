@@ -1168,6 +1168,12 @@ impl ErrorMapper {
             _ => (String::new(), None, None),
         };
         let mut hint = db.hint().map(str::to_string);
+        if db
+            .message()
+            .contains("multiple commands into a prepared statement")
+        {
+            hint = Some("a job's query is one statement: remove the `;` between statements".into());
+        }
         if let Some(d) = db.detail() {
             hint = Some(match hint {
                 Some(h) => format!("{h} ({d})"),

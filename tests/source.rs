@@ -255,6 +255,18 @@ where region = {{ region }}
             assert!(msg.contains("syntax error"), "{msg}");
         }
     }
+    // Two statements are refused, with a hint.
+    let q = StoredQuery::parse("two.sql", "select 1;\nselect 2").unwrap();
+    let e = src
+        .stream(&q.render(&IndexMap::new()).unwrap(), &RunContext::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("hint: a job's query is one statement"),
+        "{e}"
+    );
     // A server hint comes through.
     let q = StoredQuery::parse("h.sql", "select\n  lenght('x')").unwrap();
     let e = src
