@@ -976,3 +976,40 @@ Rejected
         json!({"profiles": [{"row_number": 1, "key": "u1@example.com", "attributes": {"email": "u1@example.com", "properties": {"n": 1}}}], "rejects": []})
     );
 }
+
+#[tokio::test]
+async fn an_error_in_the_middle_of_the_rows_is_reported() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let q = StoredQuery::parse(
+        "queries/div.sql",
+        "-- @param at int = 3000\nselect g, 1 / (g - {{ at }}) as x\nfrom generate_series(1, 5000) g",
+    )
+    .unwrap();
+    let r = q.render(&IndexMap::new()).unwrap();
+    let mut rows = src
+        .stream(
+            &r,
+            &RunContext {
+                job: Some("div".into()),
+                ..RunContext::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut n = 0;
+    let err = loop {
+        match rows.next().await {
+            Some(Ok(_)) => n += 1,
+            Some(Err(e)) => break e,
+            None => panic!("expected an error after {n} rows"),
+        }
+    };
+    assert!(n < 3000, "{n}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("job `div`, query queries/div.sql: division by zero"),
+        "{msg}"
+    );
+    assert!(rows.next().await.is_none());
+}
