@@ -535,6 +535,46 @@ async fn tls_modes_connect_or_explain() {
         e.contains("certificate") || e.contains("Certificate"),
         "{e}"
     );
+
+    // With the server's own certificate as the root (sslrootcert): verify-ca accepts it;
+    // verify-full also checks the host name, which is `localhost` in Debian's certificate.
+    let cert: String = db
+        .client()
+        .await
+        .query_one("show ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let with = |base: &str, opts: &str| SourceConfig::parse(&format!("{base}{sep}{opts}")).unwrap();
+    Source::connect(with(
+        &base,
+        &format!("sslmode=verify-ca&sslrootcert={cert}"),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("verify-ca with the server's certificate as root: {e}"));
+    let e = Source::connect(with(
+        &base,
+        &format!("sslmode=verify-full&sslrootcert={cert}"),
+    ))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not valid for name \"127.0.0.1\""), "{e}");
+    let localhost = base.replacen("127.0.0.1", "localhost", 1);
+    Source::connect(with(
+        &localhost,
+        &format!("sslmode=verify-full&sslrootcert={cert}"),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("verify-full to localhost: {e}"));
+    let e = Source::connect(with(&base, "sslmode=require&sslrootcert=/nonexistent.pem"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot read sslrootcert /nonexistent.pem"),
+        "{e}"
+    );
 }
 
 // ---- rows → profiles -------------------------------------------------------------------
