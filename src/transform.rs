@@ -1298,13 +1298,21 @@ fn cell_to_template(v: &Cell) -> JValue {
     }
 }
 
-/// Masks personal values for messages: `a***@example.com`, `+1******0006`.
+/// Masks personal values for messages: emails `a***@example.com`, phones `+1******0006`,
+/// names and address lines `A***`. Other values are shown, cut at 80 characters.
 pub fn mask(field: &str, value: &str) -> String {
     if field == "email" || (value.contains('@') && valid_email(value.trim())) {
         return mask_email(value);
     }
     if field == "phone_number" || field.ends_with("phone") {
         return mask_phone(value);
+    }
+    if matches!(
+        field,
+        "first_name" | "last_name" | "location.address1" | "location.address2" | "location.ip"
+    ) {
+        let first: String = value.chars().take(1).collect();
+        return format!("{first}***");
     }
     if value.chars().count() > 80 {
         let head: String = value.chars().take(77).collect();
@@ -1390,7 +1398,12 @@ mod tests {
         assert_eq!(mask_email("ana@example.com"), "a***@example.com");
         assert_eq!(mask_phone("+15005550006"), "+1******0006");
         assert_eq!(mask("email", "not-an-email"), "no******mail");
-        assert_eq!(mask("first_name", "Ana"), "Ana");
+        assert_eq!(mask("first_name", "Ana"), "A***");
+        assert_eq!(mask("properties.plan", "gold"), "gold");
+        assert_eq!(
+            mask("properties.contact", "bo@example.com"),
+            "b***@example.com"
+        );
     }
 
     #[test]
