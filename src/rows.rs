@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::query::{QueryError, RenderedQuery, StoredQuery};
@@ -62,7 +63,7 @@ pub struct JobQuery {
     pub job_name: String,
     pub query: StoredQuery,
     pub rendered: RenderedQuery,
-    pub mapping: Mapping,
+    pub mapping: Arc<Mapping>,
     /// `query.timeout`, else the project's default.
     pub timeout: Option<Duration>,
     /// `guards.max_invalid`, else the project's default.
@@ -94,9 +95,11 @@ pub fn prepare(
         }
     };
     let rendered = query.render(&job.query.params)?;
-    let mapping = Mapping::compile(&job.profiles, defaults)
-        .map_err(RowsError::Mapping)?
-        .with_extra_columns(&job.query.columns);
+    let mapping = Arc::new(
+        Mapping::compile(&job.profiles, defaults)
+            .map_err(RowsError::Mapping)?
+            .with_extra_columns(&job.query.columns),
+    );
     Ok(JobQuery {
         job_name: job.name.clone(),
         query,
@@ -133,7 +136,7 @@ impl JobQuery {
         source: &Source,
         limit: Option<u64>,
         interrupt: Option<Interrupt>,
-    ) -> Result<ProfileStream<'_>, RowsError> {
+    ) -> Result<ProfileStream, RowsError> {
         let started = Instant::now();
         let rows = source
             .stream(&self.rendered, &self.context(limit, interrupt))
@@ -159,6 +162,14 @@ impl JobQuery {
     }
 }
 
+/// A `ProfileStream` owns what it needs, so it can move into a task of its own.
+#[allow(dead_code)]
+fn assert_send_static() {
+    fn is<T: Send + 'static>() {}
+    is::<ProfileStream>();
+    is::<JobQuery>();
+}
+
 /// Rows transformed together (on several threads).
 const BATCH: usize = 2048;
 
@@ -170,9 +181,9 @@ pub enum RowOutcome {
 }
 
 /// Profiles (and rejects) of a running query, in row order.
-pub struct ProfileStream<'m> {
+pub struct ProfileStream {
     rows: Rows,
-    transformer: Transformer<'m>,
+    transformer: Transformer,
     /// Outcomes of the current batch not yet handed out.
     ready: VecDeque<RowOutcome>,
     /// An error that ended the rows after a partial batch; reported after that batch.
@@ -195,7 +206,7 @@ pub struct RowTotals {
     pub invalid_guard: InvalidGuard,
 }
 
-impl ProfileStream<'_> {
+impl ProfileStream {
     pub fn columns(&self) -> &[Column] {
         self.rows.columns()
     }

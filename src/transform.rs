@@ -29,6 +29,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use minijinja::Environment;
@@ -392,7 +393,7 @@ impl Mapping {
     }
 
     /// Checks the query's columns against the mapping, before any row is read.
-    pub fn bind(&self, columns: &[Column]) -> Result<Transformer<'_>, Vec<ColumnProblem>> {
+    pub fn bind(self: &Arc<Self>, columns: &[Column]) -> Result<Transformer, Vec<ColumnProblem>> {
         let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
         let index = |c: &str| names.iter().position(|n| *n == c);
         let mut problems = Vec::new();
@@ -421,7 +422,7 @@ impl Mapping {
             }
         }
         let mut bound = Vec::new();
-        for f in &self.fields {
+        for (fi, f) in self.fields.iter().enumerate() {
             let source = match &f.origin {
                 Origin::Column(c) => match index(c) {
                     Some(i) => {
@@ -447,7 +448,7 @@ impl Mapping {
                 }
                 Origin::Constant(c) => BoundOrigin::Constant(c.clone()),
             };
-            bound.push((f, source));
+            bound.push((fi, source));
         }
         for c in &self.extra_columns {
             if index(c).is_none() {
@@ -458,7 +459,7 @@ impl Mapping {
             return Err(problems);
         }
         Ok(Transformer {
-            mapping: self,
+            mapping: self.clone(),
             fields: bound,
             seen: HashSet::new(),
         })
@@ -531,9 +532,10 @@ enum BoundOrigin {
 }
 
 /// Turns rows into profiles for one run; remembers keys to reject duplicates.
-pub struct Transformer<'m> {
-    mapping: &'m Mapping,
-    fields: Vec<(&'m Field, BoundOrigin)>,
+pub struct Transformer {
+    mapping: Arc<Mapping>,
+    /// Index into `mapping.fields`, and where the field's value comes from in a row.
+    fields: Vec<(usize, BoundOrigin)>,
     seen: HashSet<u64>,
 }
 
@@ -551,7 +553,7 @@ fn fail(rule: Rule, message: impl Into<String>, value: Option<&Cell>) -> FieldFa
     }
 }
 
-impl Transformer<'_> {
+impl Transformer {
     /// Turns one row into a profile, or says why it cannot be sent.
     pub fn row(&mut self, row_number: u64, cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
         let built = self.build(row_number, cells);
@@ -647,7 +649,8 @@ impl Transformer<'_> {
         let mut key: Option<String> = None;
         let key_field = self.mapping.key.field();
         let mut pending: Option<(String, FieldFailure)> = None;
-        for (f, origin) in &self.fields {
+        for (i, origin) in &self.fields {
+            let f = &self.mapping.fields[*i];
             match field_value(&self.mapping.env, f, origin, &mut cells) {
                 Ok(Some(v)) => {
                     if f.key == key_field {
