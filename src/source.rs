@@ -654,13 +654,20 @@ impl Interrupt {
         (InterruptTrigger { tx }, Interrupt { rx })
     }
 
-    /// An interrupt that fires when the user presses Ctrl-C.
+    /// An interrupt that fires when the user presses Ctrl-C; a second Ctrl-C exits (130).
     pub fn ctrl_c() -> Interrupt {
         let (trigger, interrupt) = Interrupt::new();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: cancelling the query on the server");
+                eprintln!(
+                    "interrupted: cancelling the query on the server (Ctrl-C again to quit now)"
+                );
                 trigger.fire();
+                // Once this handler is installed Ctrl-C no longer ends the process: a second
+                // one must, in case the cancel request itself hangs.
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
             }
         });
         interrupt
