@@ -208,7 +208,7 @@ impl fmt::Display for QueryProblem {
         }
         f.write_str(&self.message)?;
         if let Some(h) = &self.hint {
-            write!(f, "\n  hint: {h}")?;
+            write!(f, "\nhint: {h}")?;
         }
         Ok(())
     }

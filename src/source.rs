@@ -567,8 +567,13 @@ pub enum SourceError {
     },
     #[error("queries run read-only: {context} tried to write: {message}{}", fmt_hint(&Some("a job's query may only read; do writes in a migration or a scheduled SQL job, not in kdit".to_string())))]
     ReadOnly { context: String, message: String },
-    #[error("{context} timed out after {timeout} (statement_timeout){}", fmt_hint(&Some(format!("raise `query.timeout` in the job file (now `{timeout}`), or make the query faster"))))]
-    Timeout { context: String, timeout: String },
+    #[error("{context} timed out after {timeout} (statement_timeout){}", fmt_hint(&Some(format!("raise {setting} (now `{timeout}`), or make the query faster"))))]
+    Timeout {
+        context: String,
+        timeout: String,
+        /// Where the timeout is set: `query.timeout` in the job file, or `--timeout`.
+        setting: String,
+    },
     #[error("{context} was cancelled")]
     Cancelled { context: String },
     #[error("{0}")]
@@ -887,6 +892,7 @@ impl Source {
             context: context.clone(),
             prefix_chars,
             timeout: ctx.timeout,
+            job: ctx.job.is_some(),
         };
         if let Err(e) = client.batch_execute(&setup).await {
             return Err(mapper.map(&e));
@@ -1134,6 +1140,8 @@ struct ErrorMapper {
     /// Characters added before the query's text (the `LIMIT` wrapper).
     prefix_chars: usize,
     timeout: Option<Duration>,
+    /// Running for a job (rather than `kdit query run`).
+    job: bool,
 }
 
 impl ErrorMapper {
@@ -1161,6 +1169,11 @@ impl ErrorMapper {
         if *code == SqlState::QUERY_CANCELED {
             if db.message().contains("statement timeout") {
                 return SourceError::Timeout {
+                    setting: if self.job {
+                        "`query.timeout` in the job file".into()
+                    } else {
+                        "`--timeout`".into()
+                    },
                     context,
                     timeout: self
                         .timeout
