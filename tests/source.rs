@@ -1053,3 +1053,104 @@ async fn an_error_in_the_middle_of_the_rows_is_reported() {
     );
     assert!(rows.next().await.is_none());
 }
+
+// ---- the real binary -----------------------------------------------------------------------
+
+fn kdit(dir: &std::path::Path, url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kdit"))
+        .args(args)
+        .current_dir(dir)
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("runs kdit");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_binary_runs_queries_checks_and_previews() {
+    let db = TestDb::new().await;
+    db.execute(
+        "create table customers (id int, email text, plan text);
+         insert into customers values (1, 'Ana@Example.com', 'pro'), (2, 'bob@example.com', null);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("queries")).unwrap();
+    std::fs::write(
+        dir.path().join("queries/customers.sql"),
+        "-- @param min int = 0\nselect id, email, plan from customers where id > {{ min }} order by id\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        "version: 1\nname: customers\nquery:\n  file: queries/customers.sql\nprofiles:\n  key: email\n  fields:\n    email: { column: email, transform: email }\n    properties.plan: { column: plan, on_null: unset }\n",
+    )
+    .unwrap();
+
+    let (code, out, err) = kdit(
+        dir.path(),
+        &db.url,
+        &["query", "run", "customers", "--param", "min=1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("id  email            plan\n──  ───────────────  ────\n2   bob@example.com  NULL\n1 row in "), "{out}");
+    assert!(out.contains("(min = 1)"), "{out}");
+
+    let (code, out, err) = kdit(
+        dir.path(),
+        &db.url,
+        &["query", "run", "customers", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v[0],
+        json!({"id": 1, "email": "Ana@Example.com", "plan": "pro"})
+    );
+
+    let (code, out, err) = kdit(dir.path(), &db.url, &["check", "job.yaml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("✓ field     properties.plan ← column plan (text)"),
+        "{out}"
+    );
+
+    let (code, out, err) = kdit(
+        dir.path(),
+        &db.url,
+        &["preview", "job.yaml", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["profiles"][0]["key"], "Ana@example.com");
+    assert_eq!(v["profiles"][1]["unset"], json!(["properties.plan"]));
+
+    // Failures: exit status 1, message on stderr, nothing on stdout.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "version: 1\nname: bad\nquery:\n  file: queries/customers.sql\nprofiles:\n  key: email\n  fields:\n    email: mail\n",
+    )
+    .unwrap();
+    let (code, out, _) = kdit(dir.path(), &db.url, &["check", "bad.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("✗ field     email ← column mail: the query returns no column `mail`"),
+        "{out}"
+    );
+    let (code, out, err) = kdit(
+        dir.path(),
+        "postgres://x:Secret123@127.0.0.1:1/db?sslmode=disable",
+        &["query", "run", "customers"],
+    );
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.starts_with("error: cannot connect to PostgreSQL at postgres://x:****@127.0.0.1:1/db"),
+        "{err}"
+    );
+    assert!(!err.contains("Secret123"));
+}
