@@ -1402,7 +1402,11 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
         Type::INT4 => Cell::Int(i32::from_be_bytes(take(raw)?) as i64),
         Type::OID => Cell::Int(u32::from_be_bytes(take(raw)?) as i64),
         Type::INT8 => Cell::Int(i64::from_be_bytes(take(raw)?)),
-        Type::FLOAT4 => Cell::Float(f32::from_be_bytes(take(raw)?) as f64),
+        // Through the shortest decimal of the f32, so `1.1::float4` is 1.1, not 1.100000023841858.
+        Type::FLOAT4 => {
+            let x = f32::from_be_bytes(take(raw)?);
+            Cell::Float(x.to_string().parse::<f64>().unwrap_or(x as f64))
+        }
         Type::FLOAT8 => Cell::Float(f64::from_be_bytes(take(raw)?)),
         Type::NUMERIC => Cell::Numeric(decode_numeric(raw)?),
         Type::CHAR => Cell::Text((take::<1>(raw)?[0] as char).to_string()),
