@@ -397,6 +397,25 @@ impl Mapping {
         let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
         let index = |c: &str| names.iter().position(|n| *n == c);
         let mut problems = Vec::new();
+        for c in self.columns() {
+            if names.iter().filter(|n| **n == c).count() > 1 {
+                problems.push(ColumnProblem {
+                    field: self
+                        .fields
+                        .iter()
+                        .find(|f| match &f.origin {
+                            Origin::Column(col) => *col == c,
+                            Origin::Template(_, cols) => cols.contains(&c),
+                            Origin::Constant(_) => false,
+                        })
+                        .map(|f| f.key.clone())
+                        .unwrap_or_else(|| "query.columns".into()),
+                    column: c.clone(),
+                    message: format!("the query returns more than one column named `{c}`"),
+                    hint: Some(format!("alias them in the query, e.g. `b.{c} as b_{c}`")),
+                });
+            }
+        }
         let missing = |field: &str, column: &str| ColumnProblem {
             field: field.to_string(),
             column: column.to_string(),

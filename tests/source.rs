@@ -810,6 +810,22 @@ async fn a_mapped_column_the_query_lacks_fails_before_rows() {
         msg.contains("properties.x: the query returns no column `nope`"),
         "{msg}"
     );
+    // So is an ambiguous column.
+    let job3 = make_job(
+        "key: email\nfields:\n  email: email",
+        "select 'a@example.com' as email, 'b@example.com' as email",
+    );
+    let jq = prepare(&job3, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let msg = jq
+        .open(&src, None, None)
+        .await
+        .err()
+        .expect("fails")
+        .to_string();
+    assert!(
+        msg.contains("email: the query returns more than one column named `email`"),
+        "{msg}"
+    );
     // A column of the wrong shape for a standard attribute is caught before rows too.
     let job2 = make_job(
         "key: email\nfields:\n  email: email\n  first_name: names",
