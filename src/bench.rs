@@ -42,6 +42,9 @@ pub struct BenchSourceArgs {
     /// Leave out the phone field (libphonenumber parsing is the costliest transform).
     #[arg(long)]
     pub no_phone: bool,
+    /// Threads transforming rows (default: cores, at most 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Seeds `customers` with `$ROWS` rows (shared by the sync benchmark).
@@ -155,6 +158,9 @@ async fn run(args: &BenchSourceArgs, cfg: &SourceConfig, out: &mut dyn Write) ->
     let rss_before = peak_rss().unwrap_or(0);
     let started = Instant::now();
     let mut stream = jq.open(&source, None, None).await?;
+    if let Some(t) = args.threads {
+        stream.set_threads(t);
+    }
     let mut bytes = 0usize;
     while let Some(r) = stream.next().await {
         if let RowOutcome::Profile(p) = r? {

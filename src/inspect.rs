@@ -232,13 +232,15 @@ pub fn write_table(out: &mut dyn Write, header: &[String], rows: &[Vec<String>])
 /// `kdit check JOB`: one line per check; `Ok(true)` when all passed.
 pub async fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<bool> {
     let job = load_job(&args.job)?;
-    check_job(&job, &args.job, out).await
+    let config = SourceConfig::from_env();
+    check_job(&job, &args.job, config, out).await
 }
 
 /// The checks of `kdit check` for a loaded job.
 pub async fn check_job(
     job: &crate::spec::JobSpec,
     job_path: &Path,
+    config: Result<SourceConfig, crate::source::SourceError>,
     out: &mut dyn Write,
 ) -> Result<bool> {
     let mut ok = true;
@@ -262,7 +264,11 @@ pub async fn check_job(
             return Ok(false);
         }
     };
-    let source = match connect().await {
+    let connected = match config {
+        Ok(c) => Source::connect(c).await,
+        Err(e) => Err(e),
+    };
+    let source = match connected {
         Ok(s) => {
             writeln!(out, "✓ database  {}", s.target())?;
             s
@@ -318,10 +324,15 @@ pub async fn check_job(
         } else {
             ok = false;
             for p in mine {
+                let hint = p
+                    .hint
+                    .as_ref()
+                    .map(|h| format!("\nhint: {h}"))
+                    .unwrap_or_default();
                 writeln!(
                     out,
                     "✗ field     {key} ← {from}: {}",
-                    indent(&p.to_string())
+                    indent(&format!("{}{hint}", p.message))
                 )?;
             }
         }
@@ -340,11 +351,31 @@ fn indent(s: &str) -> String {
 /// `kdit preview JOB`: the first profiles and any rejects.
 pub async fn preview(args: &PreviewArgs, out: &mut dyn Write) -> Result<()> {
     let job = load_job(&args.job)?;
-    let jq = prepare(&job, &args.job, None)?;
     let source = connect().await?;
-    let mut stream = jq
-        .open(&source, Some(args.limit), Some(Interrupt::ctrl_c()))
-        .await?;
+    preview_job(
+        &job,
+        &args.job,
+        &source,
+        args.limit,
+        args.format,
+        Some(Interrupt::ctrl_c()),
+        out,
+    )
+    .await
+}
+
+/// `kdit preview` for a loaded job and a connected source.
+pub async fn preview_job(
+    job: &crate::spec::JobSpec,
+    job_path: &Path,
+    source: &Source,
+    limit: u64,
+    format: Format,
+    interrupt: Option<Interrupt>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let jq = prepare(job, job_path, None)?;
+    let mut stream = jq.open(source, Some(limit), interrupt).await?;
     let mut profiles: Vec<ProfileRow> = Vec::new();
     let mut rejects: Vec<Reject> = Vec::new();
     while let Some(r) = stream.next().await {
@@ -354,12 +385,12 @@ pub async fn preview(args: &PreviewArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     let totals = stream.finish().await?;
-    write_preview(out, args.format, &job.profiles.fields, &profiles, &rejects)?;
-    if args.format == Format::Table {
+    write_preview(out, format, &job.profiles.fields, &profiles, &rejects)?;
+    if format == Format::Table {
         writeln!(
             out,
-            "{} rows read (limit {}): {} profiles, {} rejected",
-            totals.rows, args.limit, totals.profiles, totals.rejected
+            "{} rows read (limit {limit}): {} profiles, {} rejected",
+            totals.rows, totals.profiles, totals.rejected
         )?;
     }
     Ok(())

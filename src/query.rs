@@ -208,7 +208,7 @@ impl fmt::Display for QueryProblem {
         }
         f.write_str(&self.message)?;
         if let Some(h) = &self.hint {
-            write!(f, "\n  hint: {h}")?;
+            write!(f, "\nhint: {h}")?;
         }
         Ok(())
     }
@@ -1125,7 +1125,7 @@ pub(crate) fn is_decimal(s: &str) -> bool {
         && frac.chars().all(|c| c.is_ascii_digit())
 }
 
-/// Names the template references that are not parameters, and parameters it never uses.
+/// Declared parameters the template never uses (for a `kdit validate` warning).
 pub fn unused_params(q: &StoredQuery) -> Vec<&ParamDecl> {
     let used: HashSet<&String> = q.references.keys().collect();
     q.params

@@ -7,8 +7,10 @@
 //! `RowOutcome` (a `ProfileRow` or a `Reject`) per row, in query order, with bounded memory.
 //! `prepare` reads the query file from disk; `open` talks to PostgreSQL.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::query::{QueryError, RenderedQuery, StoredQuery};
@@ -61,7 +63,7 @@ pub struct JobQuery {
     pub job_name: String,
     pub query: StoredQuery,
     pub rendered: RenderedQuery,
-    pub mapping: Mapping,
+    pub mapping: Arc<Mapping>,
     /// `query.timeout`, else the project's default.
     pub timeout: Option<Duration>,
     /// `guards.max_invalid`, else the project's default.
@@ -93,9 +95,11 @@ pub fn prepare(
         }
     };
     let rendered = query.render(&job.query.params)?;
-    let mapping = Mapping::compile(&job.profiles, defaults)
-        .map_err(RowsError::Mapping)?
-        .with_extra_columns(&job.query.columns);
+    let mapping = Arc::new(
+        Mapping::compile(&job.profiles, defaults)
+            .map_err(RowsError::Mapping)?
+            .with_extra_columns(&job.query.columns),
+    );
     Ok(JobQuery {
         job_name: job.name.clone(),
         query,
@@ -132,7 +136,7 @@ impl JobQuery {
         source: &Source,
         limit: Option<u64>,
         interrupt: Option<Interrupt>,
-    ) -> Result<ProfileStream<'_>, RowsError> {
+    ) -> Result<ProfileStream, RowsError> {
         let started = Instant::now();
         let rows = source
             .stream(&self.rendered, &self.context(limit, interrupt))
@@ -144,6 +148,12 @@ impl JobQuery {
         Ok(ProfileStream {
             rows,
             transformer,
+            ready: VecDeque::new(),
+            failed: None,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
             rejected: 0,
             profiles: 0,
             started,
@@ -151,6 +161,17 @@ impl JobQuery {
         })
     }
 }
+
+/// A `ProfileStream` owns what it needs, so it can move into a task of its own.
+#[allow(dead_code)]
+fn assert_send_static() {
+    fn is<T: Send + 'static>() {}
+    is::<ProfileStream>();
+    is::<JobQuery>();
+}
+
+/// Rows transformed together (on several threads).
+const BATCH: usize = 2048;
 
 /// One row's fate.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,9 +181,15 @@ pub enum RowOutcome {
 }
 
 /// Profiles (and rejects) of a running query, in row order.
-pub struct ProfileStream<'m> {
+pub struct ProfileStream {
     rows: Rows,
-    transformer: Transformer<'m>,
+    transformer: Transformer,
+    /// Outcomes of the current batch not yet handed out.
+    ready: VecDeque<RowOutcome>,
+    /// An error that ended the rows after a partial batch; reported after that batch.
+    failed: Option<SourceError>,
+    /// Threads transforming a batch.
+    threads: usize,
     rejected: u64,
     profiles: u64,
     started: Instant,
@@ -179,27 +206,56 @@ pub struct RowTotals {
     pub invalid_guard: InvalidGuard,
 }
 
-impl ProfileStream<'_> {
+impl ProfileStream {
     pub fn columns(&self) -> &[Column] {
         self.rows.columns()
     }
 
+    /// How many threads transform a batch of rows (default: the machine's cores, at most 4).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    /// Rows are read in batches of `BATCH` and each batch is transformed on several threads;
+    /// outcomes still come out one at a time, in row order.
     pub async fn next(&mut self) -> Option<Result<RowOutcome, SourceError>> {
-        let cells = match self.rows.next().await? {
-            Ok(c) => c,
-            Err(e) => return Some(Err(e)),
-        };
-        let n = self.rows.count();
-        Some(Ok(match self.transformer.row(n, cells) {
-            Ok(p) => {
-                self.profiles += 1;
-                RowOutcome::Profile(p)
+        if let Some(o) = self.ready.pop_front() {
+            return Some(Ok(o));
+        }
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        while batch.len() < BATCH {
+            match self.rows.next().await {
+                Some(Ok(cells)) => batch.push(cells),
+                Some(Err(e)) => {
+                    if batch.is_empty() {
+                        return Some(Err(e));
+                    }
+                    self.failed = Some(e);
+                    break;
+                }
+                None => break,
             }
-            Err(r) => {
-                self.rejected += 1;
-                RowOutcome::Rejected(r)
-            }
-        }))
+        }
+        if batch.is_empty() {
+            return None;
+        }
+        let first = self.rows.count() + 1 - batch.len() as u64;
+        for outcome in self.transformer.rows(first, batch, self.threads) {
+            self.ready.push_back(match outcome {
+                Ok(p) => {
+                    self.profiles += 1;
+                    RowOutcome::Profile(p)
+                }
+                Err(r) => {
+                    self.rejected += 1;
+                    RowOutcome::Rejected(r)
+                }
+            });
+        }
+        self.ready.pop_front().map(Ok)
     }
 
     /// Ends the query's transaction; the counts and the `max_invalid` verdict.

@@ -573,8 +573,13 @@ pub enum SourceError {
     },
     #[error("queries run read-only: {context} tried to write: {message}{}", fmt_hint(&Some("a job's query may only read; do writes in a migration or a scheduled SQL job, not in kdit".to_string())))]
     ReadOnly { context: String, message: String },
-    #[error("{context} timed out after {timeout} (statement_timeout){}", fmt_hint(&Some(format!("raise `query.timeout` in the job file (now `{timeout}`), or make the query faster"))))]
-    Timeout { context: String, timeout: String },
+    #[error("{context} timed out after {timeout} (statement_timeout){}", fmt_hint(&Some(format!("raise {setting} (now `{timeout}`), or make the query faster"))))]
+    Timeout {
+        context: String,
+        timeout: String,
+        /// Where the timeout is set: `query.timeout` in the job file, or `--timeout`.
+        setting: String,
+    },
     #[error("{context} was cancelled")]
     Cancelled { context: String },
     #[error("{0}")]
@@ -660,13 +665,20 @@ impl Interrupt {
         (InterruptTrigger { tx }, Interrupt { rx })
     }
 
-    /// An interrupt that fires when the user presses Ctrl-C.
+    /// An interrupt that fires when the user presses Ctrl-C; a second Ctrl-C exits (130).
     pub fn ctrl_c() -> Interrupt {
         let (trigger, interrupt) = Interrupt::new();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: cancelling the query on the server");
+                eprintln!(
+                    "interrupted: cancelling the query on the server (Ctrl-C again to quit now)"
+                );
                 trigger.fire();
+                // Once this handler is installed Ctrl-C no longer ends the process: a second
+                // one must, in case the cancel request itself hangs.
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
             }
         });
         interrupt
@@ -886,6 +898,7 @@ impl Source {
             context: context.clone(),
             prefix_chars,
             timeout: ctx.timeout,
+            job: ctx.job.is_some(),
         };
         if let Err(e) = client.batch_execute(&setup).await {
             return Err(mapper.map(&e));
@@ -1133,6 +1146,8 @@ struct ErrorMapper {
     /// Characters added before the query's text (the `LIMIT` wrapper).
     prefix_chars: usize,
     timeout: Option<Duration>,
+    /// Running for a job (rather than `kdit query run`).
+    job: bool,
 }
 
 impl ErrorMapper {
@@ -1160,6 +1175,11 @@ impl ErrorMapper {
         if *code == SqlState::QUERY_CANCELED {
             if db.message().contains("statement timeout") {
                 return SourceError::Timeout {
+                    setting: if self.job {
+                        "`query.timeout` in the job file".into()
+                    } else {
+                        "`--timeout`".into()
+                    },
                     context,
                     timeout: self
                         .timeout
@@ -1174,6 +1194,12 @@ impl ErrorMapper {
             _ => (String::new(), None, None),
         };
         let mut hint = db.hint().map(str::to_string);
+        if db
+            .message()
+            .contains("multiple commands into a prepared statement")
+        {
+            hint = Some("a job's query is one statement: remove the `;` between statements".into());
+        }
         if let Some(d) = db.detail() {
             hint = Some(match hint {
                 Some(h) => format!("{h} ({d})"),
@@ -1382,7 +1408,11 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
         Type::INT4 => Cell::Int(i32::from_be_bytes(take(raw)?) as i64),
         Type::OID => Cell::Int(u32::from_be_bytes(take(raw)?) as i64),
         Type::INT8 => Cell::Int(i64::from_be_bytes(take(raw)?)),
-        Type::FLOAT4 => Cell::Float(f32::from_be_bytes(take(raw)?) as f64),
+        // Through the shortest decimal of the f32, so `1.1::float4` is 1.1, not 1.100000023841858.
+        Type::FLOAT4 => {
+            let x = f32::from_be_bytes(take(raw)?);
+            Cell::Float(x.to_string().parse::<f64>().unwrap_or(x as f64))
+        }
         Type::FLOAT8 => Cell::Float(f64::from_be_bytes(take(raw)?)),
         Type::NUMERIC => Cell::Numeric(decode_numeric(raw)?),
         Type::CHAR => Cell::Text((take::<1>(raw)?[0] as char).to_string()),
@@ -1461,10 +1491,13 @@ fn decode_array(elem: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
 /// Binary numeric: ndigits, weight, sign, dscale, then base-10000 digits. Decoded to the
 /// exact decimal text PostgreSQL would print.
 pub(crate) fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
-    let ndigits = i16::from_be_bytes(take(raw)?) as usize;
-    let weight = i16::from_be_bytes(take(&raw[2..])?) as i32;
-    let sign = u16::from_be_bytes(take(&raw[4..])?);
-    let dscale = u16::from_be_bytes(take(&raw[6..])?) as usize;
+    let field = |off: usize| -> Result<[u8; 2], BoxError> {
+        take(raw.get(off..).ok_or("truncated numeric")?)
+    };
+    let ndigits = i16::from_be_bytes(field(0)?).max(0) as usize;
+    let weight = i16::from_be_bytes(field(2)?) as i32;
+    let sign = u16::from_be_bytes(field(4)?);
+    let dscale = u16::from_be_bytes(field(6)?) as usize;
     match sign {
         0xC000 => return Ok("NaN".into()),
         0xD000 => return Ok("Infinity".into()),
@@ -1601,5 +1634,11 @@ mod tests {
         // 10000: ndigits 1, weight 1, digits [1]
         let raw = [0, 1, 0, 1, 0, 0, 0, 0, 0, 1];
         assert_eq!(decode_numeric(&raw).unwrap(), "10000");
+        // Truncated input is an error, not a panic.
+        for n in 0..raw.len() {
+            assert!(decode_numeric(&raw[..n]).is_err() || n >= 8);
+        }
+        assert!(decode(&Type::INT4, &[0, 1]).is_err());
+        assert!(decode(&Type::TEXT_ARRAY, &[0, 0, 0, 1, 0]).is_err());
     }
 }

@@ -29,6 +29,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use minijinja::Environment;
@@ -392,10 +393,29 @@ impl Mapping {
     }
 
     /// Checks the query's columns against the mapping, before any row is read.
-    pub fn bind(&self, columns: &[Column]) -> Result<Transformer<'_>, Vec<ColumnProblem>> {
+    pub fn bind(self: &Arc<Self>, columns: &[Column]) -> Result<Transformer, Vec<ColumnProblem>> {
         let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
         let index = |c: &str| names.iter().position(|n| *n == c);
         let mut problems = Vec::new();
+        for c in self.columns() {
+            if names.iter().filter(|n| **n == c).count() > 1 {
+                problems.push(ColumnProblem {
+                    field: self
+                        .fields
+                        .iter()
+                        .find(|f| match &f.origin {
+                            Origin::Column(col) => *col == c,
+                            Origin::Template(_, cols) => cols.contains(&c),
+                            Origin::Constant(_) => false,
+                        })
+                        .map(|f| f.key.clone())
+                        .unwrap_or_else(|| "query.columns".into()),
+                    column: c.clone(),
+                    message: format!("the query returns more than one column named `{c}`"),
+                    hint: Some(format!("alias them in the query, e.g. `b.{c} as b_{c}`")),
+                });
+            }
+        }
         let missing = |field: &str, column: &str| ColumnProblem {
             field: field.to_string(),
             column: column.to_string(),
@@ -421,7 +441,7 @@ impl Mapping {
             }
         }
         let mut bound = Vec::new();
-        for f in &self.fields {
+        for (fi, f) in self.fields.iter().enumerate() {
             let source = match &f.origin {
                 Origin::Column(c) => match index(c) {
                     Some(i) => {
@@ -447,7 +467,7 @@ impl Mapping {
                 }
                 Origin::Constant(c) => BoundOrigin::Constant(c.clone()),
             };
-            bound.push((f, source));
+            bound.push((fi, source));
         }
         for c in &self.extra_columns {
             if index(c).is_none() {
@@ -458,7 +478,7 @@ impl Mapping {
             return Err(problems);
         }
         Ok(Transformer {
-            mapping: self,
+            mapping: self.clone(),
             fields: bound,
             seen: HashSet::new(),
         })
@@ -531,9 +551,10 @@ enum BoundOrigin {
 }
 
 /// Turns rows into profiles for one run; remembers keys to reject duplicates.
-pub struct Transformer<'m> {
-    mapping: &'m Mapping,
-    fields: Vec<(&'m Field, BoundOrigin)>,
+pub struct Transformer {
+    mapping: Arc<Mapping>,
+    /// Index into `mapping.fields`, and where the field's value comes from in a row.
+    fields: Vec<(usize, BoundOrigin)>,
     seen: HashSet<u64>,
 }
 
@@ -551,15 +572,104 @@ fn fail(rule: Rule, message: impl Into<String>, value: Option<&Cell>) -> FieldFa
     }
 }
 
-impl Transformer<'_> {
+impl Transformer {
     /// Turns one row into a profile, or says why it cannot be sent.
-    pub fn row(&mut self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
+    pub fn row(&mut self, row_number: u64, cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
+        let built = self.build(row_number, cells);
+        self.dedup(built)
+    }
+
+    /// Turns a batch of consecutive rows (the first is `first_row_number`) into outcomes, in
+    /// order, spreading the work over up to `threads` threads. Duplicate keys are resolved
+    /// afterwards in row order, so the result is the same as calling `row` for each.
+    pub fn rows(
+        &mut self,
+        first_row_number: u64,
+        batch: Vec<Vec<Cell>>,
+        threads: usize,
+    ) -> Vec<Result<ProfileRow, Reject>> {
+        let threads = threads.clamp(1, 16);
+        let built: Vec<Result<ProfileRow, Reject>> = if threads == 1 || batch.len() < 64 {
+            batch
+                .into_iter()
+                .enumerate()
+                .map(|(i, cells)| self.build(first_row_number + i as u64, cells))
+                .collect()
+        } else {
+            let chunk = batch.len().div_ceil(threads);
+            let mut chunks: Vec<(u64, Vec<Vec<Cell>>)> = Vec::with_capacity(threads);
+            let mut iter = batch.into_iter();
+            let mut start = first_row_number;
+            loop {
+                let part: Vec<Vec<Cell>> = iter.by_ref().take(chunk).collect();
+                if part.is_empty() {
+                    break;
+                }
+                let n = part.len() as u64;
+                chunks.push((start, part));
+                start += n;
+            }
+            let me = &*self;
+            let (first_start, first_part) = chunks.remove(0);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|(start, part)| {
+                        scope.spawn(move || {
+                            part.into_iter()
+                                .enumerate()
+                                .map(|(i, cells)| me.build(start + i as u64, cells))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                // The first chunk runs on this thread meanwhile.
+                let mut out: Vec<_> = first_part
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, cells)| me.build(first_start + i as u64, cells))
+                    .collect();
+                for h in handles {
+                    match h.join() {
+                        Ok(part) => out.extend(part),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+                out
+            })
+        };
+        built.into_iter().map(|b| self.dedup(b)).collect()
+    }
+
+    fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
+        let p = built?;
+        let mut h = std::hash::DefaultHasher::new();
+        p.key.hash(&mut h);
+        if !self.seen.insert(h.finish()) {
+            let key_field = self.mapping.key.field();
+            return Err(self.reject(
+                p.row_number,
+                Some(&p.key),
+                Some(key_field),
+                fail(
+                    Rule::DuplicateKey,
+                    format!("an earlier row has the same {key_field}; the first row wins"),
+                    None,
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Everything but the duplicate check: needs no mutable state, so it runs on any thread.
+    fn build(&self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
         let mut attributes = Map::new();
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
         let key_field = self.mapping.key.field();
         let mut pending: Option<(String, FieldFailure)> = None;
-        for (f, origin) in &self.fields {
+        for (i, origin) in &self.fields {
+            let f = &self.mapping.fields[*i];
             match field_value(&self.mapping.env, f, origin, &mut cells) {
                 Ok(Some(v)) => {
                     if f.key == key_field {
@@ -620,20 +730,6 @@ impl Transformer<'_> {
                         size.div_ceil(1024),
                         MAX_PROFILE_BYTES / 1024
                     ),
-                    None,
-                ),
-            ));
-        }
-        let mut h = std::hash::DefaultHasher::new();
-        key.hash(&mut h);
-        if !self.seen.insert(h.finish()) {
-            return Err(self.reject(
-                row_number,
-                Some(&key),
-                Some(key_field),
-                fail(
-                    Rule::DuplicateKey,
-                    format!("an earlier row has the same {key_field}; the first row wins"),
                     None,
                 ),
             ));
@@ -1224,13 +1320,21 @@ fn cell_to_template(v: &Cell) -> JValue {
     }
 }
 
-/// Masks personal values for messages: `a***@example.com`, `+1******0006`.
+/// Masks personal values for messages: emails `a***@example.com`, phones `+1******0006`,
+/// names and address lines `A***`. Other values are shown, cut at 80 characters.
 pub fn mask(field: &str, value: &str) -> String {
     if field == "email" || (value.contains('@') && valid_email(value.trim())) {
         return mask_email(value);
     }
     if field == "phone_number" || field.ends_with("phone") {
         return mask_phone(value);
+    }
+    if matches!(
+        field,
+        "first_name" | "last_name" | "location.address1" | "location.address2" | "location.ip"
+    ) {
+        let first: String = value.chars().take(1).collect();
+        return format!("{first}***");
     }
     if value.chars().count() > 80 {
         let head: String = value.chars().take(77).collect();
@@ -1323,7 +1427,12 @@ mod tests {
         assert_eq!(mask_email("ana@example.com"), "a***@example.com");
         assert_eq!(mask_phone("+15005550006"), "+1******0006");
         assert_eq!(mask("email", "not-an-email"), "no******mail");
-        assert_eq!(mask("first_name", "Ana"), "Ana");
+        assert_eq!(mask("first_name", "Ana"), "A***");
+        assert_eq!(mask("properties.plan", "gold"), "gold");
+        assert_eq!(
+            mask("properties.contact", "bo@example.com"),
+            "b***@example.com"
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ async fn every_column_type_reads_exactly() {
                 1::int2 as i2, 2::int4 as i4, 9007199254740993::int8 as i8,
                 412.50::numeric as money, 12345678901234567890.123456789::numeric as big,
                 (-0.0001)::numeric as tiny, 'NaN'::numeric as nan,
-                1.5::float4 as f4, 2.25::float8 as f8, true as b,
+                1.1::float4 as f4, 2.25::float8 as f8, true as b,
                 '2026-01-31'::date as d, '2026-01-31 10:11:12.5'::timestamp as ts,
                 '2026-01-31 10:11:12+02'::timestamptz as tstz,
                 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid as u,
@@ -90,7 +90,7 @@ async fn every_column_type_reads_exactly() {
         Numeric("12345678901234567890.123456789".into()),
         Numeric("-0.0001".into()),
         Numeric("NaN".into()),
-        Float(1.5),
+        Float(1.1),
         Float(2.25),
         Bool(true),
         Date(chrono::NaiveDate::from_ymd_opt(2026, 1, 31).unwrap()),
@@ -255,6 +255,18 @@ where region = {{ region }}
             assert!(msg.contains("syntax error"), "{msg}");
         }
     }
+    // Two statements are refused, with a hint.
+    let q = StoredQuery::parse("two.sql", "select 1;\nselect 2").unwrap();
+    let e = src
+        .stream(&q.render(&IndexMap::new()).unwrap(), &RunContext::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("hint: a job's query is one statement"),
+        "{e}"
+    );
     // A server hint comes through.
     let q = StoredQuery::parse("h.sql", "select\n  lenght('x')").unwrap();
     let e = src
@@ -523,6 +535,46 @@ async fn tls_modes_connect_or_explain() {
         e.contains("certificate") || e.contains("Certificate"),
         "{e}"
     );
+
+    // With the server's own certificate as the root (sslrootcert): verify-ca accepts it;
+    // verify-full also checks the host name, which is `localhost` in Debian's certificate.
+    let cert: String = db
+        .client()
+        .await
+        .query_one("show ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let with = |base: &str, opts: &str| SourceConfig::parse(&format!("{base}{sep}{opts}")).unwrap();
+    Source::connect(with(
+        &base,
+        &format!("sslmode=verify-ca&sslrootcert={cert}"),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("verify-ca with the server's certificate as root: {e}"));
+    let e = Source::connect(with(
+        &base,
+        &format!("sslmode=verify-full&sslrootcert={cert}"),
+    ))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not valid for name \"127.0.0.1\""), "{e}");
+    let localhost = base.replacen("127.0.0.1", "localhost", 1);
+    Source::connect(with(
+        &localhost,
+        &format!("sslmode=verify-full&sslrootcert={cert}"),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("verify-full to localhost: {e}"));
+    let e = Source::connect(with(&base, "sslmode=require&sslrootcert=/nonexistent.pem"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot read sslrootcert /nonexistent.pem"),
+        "{e}"
+    );
 }
 
 // ---- rows → profiles -------------------------------------------------------------------
@@ -758,6 +810,22 @@ async fn a_mapped_column_the_query_lacks_fails_before_rows() {
         msg.contains("properties.x: the query returns no column `nope`"),
         "{msg}"
     );
+    // So is an ambiguous column.
+    let job3 = make_job(
+        "key: email\nfields:\n  email: email",
+        "select 'a@example.com' as email, 'b@example.com' as email",
+    );
+    let jq = prepare(&job3, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let msg = jq
+        .open(&src, None, None)
+        .await
+        .err()
+        .expect("fails")
+        .to_string();
+    assert!(
+        msg.contains("email: the query returns more than one column named `email`"),
+        "{msg}"
+    );
     // A column of the wrong shape for a standard attribute is caught before rows too.
     let job2 = make_job(
         "key: email\nfields:\n  email: email\n  first_name: names",
@@ -793,4 +861,312 @@ async fn mapping_errors_are_all_reported() {
     ] {
         assert!(msg.contains(expected), "missing `{expected}` in:\n{msg}");
     }
+}
+
+#[tokio::test]
+async fn batches_on_several_threads_match_one_thread() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: email\nfields:\n  email: { column: email, transform: [trim, lowercase] }\n  properties.n: n\n  properties.label: { template: \"{{ n }}-{{ email }}\" }",
+        "select g as n, case when g % 777 = 0 then 'bad' else ' U' || (g % 3000) || '@Example.com' end as email from generate_series(1, 9000) g order by g",
+    );
+    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let mut runs = Vec::new();
+    for threads in [1, 2, 4] {
+        let mut stream = jq.open(&src, None, None).await.unwrap();
+        stream.set_threads(threads);
+        let mut outcomes = Vec::new();
+        while let Some(r) = stream.next().await {
+            outcomes.push(r.unwrap());
+        }
+        let totals = stream.finish().await.unwrap();
+        assert_eq!(totals.rows, 9000);
+        runs.push(outcomes);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[0], runs[2]);
+    let outcomes = &runs[0];
+    // Rows come out in order; the first valid row of each key wins.
+    let mut seen = std::collections::HashSet::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        let n = i as u64 + 1;
+        let bad = n % 777 == 0;
+        let first = !bad && seen.insert(n % 3000);
+        match o {
+            RowOutcome::Profile(p) => {
+                assert_eq!(p.row_number, n);
+                assert!(first, "row {n} should not be a profile");
+            }
+            RowOutcome::Rejected(r) => {
+                assert_eq!(r.row_number, n);
+                let want = if bad {
+                    Rule::EmailSyntax
+                } else {
+                    Rule::DuplicateKey
+                };
+                assert!(!first, "row {n} should be a profile");
+                assert_eq!(r.rule, want, "row {n}");
+            }
+        }
+    }
+}
+
+// ---- commands ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn check_prints_one_line_per_check() {
+    let db = TestDb::new().await;
+    db.execute("create table customers (id int, email text, tags text[], ltv numeric)")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("queries")).unwrap();
+    std::fs::write(
+        dir.path().join("queries/active.sql"),
+        "-- @param min numeric = 0\nselect id, email, tags, ltv from customers where ltv >= {{ min }}\n",
+    )
+    .unwrap();
+    let job: JobSpec = yaml_serde::from_str(
+        "version: 1\nname: weekly\nquery:\n  file: queries/active.sql\n  timeout: 5s\nprofiles:\n  key: email\n  fields:\n    email: email\n    external_id: id\n    first_name: tags\n    last_name: surname\n    properties.ltv: { column: ltv, type: number }\n",
+    )
+    .unwrap();
+    let job_path = dir.path().join("weekly.yaml");
+    let mut out = Vec::new();
+    let ok = kdit::inspect::check_job(&job, &job_path, SourceConfig::parse(&db.url), &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(!ok, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], "✓ query     queries/active.sql (min = 0)",
+        "{text}"
+    );
+    assert!(lines[1].starts_with("✓ database  postgres://"), "{text}");
+    assert!(
+        lines[2].starts_with("✓ runs      read-only with LIMIT 0 in "),
+        "{text}"
+    );
+    assert!(lines[2].ends_with(" ms, 4 columns, timeout 5s"), "{text}");
+    assert_eq!(lines[3], "✓ field     email ← column email (text)");
+    assert_eq!(lines[4], "✓ field     external_id ← column id (int4)");
+    assert!(
+        lines[5].starts_with("✗ field     first_name ← column tags (_text): `first_name` takes text, but column `tags` is _text"),
+        "{text}"
+    );
+    assert!(text.contains("✗ field     last_name ← column surname: the query returns no column `surname`\n            hint: the query returns: id, email, tags, ltv\n"), "{text}");
+    assert!(
+        text.contains("✓ field     properties.ltv ← column ltv (numeric)"),
+        "{text}"
+    );
+
+    // An unreachable server is one failed line, not a crash.
+    let mut out = Vec::new();
+    let ok = kdit::inspect::check_job(
+        &job,
+        &job_path,
+        SourceConfig::parse("postgres://u:pw@127.0.0.1:1/x?sslmode=disable&connect_timeout=1"),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(!ok);
+    assert!(
+        text.contains(
+            "✗ database  cannot connect to PostgreSQL at postgres://u:****@127.0.0.1:1/x"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn preview_shows_profiles_and_rejects() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: email\nfields:\n  email: { column: email, transform: [trim, lowercase] }\n  properties.n: n",
+        "select g as n, case when g = 2 then 'nope' else 'u' || g || '@example.com' end as email from generate_series(1, 100) g",
+    );
+    let path = std::path::Path::new("jobs/test.yaml");
+    let mut out = Vec::new();
+    kdit::inspect::preview_job(
+        &job,
+        path,
+        &src,
+        3,
+        kdit::inspect::Format::Table,
+        None,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        "row  email           properties.n
+───  ──────────────  ────────────
+1    u1@example.com  1
+3    u3@example.com  3
+
+Rejected
+  ! row 2 email: not a valid email address [email_syntax] value `****`
+3 rows read (limit 3): 2 profiles, 1 rejected
+"
+    );
+    let mut out = Vec::new();
+    kdit::inspect::preview_job(
+        &job,
+        path,
+        &src,
+        1,
+        kdit::inspect::Format::Json,
+        None,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"profiles": [{"row_number": 1, "key": "u1@example.com", "attributes": {"email": "u1@example.com", "properties": {"n": 1}}}], "rejects": []})
+    );
+}
+
+#[tokio::test]
+async fn an_error_in_the_middle_of_the_rows_is_reported() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let q = StoredQuery::parse(
+        "queries/div.sql",
+        "-- @param at int = 3000\nselect g, 1 / (g - {{ at }}) as x\nfrom generate_series(1, 5000) g",
+    )
+    .unwrap();
+    let r = q.render(&IndexMap::new()).unwrap();
+    let mut rows = src
+        .stream(
+            &r,
+            &RunContext {
+                job: Some("div".into()),
+                ..RunContext::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut n = 0;
+    let err = loop {
+        match rows.next().await {
+            Some(Ok(_)) => n += 1,
+            Some(Err(e)) => break e,
+            None => panic!("expected an error after {n} rows"),
+        }
+    };
+    assert!(n < 3000, "{n}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("job `div`, query queries/div.sql: division by zero"),
+        "{msg}"
+    );
+    assert!(rows.next().await.is_none());
+}
+
+// ---- the real binary -----------------------------------------------------------------------
+
+fn kdit(dir: &std::path::Path, url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kdit"))
+        .args(args)
+        .current_dir(dir)
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("runs kdit");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_binary_runs_queries_checks_and_previews() {
+    let db = TestDb::new().await;
+    db.execute(
+        "create table customers (id int, email text, plan text);
+         insert into customers values (1, 'Ana@Example.com', 'pro'), (2, 'bob@example.com', null);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("queries")).unwrap();
+    std::fs::write(
+        dir.path().join("queries/customers.sql"),
+        "-- @param min int = 0\nselect id, email, plan from customers where id > {{ min }} order by id\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        "version: 1\nname: customers\nquery:\n  file: queries/customers.sql\nprofiles:\n  key: email\n  fields:\n    email: { column: email, transform: email }\n    properties.plan: { column: plan, on_null: unset }\n",
+    )
+    .unwrap();
+
+    let (code, out, err) = kdit(
+        dir.path(),
+        &db.url,
+        &["query", "run", "customers", "--param", "min=1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("id  email            plan\n──  ───────────────  ────\n2   bob@example.com  NULL\n1 row in "), "{out}");
+    assert!(out.contains("(min = 1)"), "{out}");
+
+    let (code, out, err) = kdit(
+        dir.path(),
+        &db.url,
+        &["query", "run", "customers", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v[0],
+        json!({"id": 1, "email": "Ana@Example.com", "plan": "pro"})
+    );
+
+    let (code, out, err) = kdit(dir.path(), &db.url, &["check", "job.yaml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("✓ field     properties.plan ← column plan (text)"),
+        "{out}"
+    );
+
+    let (code, out, err) = kdit(
+        dir.path(),
+        &db.url,
+        &["preview", "job.yaml", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["profiles"][0]["key"], "Ana@example.com");
+    assert_eq!(v["profiles"][1]["unset"], json!(["properties.plan"]));
+
+    // Failures: exit status 1, message on stderr, nothing on stdout.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "version: 1\nname: bad\nquery:\n  file: queries/customers.sql\nprofiles:\n  key: email\n  fields:\n    email: mail\n",
+    )
+    .unwrap();
+    let (code, out, _) = kdit(dir.path(), &db.url, &["check", "bad.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("✗ field     email ← column mail: the query returns no column `mail`"),
+        "{out}"
+    );
+    let (code, out, err) = kdit(
+        dir.path(),
+        "postgres://x:Secret123@127.0.0.1:1/db?sslmode=disable",
+        &["query", "run", "customers"],
+    );
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.starts_with("error: cannot connect to PostgreSQL at postgres://x:****@127.0.0.1:1/db"),
+        "{err}"
+    );
+    assert!(!err.contains("Secret123"));
 }
