@@ -17,11 +17,12 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::compile::Job;
-use crate::diff::{Action, Desired, Differ, RowOutcome};
+use crate::diff::Action;
 use crate::klaviyo::watch::Watcher;
 use crate::klaviyo::{BULK_MAX_BYTES, Client, KlaviyoError, Stats};
 use crate::plan::Plan;
-use crate::state::{Confirmed, Hash, Snapshot, State, StateError};
+use crate::spill::{Entry, Spill};
+use crate::state::{Confirmed, Hash, State, StateError};
 
 /// A row that did not make it into Klaviyo (rejected before sending, or refused by Klaviyo).
 #[derive(Debug, Clone, Serialize)]
@@ -132,27 +133,20 @@ pub async fn resolve_lists(
     Ok((ids, created))
 }
 
-/// Sends what the rows need. `snapshot` is the state as loaded for this run.
+/// Sends what the plan found (its spill): profiles in bulk imports, then mirror removals.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
     job: &Job,
+    plan: &Plan,
     run_id: i64,
     client: &Client,
     state: &State<'_>,
-    mut snapshot: Snapshot,
     list_ids: &[String],
-    feed: crate::sync::Feed,
+    spill: &Spill,
+    removals: &[Vec<String>],
     settings: Settings,
-) -> Result<(Report, Vec<Failure>, Plan), ApplyError> {
+) -> Result<(Report, Vec<Failure>), ApplyError> {
     let started = Instant::now();
-    let (mut rows, producer) = feed;
-    let lists: Vec<(String, bool)> = job
-        .spec
-        .lists
-        .iter()
-        .map(|l| (l.name.clone(), l.mode == crate::spec::ListMode::Mirror))
-        .collect();
-    let mut differ = Differ::new(&mut snapshot, &lists, Plan::default());
     let mut failures: Vec<Failure> = Vec::new();
     let mut report = Report {
         format_version: 1,
@@ -182,17 +176,17 @@ pub async fn apply(
     let batch_size = settings.batch_size.max(1);
     // Room for the envelope around the profiles.
     let byte_budget = BULK_MAX_BYTES - 64 * 1024;
+    let unreadable =
+        |e: std::io::Error| ApplyError::Source(format!("reading the plan's work file: {e}"));
 
     let mut seen = 0u64;
-    while let Some(next) = rows.recv().await {
+    for entry in spill.read().map_err(unreadable)? {
         if settings.stop.load(Ordering::Relaxed) {
             break;
         }
-        let outcome = next.map_err(ApplyError::Source)?;
         seen += 1;
-        match outcome {
-            RowOutcome::Reject(r) => {
-                differ.reject(&r);
+        match entry.map_err(unreadable)? {
+            Entry::Reject(r) => {
                 batches.totals.failures.push(Failure {
                     row: r.row,
                     key: r.key,
@@ -201,39 +195,30 @@ pub async fn apply(
                     message: r.message,
                 });
             }
-            RowOutcome::Profile(d) => {
-                let decision = differ.observe(&d);
-                if !decision.sends() {
-                    continue;
-                }
-                let Desired {
-                    row,
-                    key,
-                    attributes,
-                    unset,
-                } = d;
-                let size = attributes.get().len() + 32;
-                let bucket = buckets.entry(decision.add_lists).or_default();
+            Entry::Send(s) => {
+                let size = s.attributes.get().len() + 32;
+                let bits = s.adds;
+                let bucket = buckets.entry(bits).or_default();
                 if !bucket.0.is_empty() && bucket.1 + size > byte_budget {
                     let items = std::mem::take(&mut bucket.0);
                     bucket.1 = 0;
-                    batches.send(items, decision.add_lists).await?;
+                    batches.send(items, bits).await?;
                 }
-                let bucket = buckets.entry(decision.add_lists).or_default();
+                let bucket = buckets.entry(bits).or_default();
                 bucket.0.push(Item {
-                    row,
-                    key,
-                    attributes,
-                    unset,
-                    hash: decision.hash,
-                    action: decision.action,
-                    adds: decision.add_lists.count_ones(),
+                    row: s.row,
+                    key: s.key,
+                    attributes: s.attributes,
+                    unset: s.unset,
+                    hash: s.hash,
+                    action: s.action,
+                    adds: bits.count_ones(),
                 });
                 bucket.1 += size;
                 if bucket.0.len() >= batch_size {
                     let items = std::mem::take(&mut bucket.0);
                     bucket.1 = 0;
-                    batches.send(items, decision.add_lists).await?;
+                    batches.send(items, bits).await?;
                 }
             }
         }
@@ -259,17 +244,10 @@ pub async fn apply(
     }
     drop(batches);
     if interrupted {
-        producer.abort();
         return Err(ApplyError::Interrupted);
     }
-    // Every row must have been read before anything is removed from a mirrored list.
-    producer
-        .await
-        .map_err(|e| ApplyError::Source(format!("the query task failed: {e}")))?
-        .map_err(ApplyError::Source)?;
 
     // Mirror removals: members kdit added whose rows left the query.
-    let removals = differ.removals();
     for (i, keys) in removals.iter().enumerate() {
         if keys.is_empty() {
             continue;
@@ -277,13 +255,11 @@ pub async fn apply(
         let found = client.profile_ids(job.key.field(), keys).await?;
         let ids: Vec<String> = found.iter().map(|(_, id)| id.clone()).collect();
         client.list_membership(&list_ids[i], &ids, false).await?;
-        state
-            .confirm_removals(job.name(), &lists[i].0, keys)
-            .await?;
+        let name = &job.spec.lists[i].name;
+        state.confirm_removals(job.name(), name, keys).await?;
         report.list_removals += keys.len() as u64;
     }
 
-    let (plan, _) = differ.finish(&HashMap::new(), &vec![true; lists.len()]);
     report.rows = plan.rows;
     report.unchanged = plan.unchanged;
     report.rejected = plan.rejected;
@@ -297,7 +273,7 @@ pub async fn apply(
         "ok".into()
     };
     failures.sort_by_key(|f| f.row);
-    Ok((report, failures, plan))
+    Ok((report, failures))
 }
 
 /// Records a finished batch: state for what Klaviyo confirmed, the ledger entry.

@@ -275,7 +275,7 @@ pub async fn plan(args: PlanArgs) -> ExitStatus {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let (plan, _) = match sync::make_plan(&job, &rows, &state, &target.client).await {
+    let (plan, _) = match sync::make_plan(&job, &rows, &state, &target.client, None).await {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -336,7 +336,7 @@ pub async fn run(
         Err(e) => return fail(e),
     };
     if dry_run {
-        return match sync::make_plan(&job, &rows, &state, &target.client).await {
+        return match sync::make_plan(&job, &rows, &state, &target.client, None).await {
             Ok((plan, _)) => {
                 sync::print_plan(&plan, &out);
                 ExitStatus::Success

@@ -44,7 +44,8 @@ pub enum RowOutcome {
 }
 
 /// What to do with a row's profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     Create,
     Update,

@@ -29,6 +29,7 @@ pub mod sandbox;
 pub mod segment;
 pub mod source;
 pub mod spec;
+pub mod spill;
 pub mod state;
 pub mod sync;
 pub mod template;

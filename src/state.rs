@@ -295,34 +295,46 @@ impl<'a> State<'a> {
             .enumerate()
             .map(|(i, l)| (l.as_str(), i))
             .collect();
-        let rows = self
+        // Streamed: a million keys must not sit in memory twice (rows, then the map).
+        // Every write kdit makes to a job's state sets `updated_at`, so count and latest write
+        // fingerprint the state for telling a saved plan it is stale.
+        let head = self
             .db
-            .query(
-                &format!("select key, hash, lists from {s}.profiles where job = $1"),
+            .query_one(
+                &format!(
+                    "select count(*), coalesce(max(updated_at)::text, '') from {s}.profiles where job = $1"
+                ),
                 &[&job],
             )
             .await?;
+        let count: i64 = head.get(0);
+        let latest: String = head.get(1);
+        let rows = self
+            .db
+            .query_raw(
+                &format!("select key, hash, lists from {s}.profiles where job = $1"),
+                [&job as &(dyn tokio_postgres::types::ToSql + Sync)],
+            )
+            .await?;
+        futures::pin_mut!(rows);
         let mut snap = Snapshot::default();
-        let mut version = Sha256::new();
-        snap.entries.reserve(rows.len());
-        for row in rows {
-            let key: String = row.get(0);
-            let hash_bytes: Vec<u8> = row.get(1);
-            let member_of: Vec<String> = row.get(2);
+        snap.entries.reserve(count.max(0) as usize);
+        while let Some(row) = futures::StreamExt::next(&mut rows).await {
+            let row = row?;
+            let key: &str = row.get(0);
+            let hash_bytes: &[u8] = row.get(1);
+            let member_of: Vec<&str> = row.get(2);
             let mut hash = [0u8; 16];
             let n = hash_bytes.len().min(16);
             hash[..n].copy_from_slice(&hash_bytes[..n]);
             let mut bits = 0u64;
             for l in &member_of {
-                if let Some(i) = index.get(l.as_str()) {
+                if let Some(i) = index.get(l) {
                     bits |= 1 << i;
                 }
             }
-            version.update(key.as_bytes());
-            version.update(hash);
-            version.update(bits.to_le_bytes());
             snap.entries.insert(
-                key.into_boxed_str(),
+                key.into(),
                 Entry {
                     hash,
                     lists: bits,
@@ -341,7 +353,7 @@ impl<'a> State<'a> {
             )
             .await?;
         snap.last_run = last.map(|r| (r.get(0), r.get(1)));
-        snap.version = hex(&version.finalize()[..16]);
+        snap.version = format!("{count}@{latest}");
         Ok(snap)
     }
 

@@ -22,7 +22,8 @@ use crate::klaviyo::Client;
 use crate::plan::{FORMAT_VERSION, Plan};
 use crate::progress::Progress;
 use crate::render::{self, Options};
-use crate::state::{Snapshot, State, StateError};
+use crate::spill::{Spill, ToSend};
+use crate::state::{State, StateError};
 
 /// Rows flowing from the source: outcomes on a bounded channel, and the task producing them
 /// (which reports the row count and query time, or the error that stopped it).
@@ -69,13 +70,16 @@ pub enum SyncError {
     Other(String),
 }
 
-/// Runs the query through the diff: the plan, and the snapshot (reusable for the apply).
+/// Runs the query through the diff: the plan and, per mirrored list, the keys to remove.
+/// With a `spill`, every profile to send and every rejected row is written to it, so the
+/// apply sends exactly what the plan shows without reading the rows again.
 pub async fn make_plan(
     job: &Job,
     rows: &dyn RowSource,
     state: &State<'_>,
     client: &Client,
-) -> Result<(Plan, Snapshot), SyncError> {
+    mut spill: Option<&mut Spill>,
+) -> Result<(Plan, Vec<Vec<String>>), SyncError> {
     let list_names: Vec<String> = job.spec.lists.iter().map(|l| l.name.clone()).collect();
     let mut snapshot = state.snapshot(job.name(), &list_names).await?;
     let mut existing = Vec::new();
@@ -100,13 +104,38 @@ pub async fn make_plan(
     };
     let (mut rx, task) = rows.feed();
     let mut differ = Differ::new(&mut snapshot, &lists, base);
+    let spill_error =
+        |e: std::io::Error| SyncError::Other(format!("cannot write the plan's work file: {e}"));
     while let Some(next) = rx.recv().await {
         match next.map_err(SyncError::Other)? {
             RowOutcome::Profile(d) => {
-                differ.observe(&d);
+                let decision = differ.observe(&d);
+                if let Some(spill) = spill.as_deref_mut()
+                    && decision.sends()
+                {
+                    spill
+                        .send(ToSend {
+                            row: d.row,
+                            key: d.key,
+                            hash: decision.hash,
+                            action: decision.action,
+                            adds: decision.add_lists,
+                            unset: d.unset,
+                            attributes: d.attributes,
+                        })
+                        .map_err(spill_error)?;
+                }
             }
-            RowOutcome::Reject(r) => differ.reject(&r),
+            RowOutcome::Reject(r) => {
+                differ.reject(&r);
+                if let Some(spill) = spill.as_deref_mut() {
+                    spill.reject(&r).map_err(spill_error)?;
+                }
+            }
         }
+    }
+    if let Some(spill) = spill {
+        spill.close().map_err(spill_error)?;
     }
     let done = task
         .await
@@ -119,10 +148,10 @@ pub async fn make_plan(
     } else {
         state.payloads(job.name(), &sample_keys).await?
     };
-    let (mut plan, _) = differ.finish(&old, &existing);
+    let (mut plan, removals) = differ.finish(&old, &existing);
     plan.query_seconds = done.seconds;
     plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
-    Ok((plan, snapshot))
+    Ok((plan, removals))
 }
 
 /// Prints a plan to stdout in the chosen rendering.
@@ -228,7 +257,9 @@ async fn run_locked(
     out: &Output,
     stop: Arc<AtomicBool>,
 ) -> Result<(ExitStatus, Option<Report>), SyncError> {
-    let (plan, snapshot) = make_plan(job, rows, state, client).await?;
+    let mut spill = Spill::create()
+        .map_err(|e| SyncError::Other(format!("cannot create the plan's work file: {e}")))?;
+    let (plan, removals) = make_plan(job, rows, state, client, Some(&mut spill)).await?;
     if let Some(saved) = saved {
         if let Some(why) = stale_reason(saved, &plan) {
             return Err(SyncError::Other(format!(
@@ -245,7 +276,7 @@ async fn run_locked(
     }
     if !plan.has_changes() {
         if let Some(path) = &out.rejects {
-            write_rejects(path, &plan_failures(&plan))?;
+            write_rejects(path, &spilled_rejects(&spill)?)?;
         }
         return Ok((
             if plan.rejected > 0 {
@@ -271,18 +302,11 @@ async fn run_locked(
     };
     let started = Instant::now();
     let result = apply(
-        job,
-        run_id,
-        client,
-        state,
-        snapshot,
-        &list_ids,
-        rows.feed(),
-        settings,
+        job, &plan, run_id, client, state, &list_ids, &spill, &removals, settings,
     )
     .await;
     progress.finish();
-    let (mut report, failures, _) = match result {
+    let (mut report, failures) = match result {
         Ok(r) => r,
         Err(ApplyError::Interrupted) => {
             eprintln!(
@@ -331,17 +355,23 @@ async fn run_locked(
     Ok((status, Some(report)))
 }
 
-fn plan_failures(plan: &Plan) -> Vec<Failure> {
-    plan.reject_samples
-        .iter()
-        .map(|r| Failure {
-            row: r.row,
-            key: r.key.clone(),
-            field: r.field.clone(),
-            rule: r.rule.clone(),
-            message: r.message.clone(),
-        })
-        .collect()
+/// Every rejected row the plan found.
+fn spilled_rejects(spill: &Spill) -> Result<Vec<Failure>, SyncError> {
+    let mut out = Vec::new();
+    let read_error =
+        |e: std::io::Error| SyncError::Other(format!("reading the plan's work file: {e}"));
+    for entry in spill.read().map_err(read_error)? {
+        if let crate::spill::Entry::Reject(r) = entry.map_err(read_error)? {
+            out.push(Failure {
+                row: r.row,
+                key: r.key,
+                field: r.field,
+                rule: r.rule,
+                message: r.message,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Writes rejected and failed rows: CSV when the file ends in `.csv`, JSON lines otherwise.

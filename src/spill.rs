@@ -1,0 +1,181 @@
+//! The work a plan found, kept on disk: every profile to send (serialised as it will be sent)
+//! and every rejected row, so `run` applies exactly what its plan showed without running the
+//! query a second time, and memory stays flat whatever the number of changes.
+//!
+//! In: decisions from the diff. Out: a temporary JSON-lines file read back by `apply`,
+//! removed when dropped. File I/O.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::diff::{Action, Rejected};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One profile to send.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ToSend {
+    pub row: u64,
+    pub key: String,
+    /// Payload fingerprint, recorded in the state once Klaviyo confirms.
+    #[serde(with = "hex16")]
+    pub hash: [u8; 16],
+    pub action: Action,
+    /// Bits (by the job's list index) of the lists the profile joins with this send.
+    pub adds: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset: Vec<String>,
+    pub attributes: Box<RawValue>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Line {
+    #[serde(rename = "s")]
+    Send(ToSend),
+    #[serde(rename = "r")]
+    Reject(Rejected),
+}
+
+/// A spill file being written.
+pub struct Spill {
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+    pub sends: u64,
+    pub rejects: u64,
+}
+
+impl Spill {
+    pub fn create() -> std::io::Result<Spill> {
+        let path = std::env::temp_dir().join(format!(
+            "kdit-plan-{}-{}.jsonl",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = BufWriter::with_capacity(256 * 1024, File::create(&path)?);
+        Ok(Spill {
+            path,
+            out: Some(out),
+            sends: 0,
+            rejects: 0,
+        })
+    }
+
+    pub fn send(&mut self, s: ToSend) -> std::io::Result<()> {
+        self.sends += 1;
+        self.line(&Line::Send(s))
+    }
+
+    pub fn reject(&mut self, r: &Rejected) -> std::io::Result<()> {
+        self.rejects += 1;
+        self.line(&Line::Reject(r.clone()))
+    }
+
+    fn line(&mut self, l: &Line) -> std::io::Result<()> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("spill already closed"))?;
+        serde_json::to_writer(&mut *out, l)?;
+        out.write_all(b"\n")
+    }
+
+    /// Finishes writing; the spill can then be read (any number of times).
+    pub fn close(&mut self) -> std::io::Result<()> {
+        if let Some(mut out) = self.out.take() {
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the spill back, in the order it was written.
+    pub fn read(&self) -> std::io::Result<impl Iterator<Item = std::io::Result<Entry>>> {
+        let reader = BufReader::with_capacity(256 * 1024, File::open(&self.path)?);
+        Ok(reader.lines().map(|line| {
+            let line = line?;
+            match serde_json::from_str::<Line>(&line) {
+                Ok(Line::Send(s)) => Ok(Entry::Send(s)),
+                Ok(Line::Reject(r)) => Ok(Entry::Reject(r)),
+                Err(e) => Err(std::io::Error::other(format!("spill file is damaged: {e}"))),
+            }
+        }))
+    }
+}
+
+/// One line read back.
+pub enum Entry {
+    Send(ToSend),
+    Reject(Rejected),
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        self.out.take();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+mod hex16 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::state::hex(h))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 16];
+        if s.len() != 32 {
+            return Err(serde::de::Error::custom("hash must be 32 hex digits"));
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(serde::de::Error::custom)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spill_reads_back_what_was_written_and_is_removed_after() {
+        let mut spill = Spill::create().unwrap();
+        let raw =
+            serde_json::value::to_raw_value(&serde_json::json!({"email": "a@x.com"})).unwrap();
+        spill
+            .send(ToSend {
+                row: 1,
+                key: "a@x.com".into(),
+                hash: [7; 16],
+                action: Action::Create,
+                adds: 1,
+                unset: vec![],
+                attributes: raw,
+            })
+            .unwrap();
+        spill
+            .reject(&Rejected {
+                row: 2,
+                key: "b".into(),
+                field: "email".into(),
+                rule: "email_syntax".into(),
+                message: "bad".into(),
+            })
+            .unwrap();
+        spill.close().unwrap();
+        let lines: Vec<Entry> = spill.read().unwrap().map(Result::unwrap).collect();
+        assert!(
+            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.attributes.get() == r#"{"email":"a@x.com"}"#)
+        );
+        assert!(matches!(&lines[1], Entry::Reject(r) if r.row == 2));
+        let path = spill.path.clone();
+        drop(spill);
+        assert!(!path.exists());
+    }
+}
