@@ -14,7 +14,7 @@ use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 use crate::query::StoredQuery;
-use crate::rows::{RowOutcome, RowsError, load_job, prepare};
+use crate::rows::{RowOutcome, RowsError, prepare};
 use crate::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
 use crate::spec::ParamValue;
 use crate::transform::{ProfileRow, Reject, cell_to_json_lossy};
@@ -231,9 +231,35 @@ pub fn write_table(out: &mut dyn Write, header: &[String], rows: &[Vec<String>])
 
 /// `kdit check JOB`: one line per check; `Ok(true)` when all passed.
 pub async fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<bool> {
-    let job = load_job(&args.job)?;
+    let job = checked_job(&args.job)?;
     let config = SourceConfig::from_env();
-    check_job(&job, &args.job, config, out).await
+    check_job(&job.spec, &args.job, config, out).await
+}
+
+/// Loads a job through `validate`'s loader (problems printed with `file:line:col`), and
+/// makes the project's defaults part of it so the query sees them.
+fn checked_job(path: &Path) -> Result<crate::compile::Job> {
+    let mut job = crate::commands::load_job(path).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not a valid job file (problems above)",
+            path.display()
+        )
+    })?;
+    if let Some(defaults) = job.project.as_ref().and_then(|p| p.spec.defaults.clone()) {
+        apply_defaults(&mut job.spec, &defaults);
+    }
+    Ok(job)
+}
+
+/// Fills a job's unset settings from the project's defaults.
+fn apply_defaults(spec: &mut crate::spec::JobSpec, d: &crate::spec::Defaults) {
+    spec.profiles.default_region = spec
+        .profiles
+        .default_region
+        .take()
+        .or(d.default_region.clone());
+    spec.profiles.on_null = spec.profiles.on_null.or(d.on_null);
+    spec.query.timeout = spec.query.timeout.or(d.timeout);
 }
 
 /// The checks of `kdit check` for a loaded job.
@@ -350,7 +376,7 @@ fn indent(s: &str) -> String {
 
 /// `kdit preview JOB`: the first profiles and any rejects.
 pub async fn preview(args: &PreviewArgs, out: &mut dyn Write) -> Result<()> {
-    let job = load_job(&args.job)?;
+    let job = checked_job(&args.job)?.spec;
     let source = connect().await?;
     preview_job(
         &job,

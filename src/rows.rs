@@ -21,19 +21,6 @@ use crate::transform::{
     check_invalid,
 };
 
-/// Reads a job file. (Stand-in until the loader with line/column diagnostics lands: kept in
-/// one function so it can be swapped.)
-pub fn load_job(path: &Path) -> Result<JobSpec, RowsError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RowsError::Job {
-        path: path.to_path_buf(),
-        message: format!("cannot read it: {e}"),
-    })?;
-    yaml_serde::from_str::<JobSpec>(&text).map_err(|e| RowsError::Job {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
 /// Why a job's rows cannot be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum RowsError {

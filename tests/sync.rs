@@ -522,3 +522,20 @@ async fn without_an_api_key_the_error_says_what_to_do() {
     assert!(stderr.contains("KLAVIYO_API_KEY is not set"), "{stderr}");
     assert!(stderr.contains("--sandbox"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_kept_per_klaviyo_account() {
+    let mut w = World::new(30).await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    // Another account (a fresh sandbox) knows none of it: everything is created there too.
+    w.sb = Sandbox::start(SandboxConfig {
+        rate_limits: RateLimits::Off,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(plan.stdout.contains("+ 30 to create"), "{}", plan.stdout);
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    assert_eq!(w.emails().len(), 30);
+}

@@ -26,6 +26,7 @@ pub const PROFILE_PARAMS: &[&str] = &[
 
 pub fn get_accounts(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     req.allow_params(&["fields[*]"])?;
+    let id = shared.store().account_id.clone();
     let attrs = json!({
         "test_account": true,
         "contact_information": {
@@ -39,14 +40,13 @@ pub fn get_accounts(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         "industry": "Software / SaaS",
         "timezone": "UTC",
         "preferred_currency": "USD",
-        "public_api_key": "SbXKdt",
+        "public_api_key": id,
         "locale": "en-US"
     });
     let attrs = sparse(
         attrs.as_object().cloned().unwrap_or_default(),
         req.fields("account")?.as_deref(),
     );
-    let id = "SbXKdt";
     Ok(Reply::ok(json!({
         "data": [{"type": "account", "id": id, "attributes": attrs,
             "links": {"self": format!("{}/api/accounts/{id}/", shared.base_url)}}],

@@ -458,6 +458,9 @@ pub struct Store {
     /// Bumped on every write, so derived data (segment members) knows when to recompute.
     pub version: u64,
     seed: u64,
+    /// This account's id (also its public key), random per account like Klaviyo's, so a
+    /// client can tell one sandbox's data from another's.
+    pub account_id: String,
 }
 
 /// Which identifier an index covers.
@@ -582,6 +585,7 @@ impl Store {
             daily: HashMap::new(),
             version: 0,
             seed,
+            account_id: new_account_id(),
         };
         let gid = s.new_uuid();
         s.tag_groups.insert(
@@ -595,7 +599,7 @@ impl Store {
         s
     }
 
-    /// Back to a fresh account (same seed).
+    /// Back to a fresh account (same seed, a new account id).
     pub fn reset(&mut self) {
         *self = Store::new(self.seed);
     }
@@ -849,6 +853,7 @@ impl Store {
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let snap = Snapshot {
             seed: self.seed,
+            account_id: Some(self.account_id.clone()),
             profiles: self
                 .profiles
                 .values()
@@ -878,6 +883,9 @@ impl Store {
         let snap: Snapshot = serde_json::from_slice(&std::fs::read(path)?)?;
         let mut s = Store::new(seed);
         s.seed = snap.seed;
+        if let Some(id) = snap.account_id {
+            s.account_id = id;
+        }
         s.lists = snap.lists;
         s.segments = snap.segments;
         if !snap.tag_groups.is_empty() {
@@ -1002,6 +1010,8 @@ struct SavedProfile {
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     seed: u64,
+    #[serde(default)]
+    account_id: Option<String>,
     profiles: Vec<SavedProfile>,
     lists: BTreeMap<String, List>,
     segments: BTreeMap<String, Segment>,
@@ -1085,4 +1095,14 @@ mod tests {
         let clash = input(Some("p1@example.com"), None, None);
         assert!(s.create_profile(&clash).is_err());
     }
+}
+
+/// Six alphanumeric characters from the OS's randomness (not the seeded generator, which
+/// drives faults and must stay reproducible).
+fn new_account_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
