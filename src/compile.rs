@@ -322,6 +322,22 @@ pub fn compile(
         }
     }
 
+    if spec.lists.len() > 64 {
+        out.push(
+            loaded.at_key(
+                err(
+                    "too-many-lists",
+                    format!(
+                        "the job manages {} lists; kdit handles at most 64 per job",
+                        spec.lists.len()
+                    ),
+                )
+                .hint("split the job: one job per group of lists"),
+                "/lists",
+            ),
+        );
+    }
+
     // Tags.
     let catalog = project.and_then(Project::catalog);
     for (group, tags) in [

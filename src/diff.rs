@@ -90,9 +90,7 @@ pub struct Differ<'s> {
 impl<'s> Differ<'s> {
     /// `lists` are the job's lists as (name, mirrored).
     pub fn new(snapshot: &'s mut Snapshot, lists: &[(String, bool)], plan: Plan) -> Differ<'s> {
-        for e in snapshot.entries.values_mut() {
-            e.seen = false;
-        }
+        snapshot.reset_seen();
         let mut mirrored = 0;
         for (i, (_, m)) in lists.iter().enumerate() {
             if *m {
@@ -118,7 +116,7 @@ impl<'s> Differ<'s> {
         let hash = hash_payload(&d.attributes, &d.unset);
         self.mix(d.key.as_bytes(), &hash);
         self.plan.rows += 1;
-        let (action, add_lists) = match self.snapshot.entries.get_mut(d.key.as_str()) {
+        let (action, add_lists) = match self.snapshot.get_mut(&d.key) {
             None => (Action::Create, self.all_lists),
             Some(e) => {
                 e.seen = true;
@@ -210,22 +208,22 @@ impl<'s> Differ<'s> {
         self.update_new.iter().map(|(k, _, _)| k.clone()).collect()
     }
 
-    /// Keys to remove from each mirrored list: members kdit added whose rows left the query.
-    pub fn removals(&self) -> Vec<Vec<String>> {
-        let mut out = vec![Vec::new(); self.list_names.len()];
-        for (key, e) in &self.snapshot.entries {
-            if e.seen {
-                continue;
-            }
+    /// Bits of the job's mirrored lists.
+    pub fn mirrored(&self) -> u64 {
+        self.mirrored
+    }
+
+    /// How many members leave each list: members kdit added whose rows left the query
+    /// (only mirrored lists lose members).
+    fn removal_counts(&self) -> Vec<u64> {
+        let mut out = vec![0; self.list_names.len()];
+        for e in self.snapshot.entries().filter(|e| !e.seen) {
             let gone = e.lists & self.mirrored;
-            for (i, keys) in out.iter_mut().enumerate() {
+            for (i, n) in out.iter_mut().enumerate() {
                 if gone & (1 << i) != 0 {
-                    keys.push(key.to_string());
+                    *n += 1;
                 }
             }
-        }
-        for keys in &mut out {
-            keys.sort();
         }
         out
     }
@@ -236,8 +234,8 @@ impl<'s> Differ<'s> {
         mut self,
         old: &std::collections::HashMap<String, Value>,
         existing: &[bool],
-    ) -> (Plan, Vec<Vec<String>>) {
-        let removals = self.removals();
+    ) -> Plan {
+        let removals = self.removal_counts();
         for (key, new, unset) in std::mem::take(&mut self.update_new) {
             let before = old.get(&key).cloned().unwrap_or(Value::Null);
             self.plan.update_samples.push(UpdateSample {
@@ -246,21 +244,21 @@ impl<'s> Differ<'s> {
             });
         }
         for (i, name) in self.list_names.iter().enumerate() {
-            let remove = &removals[i];
             self.plan.lists.push(ListChange {
                 name: name.clone(),
                 mirror: self.mirrored & (1 << i) != 0,
                 exists: existing.get(i).copied().unwrap_or(false),
                 adds: self.list_adds[i],
-                removes: remove.len() as u64,
+                removes: removals[i],
                 add_samples: std::mem::take(&mut self.list_add_samples[i]),
-                remove_samples: remove.iter().take(SAMPLES).cloned().collect(),
+                // Filled in by the caller, who reads the keys back from the state.
+                remove_samples: Vec::new(),
             });
         }
-        self.plan.state_profiles = self.snapshot.entries.len() as u64;
+        self.plan.state_profiles = self.snapshot.len() as u64;
         self.plan.rows_digest = hex(&self.digest.to_le_bytes());
         self.plan.state_version = self.snapshot.version.clone();
-        (self.plan, removals)
+        self.plan
     }
 }
 
@@ -343,30 +341,31 @@ mod tests {
     fn creates_updates_unchanged_and_mirror_removals() {
         let mut snap = Snapshot::default();
         let same = desired(1, "a@x.com", "A");
-        snap.entries.insert(
-            "a@x.com".into(),
+        snap.insert(
+            "a@x.com",
             Entry {
                 hash: hash_payload(&same.attributes, &[]),
                 lists: 1,
                 seen: false,
             },
         );
-        snap.entries.insert(
-            "b@x.com".into(),
+        snap.insert(
+            "b@x.com",
             Entry {
                 hash: [0; 16],
                 lists: 1,
                 seen: false,
             },
         );
-        snap.entries.insert(
-            "gone@x.com".into(),
+        snap.insert(
+            "gone@x.com",
             Entry {
                 hash: [0; 16],
                 lists: 1,
                 seen: false,
             },
         );
+        snap.seal();
         let lists = vec![("VIP".to_string(), true)];
         let mut d = Differ::new(&mut snap, &lists, Plan::default());
         assert_eq!(d.observe(&same).action, Action::Unchanged);
@@ -376,9 +375,10 @@ mod tests {
         );
         let c = d.observe(&desired(3, "c@x.com", "C"));
         assert_eq!((c.action, c.add_lists), (Action::Create, 1));
-        let (plan, removals) = d.finish(&Default::default(), &[true]);
+        let plan = d.finish(&Default::default(), &[true]);
         assert_eq!((plan.creates, plan.updates, plan.unchanged), (1, 1, 1));
-        assert_eq!(removals, vec![vec!["gone@x.com".to_string()]]);
+        assert!(!snap.get("gone@x.com").unwrap().seen);
+        assert!(snap.get("b@x.com").unwrap().seen);
         assert_eq!(plan.lists[0].adds, 1);
         assert_eq!(plan.lists[0].removes, 1);
     }
@@ -392,7 +392,7 @@ mod tests {
             for i in order {
                 d.observe(&rows[*i]);
             }
-            d.finish(&Default::default(), &[]).0.rows_digest
+            d.finish(&Default::default(), &[]).rows_digest
         };
         assert_eq!(digest(&[0, 1]), digest(&[1, 0]));
         assert_ne!(digest(&[0, 1]), digest(&[0]));

@@ -103,20 +103,82 @@ pub struct State<'a> {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub hash: Hash,
-    /// Indexes (into the job's lists) of the lists kdit added this key to.
+    /// Bits (by index into the job's lists) of the lists kdit added this key to.
     pub lists: u64,
     /// Set by the diff when the key shows up in this run's rows.
     pub seen: bool,
 }
 
 /// Everything the diff needs from the state, for one job.
+///
+/// Entries are kept by a 64-bit hash of the key in one sorted vector — about 40 bytes a
+/// key, against 130 in a map of owned strings — because a million-key job must diff in well
+/// under 150 MB. The keys themselves stay in PostgreSQL; `State::removal_keys` reads them back
+/// for the few that leave a mirrored list.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub entries: HashMap<Box<str>, Entry>,
+    entries: Vec<(u64, Entry)>,
     /// The last finished run, if any: (id, finished at).
     pub last_run: Option<(i64, String)>,
     /// A fingerprint of the state as loaded, so a saved plan can tell it moved.
     pub version: String,
+}
+
+impl Snapshot {
+    /// The in-memory hash of a key (SipHash; stable within one process, which is all it needs).
+    pub fn key_hash(key: &str) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    /// Adds an entry; call `seal` once all are in.
+    pub fn insert(&mut self, key: &str, entry: Entry) {
+        self.entries.push((Snapshot::key_hash(key), entry));
+    }
+
+    /// Sorts the entries for lookups.
+    pub fn seal(&mut self) {
+        self.entries.sort_unstable_by_key(|(h, _)| *h);
+        self.entries.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Entry> {
+        let h = Snapshot::key_hash(key);
+        let i = self.entries.partition_point(|(k, _)| *k < h);
+        match self.entries.get_mut(i) {
+            Some((k, e)) if *k == h => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        let h = Snapshot::key_hash(key);
+        let i = self.entries.partition_point(|(k, _)| *k < h);
+        match self.entries.get(i) {
+            Some((k, e)) if *k == h => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().map(|(_, e)| e)
+    }
+
+    pub fn reset_seen(&mut self) {
+        for (_, e) in &mut self.entries {
+            e.seen = false;
+        }
+    }
 }
 
 impl<'a> State<'a> {
@@ -318,7 +380,7 @@ impl<'a> State<'a> {
             .await?;
         futures::pin_mut!(rows);
         let mut snap = Snapshot::default();
-        snap.entries.reserve(count.max(0) as usize);
+        snap.entries.reserve_exact(count.max(0) as usize);
         while let Some(row) = futures::StreamExt::next(&mut rows).await {
             let row = row?;
             let key: &str = row.get(0);
@@ -333,8 +395,8 @@ impl<'a> State<'a> {
                     bits |= 1 << i;
                 }
             }
-            snap.entries.insert(
-                key.into(),
+            snap.insert(
+                key,
                 Entry {
                     hash,
                     lists: bits,
@@ -353,8 +415,49 @@ impl<'a> State<'a> {
             )
             .await?;
         snap.last_run = last.map(|r| (r.get(0), r.get(1)));
+        snap.seal();
         snap.version = format!("{count}@{latest}");
         Ok(snap)
+    }
+
+    /// Keys to remove from each list in `mirrored` (bits by list index): members kdit added
+    /// that the run's rows did not show (`seen` unset by the diff). Sorted.
+    pub async fn removal_keys(
+        &self,
+        job: &str,
+        snapshot: &Snapshot,
+        lists: &[String],
+        mirrored: u64,
+    ) -> Result<Vec<Vec<String>>, StateError> {
+        let job = self.scope(job);
+        let s = &self.schema;
+        let mut out = vec![Vec::new(); lists.len()];
+        let rows = self
+            .db
+            .query_raw(
+                &format!("select key from {s}.profiles where job = $1"),
+                [&job as &(dyn tokio_postgres::types::ToSql + Sync)],
+            )
+            .await?;
+        futures::pin_mut!(rows);
+        while let Some(row) = futures::StreamExt::next(&mut rows).await {
+            let row = row?;
+            let key: &str = row.get(0);
+            if let Some(e) = snapshot.get(key)
+                && !e.seen
+            {
+                let gone = e.lists & mirrored;
+                for (i, keys) in out.iter_mut().enumerate() {
+                    if gone & (1 << i) != 0 {
+                        keys.push(key.to_string());
+                    }
+                }
+            }
+        }
+        for keys in &mut out {
+            keys.sort();
+        }
+        Ok(out)
     }
 
     /// The last confirmed payloads of some keys (for field-level diffs of samples).

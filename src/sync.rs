@@ -148,7 +148,18 @@ pub async fn make_plan(
     } else {
         state.payloads(job.name(), &sample_keys).await?
     };
-    let (mut plan, removals) = differ.finish(&old, &existing);
+    let mirrored = differ.mirrored();
+    let mut plan = differ.finish(&old, &existing);
+    let removals = if plan.lists.iter().any(|l| l.removes > 0) {
+        state
+            .removal_keys(job.name(), &snapshot, &list_names, mirrored)
+            .await?
+    } else {
+        vec![Vec::new(); list_names.len()]
+    };
+    for (l, keys) in plan.lists.iter_mut().zip(&removals) {
+        l.remove_samples = keys.iter().take(crate::diff::SAMPLES).cloned().collect();
+    }
     plan.query_seconds = done.seconds;
     plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
     Ok((plan, removals))

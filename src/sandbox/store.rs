@@ -1043,6 +1043,16 @@ mod ulid_map {
     }
 }
 
+/// Six alphanumeric characters from the OS's randomness (not the seeded generator, which
+/// drives faults and must stay reproducible).
+fn new_account_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1095,14 +1105,4 @@ mod tests {
         let clash = input(Some("p1@example.com"), None, None);
         assert!(s.create_profile(&clash).is_err());
     }
-}
-
-/// Six alphanumeric characters from the OS's randomness (not the seeded generator, which
-/// drives faults and must stay reproducible).
-fn new_account_id() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut rng = rand::rng();
-    (0..6)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
