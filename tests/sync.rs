@@ -539,3 +539,67 @@ async fn state_is_kept_per_klaviyo_account() {
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     assert_eq!(w.emails().len(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_kdit_sends_matches_klaviyos_spec() {
+    let w = World::with(
+        120,
+        SandboxConfig {
+            rate_limits: RateLimits::Off,
+            capture_bodies: true,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    // `on_null: unset` exercises the profile-import endpoint (bulk import cannot clear).
+    w.job(&JOB.replace("  key: email\n", "  key: email\n  on_null: unset\n"));
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    w.db.execute("update customers set first_name = null where id = 2; update customers set gone = true where id in (3, 4);").await;
+    let run = w
+        .kdit(&["run", "job.yaml", "-q", "--report", "r.json"])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        w.sb.profile_by_email("customer2@example.com")
+            .unwrap()
+            .attributes["first_name"]
+            .is_null()
+    );
+    // The checker itself refuses a body the spec does not allow.
+    assert!(
+        support::openapi::check_request(
+            "POST",
+            "/api/lists",
+            &serde_json::json!({"data": {"type": "list"}})
+        )
+        .is_err()
+    );
+    let captured = w.sb.captured_requests();
+    let methods: HashSet<String> = captured
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c.method,
+                support::openapi::template_for(&c.uri).unwrap_or_default()
+            )
+        })
+        .collect();
+    for expected in [
+        "POST /api/lists",
+        "POST /api/profile-bulk-import-jobs",
+        "POST /api/profile-import",
+        "DELETE /api/lists/{id}/relationships/profiles",
+    ] {
+        assert!(
+            methods.contains(expected),
+            "no {expected} among {methods:?}"
+        );
+    }
+    for c in &captured {
+        let body: Value = serde_json::from_slice(&c.body).expect("request bodies are JSON");
+        if let Err(e) = support::openapi::check_request(&c.method, &c.uri, &body) {
+            panic!("kdit sent a request Klaviyo's spec does not allow:\n{e}");
+        }
+    }
+}

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::FaultSpec;
 pub use http::REVISION;
-pub use server::{LoggedRequest, REQUEST_LOG_SIZE, Stats};
+pub use server::{CapturedRequest, LoggedRequest, REQUEST_LOG_SIZE, Stats};
 
 use server::Shared;
 
@@ -89,6 +89,8 @@ pub struct SandboxConfig {
     pub job_latency: Duration,
     /// How long a segment reports `is_processing: true` after create/update.
     pub segment_processing: Duration,
+    /// Keep every request body received (see `Sandbox::captured_requests`).
+    pub capture_bodies: bool,
 }
 
 impl Default for SandboxConfig {
@@ -102,6 +104,7 @@ impl Default for SandboxConfig {
             state_file: None,
             job_latency: Duration::ZERO,
             segment_processing: Duration::from_millis(200),
+            capture_bodies: false,
         }
     }
 }
@@ -184,6 +187,7 @@ impl Sandbox {
             base_url: format!("http://{addr}"),
             job_latency: config.job_latency,
             segment_processing: config.segment_processing,
+            captured: config.capture_bodies.then(|| Mutex::new(Vec::new())),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(Sandbox {
@@ -246,6 +250,15 @@ impl Sandbox {
     /// Requests per endpoint, e.g. `counts["POST /api/profile-bulk-import-jobs"]`.
     pub fn request_counts(&self) -> std::collections::BTreeMap<String, u64> {
         self.shared.stats().by_endpoint.clone()
+    }
+
+    /// Every request body received, when `SandboxConfig::capture_bodies` is on.
+    pub fn captured_requests(&self) -> Vec<CapturedRequest> {
+        self.shared
+            .captured
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     /// The most recent requests (up to `REQUEST_LOG_SIZE`), oldest first.

@@ -32,6 +32,18 @@ pub(crate) struct Shared {
     pub base_url: String,
     pub job_latency: Duration,
     pub segment_processing: Duration,
+    /// Bodies of the `/api` requests received, when `SandboxConfig::capture_bodies` is on
+    /// (tests check that every request a client sends matches Klaviyo's spec).
+    pub captured: Option<Mutex<Vec<CapturedRequest>>>,
+}
+
+/// A request body as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedRequest {
+    pub method: String,
+    /// The path and query as sent.
+    pub uri: String,
+    pub body: Vec<u8>,
 }
 
 impl Shared {
@@ -411,10 +423,23 @@ async fn process(
     if has_body && let Err(e) = http::check_content_type(&headers) {
         return Outcome::Reply(error_response(&e));
     }
+    let uri = req.uri().to_string();
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(e) => return Outcome::Reply(error_response(&e)),
     };
+    if let Some(captured) = &shared.captured
+        && !body.is_empty()
+    {
+        captured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(CapturedRequest {
+                method: method.to_string(),
+                uri,
+                body: body.clone(),
+            });
+    }
     let r = Req {
         method,
         path,
