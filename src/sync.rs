@@ -289,14 +289,30 @@ async fn run_locked(
         if let Some(path) = &out.rejects {
             write_rejects(path, &spilled_rejects(&spill)?)?;
         }
-        return Ok((
-            if plan.rejected > 0 {
-                ExitStatus::PartialFailure
-            } else {
-                ExitStatus::Success
-            },
-            None,
-        ));
+        // Nothing to send; the ledger still records what the run saw.
+        let report = Report {
+            format_version: 1,
+            job: job.name().to_string(),
+            run_id,
+            status: "ok".into(),
+            rows: plan.rows,
+            unchanged: plan.unchanged,
+            rejected: plan.rejected,
+            api: client.stats(),
+            ..Report::default()
+        };
+        if let Some(path) = &out.report {
+            let text = serde_json::to_string_pretty(&report)
+                .map_err(|e| SyncError::Other(e.to_string()))?;
+            std::fs::write(path, text)
+                .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))?;
+        }
+        let status = if plan.rejected > 0 {
+            ExitStatus::PartialFailure
+        } else {
+            ExitStatus::Success
+        };
+        return Ok((status, Some(report)));
     }
     let (list_ids, created) = resolve_lists(job, client, state, true).await?;
     let list_ids: Vec<String> = list_ids
