@@ -110,30 +110,67 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Runs the benchmark and writes its figures.
-pub async fn bench_source(args: &BenchSourceArgs, out: &mut dyn Write) -> Result<()> {
-    let base = SourceConfig::from_env()?;
-    let admin = Source::connect(base.clone()).await?;
-    let db = format!("kdit_bench_{}", std::process::id());
-    let client = admin.client().await?;
-    client
-        .batch_execute(&format!("drop database if exists {db}"))
-        .await?;
-    client
-        .batch_execute(&format!("create database {db}"))
-        .await
-        .context("cannot create the scratch database")?;
-    drop(client);
-    let cfg = base.with_dbname(&db);
-    let result = run(args, &cfg, out).await;
-    if !args.keep {
+/// A database made for one benchmark, dropped by `finish` unless kept.
+pub(crate) struct Scratch {
+    admin: Source,
+    pub name: String,
+    pub config: SourceConfig,
+}
+
+impl Scratch {
+    /// Creates `<prefix>_<pid>` on the server of `DATABASE_URL` / `PG*`.
+    pub(crate) async fn create(prefix: &str) -> Result<Scratch> {
+        let base = SourceConfig::from_env()?;
+        let admin = Source::connect(base.clone()).await?;
+        let name = format!("{prefix}_{}", std::process::id());
         let client = admin.client().await?;
         client
-            .batch_execute(&format!("drop database if exists {db} with (force)"))
+            .batch_execute(&format!("drop database if exists {name}"))
             .await?;
-    } else {
-        writeln!(out, "kept database {db}")?;
+        client
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .context("cannot create the scratch database")?;
+        let config = base.with_dbname(&name);
+        Ok(Scratch { admin, name, config })
     }
+
+    /// Drops the database, or says where it was kept.
+    pub(crate) async fn finish(self, keep: bool, out: &mut dyn Write) -> Result<()> {
+        if keep {
+            writeln!(out, "kept database {}", self.name)?;
+        } else {
+            self.admin
+                .client()
+                .await?
+                .batch_execute(&format!("drop database if exists {} with (force)", self.name))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds `psql` takes to `COPY (query) TO STDOUT` into /dev/null: the floor to compare with.
+pub(crate) fn time_copy(cfg: &SourceConfig, query: &str) -> Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("COPY ({query}) TO STDOUT"))
+        .envs(cfg.libpq_env())
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run psql for the COPY comparison")?;
+    if !status.success() {
+        bail!("psql COPY failed ({status})");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs the benchmark and writes its figures.
+pub async fn bench_source(args: &BenchSourceArgs, out: &mut dyn Write) -> Result<()> {
+    let scratch = Scratch::create("kdit_bench").await?;
+    let result = run(args, &scratch.config, out).await;
+    scratch.finish(args.keep, out).await?;
     result
 }
 
@@ -182,18 +219,7 @@ async fn run(args: &BenchSourceArgs, cfg: &SourceConfig, out: &mut dyn Write) ->
     rows.finish().await?;
     let read_secs = read_started.elapsed().as_secs_f64();
 
-    let copy_started = Instant::now();
-    let status = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg(format!("COPY ({QUERY}) TO STDOUT"))
-        .envs(cfg.libpq_env())
-        .stdout(Stdio::null())
-        .status()
-        .context("cannot run psql for the COPY comparison")?;
-    let copy_secs = copy_started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("psql COPY failed ({status})");
-    }
+    let copy_secs = time_copy(cfg, QUERY)?;
 
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
     writeln!(

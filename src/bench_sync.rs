@@ -7,13 +7,13 @@
 //! afterwards), a temp folder, a sandbox, child processes.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::bench::{QUERY, SEED};
+use crate::bench::{QUERY, SEED, Scratch, time_copy};
 use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use crate::source::{Source, SourceConfig};
 
@@ -136,29 +136,9 @@ async fn measure(
 
 /// Runs the benchmark and prints its table.
 pub async fn bench_sync(args: &BenchSyncArgs, out: &mut dyn Write) -> Result<()> {
-    let base = SourceConfig::from_env()?;
-    let admin = Source::connect(base.clone()).await?;
-    let db = format!("kdit_bench_sync_{}", std::process::id());
-    let client = admin.client().await?;
-    client
-        .batch_execute(&format!("drop database if exists {db}"))
-        .await?;
-    client
-        .batch_execute(&format!("create database {db}"))
-        .await
-        .context("cannot create the scratch database")?;
-    drop(client);
-    let cfg = base.with_dbname(&db);
-    let result = run(args, &cfg, out).await;
-    if args.keep {
-        writeln!(out, "kept database {db}")?;
-    } else {
-        admin
-            .client()
-            .await?
-            .batch_execute(&format!("drop database if exists {db} with (force)"))
-            .await?;
-    }
+    let scratch = Scratch::create("kdit_bench_sync").await?;
+    let result = run(args, &scratch.config, out).await;
+    scratch.finish(args.keep, out).await?;
     result
 }
 
@@ -215,18 +195,7 @@ async fn scenarios(
     results.push(measure("1% left a mirrored list", dir, &db_env, &sb).await?);
     drop(client);
 
-    let copy_started = Instant::now();
-    let status = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg(format!("COPY ({QUERY}) TO STDOUT"))
-        .envs(cfg.libpq_env())
-        .stdout(Stdio::null())
-        .status()
-        .context("cannot run psql for the COPY comparison")?;
-    let copy = copy_started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("psql COPY failed ({status})");
-    }
+    let copy = time_copy(cfg, QUERY)?;
 
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
     writeln!(
