@@ -54,6 +54,9 @@ pub struct Report {
     pub lists_created: Vec<String>,
     pub list_adds: u64,
     pub list_removals: u64,
+    pub segments_created: Vec<String>,
+    pub segments_updated: Vec<String>,
+    pub tags_added: u64,
     pub api: Stats,
     pub success_rate: f64,
 }

@@ -66,6 +66,8 @@ pub enum SyncError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Klaviyo(#[from] crate::klaviyo::KlaviyoError),
+    #[error(transparent)]
+    Audience(#[from] crate::audience::AudienceError),
     #[error("{0}")]
     Other(String),
 }
@@ -160,6 +162,9 @@ pub async fn make_plan(
     for (l, keys) in plan.lists.iter_mut().zip(&removals) {
         l.remove_samples = keys.iter().take(crate::diff::SAMPLES).cloned().collect();
     }
+    let (segments, tags) = crate::audience::plan(job, client).await?;
+    plan.segments = segments;
+    plan.tags = tags;
     plan.query_seconds = done.seconds;
     plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
     Ok((plan, removals))
@@ -303,6 +308,18 @@ async fn run_locked(
         .into_iter()
         .map(|i| i.unwrap_or_default())
         .collect();
+    let audience = if plan.audience_changes() {
+        let by_name = job
+            .spec
+            .lists
+            .iter()
+            .zip(&list_ids)
+            .map(|(l, id)| (l.name.clone(), id.clone()))
+            .collect();
+        Some(crate::audience::apply(job, client, &by_name).await?)
+    } else {
+        None
+    };
     let progress = Arc::new(Progress::new(plan.rows, out.quiet));
     let p = progress.clone();
     let settings = Settings {
@@ -329,6 +346,11 @@ async fn run_locked(
         Err(e) => return Err(e.into()),
     };
     report.lists_created = created;
+    if let Some(a) = audience {
+        report.segments_created = a.segments_created;
+        report.segments_updated = a.segments_updated;
+        report.tags_added = a.tags_added;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     if let Some(path) = &out.report {
         let text =

@@ -4,6 +4,7 @@
 //! Network I/O through `client`. Shapes follow `../shared/klaviyo/openapi.json` (revision
 //! 2026-07-15); `ratelimit` holds the tiers each call is budgeted against.
 
+pub mod audience;
 pub mod client;
 pub mod ratelimit;
 pub mod watch;
