@@ -170,6 +170,7 @@ pub async fn apply(
         run_id,
         state,
         seq: 0,
+        meta: crate::audience::profile_tags_meta(job).map(Arc::from),
         totals: Totals {
             report: &mut report,
             failures: &mut failures,
@@ -177,6 +178,8 @@ pub async fn apply(
         },
     };
     let batch_size = settings.batch_size.max(1);
+    // Every profile carries the job's `meta` (profile tags) too.
+    let meta_len = batches.meta.as_ref().map_or(0, |m| m.len() + 8);
     // Room for the envelope around the profiles.
     let byte_budget = BULK_MAX_BYTES - 64 * 1024;
     let unreadable =
@@ -199,7 +202,7 @@ pub async fn apply(
                 });
             }
             Entry::Send(s) => {
-                let size = s.attributes.get().len() + 32;
+                let size = s.attributes.get().len() + 32 + meta_len;
                 let bits = s.adds;
                 let bucket = buckets.entry(bits).or_default();
                 if !bucket.0.is_empty() && bucket.1 + size > byte_budget {
@@ -358,6 +361,8 @@ struct Batches<'a, 'r> {
     state: &'a State<'a>,
     seq: i32,
     totals: Totals<'r>,
+    /// The `meta` each profile carries (profile tags).
+    meta: Option<Arc<str>>,
 }
 
 impl Batches<'_, '_> {
@@ -374,8 +379,10 @@ impl Batches<'_, '_> {
         let client = self.client.clone();
         let watcher = self.watcher.clone();
         let (key_field, seq) = (self.key_field, self.seq);
-        self.in_flight
-            .spawn(async move { send_batch(client, watcher, items, ids, key_field, seq).await });
+        let meta = self.meta.clone();
+        self.in_flight.spawn(async move {
+            send_batch(client, watcher, items, ids, key_field, seq, meta).await
+        });
         Ok(())
     }
 
@@ -399,6 +406,7 @@ async fn send_batch(
     list_ids: Vec<String>,
     key_field: &'static str,
     seq: i32,
+    meta: Option<Arc<str>>,
 ) -> BatchOutcome {
     let mut out = BatchOutcome {
         seq,
@@ -407,7 +415,10 @@ async fn send_batch(
     let mut queue = vec![items];
     while let Some(chunk) = queue.pop() {
         let profiles: Vec<&RawValue> = chunk.iter().map(|i| i.attributes.as_ref()).collect();
-        let job = match client.start_bulk_import(&profiles, &list_ids).await {
+        let job = match client
+            .start_bulk_import_with_meta(&profiles, &list_ids, meta.as_deref())
+            .await
+        {
             Ok(job) => job,
             Err(KlaviyoError::Api {
                 status,

@@ -447,6 +447,26 @@ pub async fn preview(
     Ok(client.segment_members(&seg.id, limit).await?)
 }
 
+/// The `meta` every bulk-imported profile of the job carries: its profile tags appended to
+/// the tag property (`meta.patch_properties.append`), so tags other jobs put there stay.
+/// `None` when the job has no profile tags.
+pub fn profile_tags_meta(job: &Job) -> Option<String> {
+    if job.spec.tags.profiles.is_empty() {
+        return None;
+    }
+    let mut append = Map::new();
+    append.insert(job.tag_property.clone(), json!(job.spec.tags.profiles));
+    Some(json!({"patch_properties": {"append": append}}).to_string())
+}
+
+/// What the profile tags add to each profile's hash: empty without tags, so the hashes of
+/// jobs without profile tags stay as they were.
+pub fn profile_tags_salt(job: &Job) -> Vec<u8> {
+    profile_tags_meta(job)
+        .map(|m| format!("\0tags\0{m}").into_bytes())
+        .unwrap_or_default()
+}
+
 /// `kdit segment …` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum SegmentCommand {

@@ -105,7 +105,8 @@ pub async fn make_plan(
         ..Plan::default()
     };
     let (mut rx, task) = rows.feed();
-    let mut differ = Differ::new(&mut snapshot, &lists, base);
+    let mut differ =
+        Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
     let spill_error =
         |e: std::io::Error| SyncError::Other(format!("cannot write the plan's work file: {e}"));
     while let Some(next) = rx.recv().await {

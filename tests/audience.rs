@@ -320,3 +320,39 @@ async fn catalog_tags_land_on_lists_and_segments_once() {
         HashSet::from(["active".to_string(), "kdit".to_string()])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
+    let w = World::new(30).await;
+    w.write("a.yaml", &job("shop-a", "tags:\n  profiles: [vip]\n"));
+    w.write("b.yaml", &job("shop-b", "tags:\n  profiles: [active]\n"));
+    w.ok(&["run", "a.yaml", "-q"]).await;
+    w.ok(&["run", "b.yaml", "-q"]).await;
+    let tags = |email: &str| -> HashSet<String> {
+        let p = w.sb.profile_by_email(email).expect("profile");
+        p.attributes["properties"]["kdit_tags"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tags on {email}: {}", p.attributes))
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let both = HashSet::from(["vip".to_string(), "active".to_string()]);
+    assert_eq!(tags("customer1@example.com"), both);
+    assert_eq!(tags("customer30@example.com"), both);
+    assert_eq!(w.sb.profiles().len(), 30);
+
+    // Unchanged tags: nothing to send. Changed tags: every profile goes again.
+    let again = w.ok(&["plan", "a.yaml"]).await;
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    w.write("a.yaml", &job("shop-a", "tags:\n  profiles: [vip, kdit]\n"));
+    let plan = w.ok(&["plan", "a.yaml"]).await;
+    assert!(plan.stdout.contains("~ 30 to update"), "{}", plan.stdout);
+    w.ok(&["run", "a.yaml", "-q"]).await;
+    assert_eq!(
+        tags("customer7@example.com"),
+        HashSet::from(["vip".to_string(), "active".to_string(), "kdit".to_string()])
+    );
+    let again = w.ok(&["plan", "a.yaml"]).await;
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+}
