@@ -356,3 +356,31 @@ async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
     let again = w.ok(&["plan", "a.yaml"]).await;
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_knows_klaviyo_segment_and_tag_limits() {
+    let w = World::new(1).await;
+    let many: String = (0..101)
+        .map(|i| format!("        - properties.ltv > {i}\n"))
+        .collect();
+    w.write(
+        "job.yaml",
+        &job(
+            "shop",
+            &format!(
+                "tags:\n  lists: [vip, active]\nsegments:\n  - name: Huge\n    definition:\n      all:\n{many}"
+            ),
+        ),
+    );
+    let v = w.kdit(&["validate", "job.yaml"]).await;
+    assert_eq!(v.code, 65, "{}\n{}", v.stdout, v.stderr);
+    let text = format!("{}{}", v.stdout, v.stderr);
+    assert!(
+        text.contains("segment `Huge` has 101 conditions; Klaviyo allows at most 100"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tag group `lifecycle` is exclusive"),
+        "{text}"
+    );
+}
