@@ -57,6 +57,8 @@ pub struct Report {
     pub segments_created: Vec<String>,
     pub segments_updated: Vec<String>,
     pub tags_added: u64,
+    /// Profiles subscribed to marketing (`consent.subscribe`).
+    pub subscribed: u64,
     pub api: Stats,
     pub success_rate: f64,
 }
@@ -96,6 +98,8 @@ struct BatchOutcome {
     bulk_ids: Vec<String>,
     confirmed: Vec<Item>,
     failures: Vec<Failure>,
+    /// Profiles subscribed (consent) after this batch.
+    subscribed: u64,
 }
 
 /// Settings of one apply.
@@ -171,6 +175,7 @@ pub async fn apply(
         state,
         seq: 0,
         meta: crate::audience::profile_tags_meta(job).map(Arc::from),
+        consent: crate::audience::consent_channels(job),
         totals: Totals {
             report: &mut report,
             failures: &mut failures,
@@ -320,6 +325,51 @@ async fn record(
     Ok(())
 }
 
+/// Subscribes the profiles a confirmed batch created to the job's consent channels. A
+/// refused subscription is a failure of those rows (the profiles themselves are in).
+async fn subscribe_created(
+    client: &Client,
+    job: &Job,
+    channels: &[&'static str],
+    o: &mut BatchOutcome,
+) {
+    let created: Vec<&Item> = o
+        .confirmed
+        .iter()
+        .filter(|i| i.action == Action::Create)
+        .collect();
+    if created.is_empty() {
+        return;
+    }
+    let ids: Vec<(Option<String>, Option<String>)> = created
+        .iter()
+        .map(|i| {
+            let a: Value = serde_json::from_str(i.attributes.get()).unwrap_or(Value::Null);
+            (
+                a["email"].as_str().map(str::to_string),
+                a["phone_number"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    match client
+        .subscribe(&ids, channels, &format!("kdit {}", job.name()))
+        .await
+    {
+        Ok(()) => o.subscribed += ids.len() as u64,
+        Err(e) => {
+            for i in created {
+                o.failures.push(Failure {
+                    row: i.row,
+                    key: i.key.clone(),
+                    field: "consent".into(),
+                    rule: "subscribe".into(),
+                    message: format!("the profile was created but not subscribed: {e}"),
+                });
+            }
+        }
+    }
+}
+
 /// How often the watcher asks Klaviyo about bulk jobs in flight.
 const POLL_INTERVAL: Duration = Duration::from_millis(750);
 
@@ -344,6 +394,7 @@ impl Totals<'_> {
         self.confirmed += o.confirmed.len() as u64;
         self.report.confirmed += o.confirmed.len() as u64;
         self.report.failed += o.failures.len() as u64;
+        self.report.subscribed += o.subscribed;
         self.failures.extend(o.failures);
     }
 }
@@ -363,6 +414,8 @@ struct Batches<'a, 'r> {
     totals: Totals<'r>,
     /// The `meta` each profile carries (profile tags).
     meta: Option<Arc<str>>,
+    /// Channels to subscribe the profiles this run creates to (`consent.subscribe`).
+    consent: Vec<&'static str>,
 }
 
 impl Batches<'_, '_> {
@@ -393,6 +446,10 @@ impl Batches<'_, '_> {
         };
         let outcome = done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
         record(&outcome, self.job, self.run_id, self.state).await?;
+        let mut outcome = outcome;
+        if !self.consent.is_empty() {
+            subscribe_created(self.client, self.job, &self.consent, &mut outcome).await;
+        }
         self.totals.add(outcome);
         Ok(true)
     }

@@ -40,6 +40,10 @@ pub struct Plan {
     /// Klaviyo tags to put on the job's lists and segments.
     #[serde(default)]
     pub tags: Vec<TagChange>,
+    /// Marketing channels the profiles this run creates are subscribed to
+    /// (`consent.subscribe`); empty: consent is not touched.
+    #[serde(default)]
+    pub consent: Vec<String>,
     /// Profiles the state held before this run.
     pub state_profiles: u64,
     /// The last finished run: (id, when).

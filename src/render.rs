@@ -302,6 +302,16 @@ fn audience(o: &mut String, plan: &Plan) {
             }
         }
     }
+    if !plan.consent.is_empty() && plan.creates > 0 {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Consent");
+        let _ = writeln!(
+            o,
+            "  + {} to subscribe to {} marketing (the profiles this run creates)",
+            thousands(plan.creates),
+            plan.consent.join(" and ")
+        );
+    }
     if !plan.tags.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(o, "Tags");

@@ -166,6 +166,10 @@ pub async fn make_plan(
     let (segments, tags) = crate::audience::plan(job, client).await?;
     plan.segments = segments;
     plan.tags = tags;
+    plan.consent = crate::audience::consent_channels(job)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     plan.query_seconds = done.seconds;
     plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
     Ok((plan, removals))

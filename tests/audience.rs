@@ -384,3 +384,78 @@ async fn validation_knows_klaviyo_segment_and_tag_limits() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_changes_only_when_a_job_asks() {
+    let w = World::new(10).await;
+    w.write("plain.yaml", &job("plain", ""));
+    let plain = w.ok(&["run", "plain.yaml"]).await;
+    assert!(!plain.stdout.contains("Consent"), "{}", plain.stdout);
+    assert!(w.sb.profiles().iter().all(|p| p.subscriptions.is_none()));
+    assert_eq!(w.calls("POST /api/profile-subscription"), 0);
+
+    // A job asking for email consent subscribes the profiles its run creates, once.
+    w.db.execute("insert into customers values (11, 'new11@example.com', 1, false), (12, 'new12@example.com', 2, false)").await;
+    w.write(
+        "consent.yaml",
+        &job("with-consent", "consent:\n  subscribe: [email]\n")
+            .replace("from customers", "from customers where id > 10"),
+    );
+    let plan = w.ok(&["plan", "consent.yaml"]).await;
+    assert!(
+        plan.stdout.contains(
+            "Consent\n  + 2 to subscribe to email marketing (the profiles this run creates)\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    w.ok(&["run", "consent.yaml", "-q", "--report", "r.json"])
+        .await;
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.dir.path().join("r.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["subscribed"], 2);
+    for n in [11, 12] {
+        let p =
+            w.sb.profile_by_email(&format!("new{n}@example.com"))
+                .unwrap();
+        let subs = p.subscriptions.expect("subscribed");
+        assert_eq!(
+            subs["email"]["marketing"]["consent"], "SUBSCRIBED",
+            "{subs}"
+        );
+    }
+    assert!(
+        w.sb.profile_by_email("customer1@example.com")
+            .unwrap()
+            .subscriptions
+            .is_none(),
+        "a profile of the other job was touched"
+    );
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-create-jobs"),
+        1
+    );
+    let again = w.ok(&["run", "consent.yaml"]).await;
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-create-jobs"),
+        1
+    );
+
+    // What kdit cannot do yet is refused before any write, not done differently.
+    w.write(
+        "historic.yaml",
+        &job(
+            "historic",
+            "consent:\n  subscribe: [email]\n  consented_at: ltv\n",
+        ),
+    );
+    let refused = w.kdit(&["run", "historic.yaml"]).await;
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("`consent.consented_at`"),
+        "{}",
+        refused.stderr
+    );
+}

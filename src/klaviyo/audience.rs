@@ -264,3 +264,60 @@ impl Client {
         Ok(())
     }
 }
+
+/// Most profiles in one subscription bulk-create job.
+pub const SUBSCRIBE_MAX: usize = 1_000;
+
+impl Client {
+    /// Subscribes profiles to marketing on `channels` (`email`, `sms`), ≤ 1,000 a call (L
+    /// tier). `profiles`: (email, phone number) pairs; a channel is asked only for profiles
+    /// with its identifier. Klaviyo answers 202 and processes the job later (not pollable).
+    pub async fn subscribe(
+        &self,
+        profiles: &[(Option<String>, Option<String>)],
+        channels: &[&str],
+        source: &str,
+    ) -> Result<(), KlaviyoError> {
+        for chunk in profiles.chunks(SUBSCRIBE_MAX) {
+            let data: Vec<Value> = chunk
+                .iter()
+                .filter_map(|(email, phone)| {
+                    let mut attributes = serde_json::Map::new();
+                    let mut subs = serde_json::Map::new();
+                    let marketing = json!({"marketing": {"consent": "SUBSCRIBED"}});
+                    if let Some(e) = email {
+                        attributes.insert("email".into(), json!(e));
+                        if channels.contains(&"email") {
+                            subs.insert("email".into(), marketing.clone());
+                        }
+                    }
+                    if let Some(p) = phone {
+                        attributes.insert("phone_number".into(), json!(p));
+                        if channels.contains(&"sms") {
+                            subs.insert("sms".into(), marketing);
+                        }
+                    }
+                    if subs.is_empty() {
+                        return None;
+                    }
+                    attributes.insert("subscriptions".into(), Value::Object(subs));
+                    Some(json!({"type": "profile", "attributes": attributes}))
+                })
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let body = json!({"data": {"type": "profile-subscription-bulk-create-job",
+                "attributes": {"custom_source": source, "profiles": {"data": data}}}});
+            self.send(
+                Tier::L,
+                Method::POST,
+                "/api/profile-subscription-bulk-create-jobs",
+                "POST /api/profile-subscription-bulk-create-jobs",
+                Some(&body),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
