@@ -324,7 +324,13 @@ async fn catalog_tags_land_on_lists_and_segments_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
     let w = World::new(30).await;
-    w.write("a.yaml", &job("shop-a", "tags:\n  profiles: [vip]\n"));
+    w.write(
+        "a.yaml",
+        &job(
+            "shop-a",
+            "tags:\n  profiles: [vip]\nsegments:\n  - name: Tagged active\n    definition:\n      all: ['properties.kdit_tags has \"active\"']\n",
+        ),
+    );
     w.write("b.yaml", &job("shop-b", "tags:\n  profiles: [active]\n"));
     w.ok(&["run", "a.yaml", "-q"]).await;
     w.ok(&["run", "b.yaml", "-q"]).await;
@@ -341,11 +347,18 @@ async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
     assert_eq!(tags("customer1@example.com"), both);
     assert_eq!(tags("customer30@example.com"), both);
     assert_eq!(w.sb.profiles().len(), 30);
+    // A segment of job A sees the tag job B put on the same people.
+    assert_eq!(w.segment("Tagged active").members.len(), 30);
 
     // Unchanged tags: nothing to send. Changed tags: every profile goes again.
     let again = w.ok(&["plan", "a.yaml"]).await;
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
-    w.write("a.yaml", &job("shop-a", "tags:\n  profiles: [vip, kdit]\n"));
+    w.write(
+        "a.yaml",
+        &std::fs::read_to_string(w.dir.path().join("a.yaml"))
+            .unwrap()
+            .replace("profiles: [vip]", "profiles: [vip, kdit]"),
+    );
     let plan = w.ok(&["plan", "a.yaml"]).await;
     assert!(plan.stdout.contains("~ 30 to update"), "{}", plan.stdout);
     w.ok(&["run", "a.yaml", "-q"]).await;
@@ -458,4 +471,26 @@ async fn consent_changes_only_when_a_job_asks() {
         "{}",
         refused.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_segment_cap_stops_the_run_with_a_clear_error() {
+    let w = World::new(3).await;
+    let segments: String = (0..101)
+        .map(|i| {
+            format!("  - name: Over {i}\n    definition:\n      all: [properties.ltv > {i}]\n")
+        })
+        .collect();
+    w.write("job.yaml", &job("shop", &format!("segments:\n{segments}")));
+    let run = w
+        .kdit(&["run", "job.yaml", "-q", "--rate-limits", "off"])
+        .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("Klaviyo refused to create segment \"Over 100\": rate limited; an account may create or update at most 100 segments a day"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.sb.segments().len(), 100);
 }
