@@ -381,6 +381,31 @@ async fn run_locked(
             report.api.retries,
             report.seconds
         );
+        let mut audience = Vec::new();
+        if !report.segments_created.is_empty() {
+            audience.push(format!(
+                "{} segments created",
+                report.segments_created.len()
+            ));
+        }
+        if !report.segments_updated.is_empty() {
+            audience.push(format!(
+                "{} segments updated",
+                report.segments_updated.len()
+            ));
+        }
+        if report.tags_added > 0 {
+            audience.push(format!("{} tags added", report.tags_added));
+        }
+        if report.subscribed > 0 {
+            audience.push(format!(
+                "{} profiles subscribed",
+                render::thousands(report.subscribed)
+            ));
+        }
+        if !audience.is_empty() {
+            eprintln!("audience: {}", audience.join(", "));
+        }
         if let Some(path) = &out.report {
             eprintln!("report: {}", path.display());
         }
