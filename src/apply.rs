@@ -54,6 +54,11 @@ pub struct Report {
     pub lists_created: Vec<String>,
     pub list_adds: u64,
     pub list_removals: u64,
+    pub segments_created: Vec<String>,
+    pub segments_updated: Vec<String>,
+    pub tags_added: u64,
+    /// Profiles subscribed to marketing (`consent.subscribe`).
+    pub subscribed: u64,
     pub api: Stats,
     pub success_rate: f64,
 }
@@ -93,6 +98,8 @@ struct BatchOutcome {
     bulk_ids: Vec<String>,
     confirmed: Vec<Item>,
     failures: Vec<Failure>,
+    /// Profiles subscribed (consent) after this batch.
+    subscribed: u64,
 }
 
 /// Settings of one apply.
@@ -167,6 +174,8 @@ pub async fn apply(
         run_id,
         state,
         seq: 0,
+        meta: crate::audience::profile_tags_meta(job).map(Arc::from),
+        consent: crate::audience::consent_channels(job),
         totals: Totals {
             report: &mut report,
             failures: &mut failures,
@@ -174,6 +183,8 @@ pub async fn apply(
         },
     };
     let batch_size = settings.batch_size.max(1);
+    // Every profile carries the job's `meta` (profile tags) too.
+    let meta_len = batches.meta.as_ref().map_or(0, |m| m.len() + 8);
     // Room for the envelope around the profiles.
     let byte_budget = BULK_MAX_BYTES - 64 * 1024;
     let unreadable =
@@ -196,7 +207,7 @@ pub async fn apply(
                 });
             }
             Entry::Send(s) => {
-                let size = s.attributes.get().len() + 32;
+                let size = s.attributes.get().len() + 32 + meta_len;
                 let bits = s.adds;
                 let bucket = buckets.entry(bits).or_default();
                 if !bucket.0.is_empty() && bucket.1 + size > byte_budget {
@@ -314,6 +325,51 @@ async fn record(
     Ok(())
 }
 
+/// Subscribes the profiles a confirmed batch created to the job's consent channels. A
+/// refused subscription is a failure of those rows (the profiles themselves are in).
+async fn subscribe_created(
+    client: &Client,
+    job: &Job,
+    channels: &[&'static str],
+    o: &mut BatchOutcome,
+) {
+    let created: Vec<&Item> = o
+        .confirmed
+        .iter()
+        .filter(|i| i.action == Action::Create)
+        .collect();
+    if created.is_empty() {
+        return;
+    }
+    let ids: Vec<(Option<String>, Option<String>)> = created
+        .iter()
+        .map(|i| {
+            let a: Value = serde_json::from_str(i.attributes.get()).unwrap_or(Value::Null);
+            (
+                a["email"].as_str().map(str::to_string),
+                a["phone_number"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    match client
+        .subscribe(&ids, channels, &format!("kdit {}", job.name()))
+        .await
+    {
+        Ok(()) => o.subscribed += ids.len() as u64,
+        Err(e) => {
+            for i in created {
+                o.failures.push(Failure {
+                    row: i.row,
+                    key: i.key.clone(),
+                    field: "consent".into(),
+                    rule: "subscribe".into(),
+                    message: format!("the profile was created but not subscribed: {e}"),
+                });
+            }
+        }
+    }
+}
+
 /// How often the watcher asks Klaviyo about bulk jobs in flight.
 const POLL_INTERVAL: Duration = Duration::from_millis(750);
 
@@ -338,6 +394,7 @@ impl Totals<'_> {
         self.confirmed += o.confirmed.len() as u64;
         self.report.confirmed += o.confirmed.len() as u64;
         self.report.failed += o.failures.len() as u64;
+        self.report.subscribed += o.subscribed;
         self.failures.extend(o.failures);
     }
 }
@@ -355,6 +412,10 @@ struct Batches<'a, 'r> {
     state: &'a State<'a>,
     seq: i32,
     totals: Totals<'r>,
+    /// The `meta` each profile carries (profile tags).
+    meta: Option<Arc<str>>,
+    /// Channels to subscribe the profiles this run creates to (`consent.subscribe`).
+    consent: Vec<&'static str>,
 }
 
 impl Batches<'_, '_> {
@@ -371,8 +432,10 @@ impl Batches<'_, '_> {
         let client = self.client.clone();
         let watcher = self.watcher.clone();
         let (key_field, seq) = (self.key_field, self.seq);
-        self.in_flight
-            .spawn(async move { send_batch(client, watcher, items, ids, key_field, seq).await });
+        let meta = self.meta.clone();
+        self.in_flight.spawn(async move {
+            send_batch(client, watcher, items, ids, key_field, seq, meta).await
+        });
         Ok(())
     }
 
@@ -383,6 +446,10 @@ impl Batches<'_, '_> {
         };
         let outcome = done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
         record(&outcome, self.job, self.run_id, self.state).await?;
+        let mut outcome = outcome;
+        if !self.consent.is_empty() {
+            subscribe_created(self.client, self.job, &self.consent, &mut outcome).await;
+        }
         self.totals.add(outcome);
         Ok(true)
     }
@@ -396,6 +463,7 @@ async fn send_batch(
     list_ids: Vec<String>,
     key_field: &'static str,
     seq: i32,
+    meta: Option<Arc<str>>,
 ) -> BatchOutcome {
     let mut out = BatchOutcome {
         seq,
@@ -404,7 +472,10 @@ async fn send_batch(
     let mut queue = vec![items];
     while let Some(chunk) = queue.pop() {
         let profiles: Vec<&RawValue> = chunk.iter().map(|i| i.attributes.as_ref()).collect();
-        let job = match client.start_bulk_import(&profiles, &list_ids).await {
+        let job = match client
+            .start_bulk_import_with_meta(&profiles, &list_ids, meta.as_deref())
+            .await
+        {
             Ok(job) => job,
             Err(KlaviyoError::Api {
                 status,

@@ -58,6 +58,11 @@ pub enum Command {
     },
     /// Run a local Klaviyo-compatible API server for trying and testing jobs.
     Sandbox(crate::sandbox::SandboxArgs),
+    /// Segments kept as code: see who is in one.
+    Segment {
+        #[command(subcommand)]
+        command: crate::audience::SegmentCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -375,6 +375,34 @@ pub fn compile(
             }
         }
     }
+    // An exclusive tag group allows one of its tags per list or segment.
+    if let Some(catalog) = project.and_then(|p| p.spec.tags.as_ref()) {
+        for (group, tags) in [
+            ("lists", &spec.tags.lists),
+            ("segments", &spec.tags.segments),
+        ] {
+            for g in catalog.groups.iter().filter(|g| g.exclusive) {
+                let from: Vec<(usize, &String)> = tags
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| g.tags.contains(t))
+                    .collect();
+                if let [_, (i, second), ..] = from.as_slice() {
+                    out.push(loaded.at_value(
+                        err(
+                            "exclusive-tags",
+                            format!(
+                                "tag group `{}` is exclusive: one of its tags per list or segment, and `tags.{group}` has `{}` and `{second}`",
+                                g.name, from[0].1
+                            ),
+                        )
+                        .hint("keep one of them"),
+                        &format!("/tags/{group}/{i}"),
+                    ));
+                }
+            }
+        }
+    }
     if !spec.tags.segments.is_empty() && spec.segments.is_empty() {
         out.push(
             loaded.at_key(
@@ -402,6 +430,33 @@ pub fn compile(
                     )
                     .hint(format!("first defined on line {line}")),
                     &format!("/segments/{i}/name"),
+                ),
+            );
+        }
+        let count = crate::audience::condition_count(segment);
+        if count > crate::audience::MAX_CONDITIONS {
+            out.push(loaded.at_key(
+                err(
+                    "too-many-conditions",
+                    format!(
+                        "segment `{}` has {count} conditions; Klaviyo allows at most {}",
+                        segment.name,
+                        crate::audience::MAX_CONDITIONS
+                    ),
+                )
+                .hint("split it into several segments, or use `in [\"a\", \"b\"]` for several values"),
+                &format!("/segments/{i}/definition"),
+            ));
+        }
+        if segment.definition.all.is_empty() {
+            out.push(
+                loaded.at_key(
+                    err(
+                        "empty-segment",
+                        format!("segment `{}` has no conditions", segment.name),
+                    )
+                    .hint("add at least one condition under `definition.all`"),
+                    &format!("/segments/{i}/definition/all"),
                 ),
             );
         }

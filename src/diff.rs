@@ -85,6 +85,9 @@ pub struct Differ<'s> {
     update_new: Vec<(String, Value, Vec<String>)>,
     list_adds: Vec<u64>,
     list_add_samples: Vec<Vec<String>>,
+    /// Mixed into every profile's hash: what a send carries beyond its attributes (the
+    /// job's profile tags), so changing it re-sends. Empty: hashes as before.
+    salt: Vec<u8>,
 }
 
 impl<'s> Differ<'s> {
@@ -108,12 +111,26 @@ impl<'s> Differ<'s> {
             update_new: Vec::new(),
             list_adds: vec![0; n],
             list_add_samples: vec![Vec::new(); n],
+            salt: Vec::new(),
         }
+    }
+
+    /// Mixes `salt` into every profile's hash (see the field).
+    pub fn with_salt(mut self, salt: Vec<u8>) -> Self {
+        self.salt = salt;
+        self
     }
 
     /// Classifies one desired profile.
     pub fn observe(&mut self, d: &Desired) -> Decision {
-        let hash = hash_payload(&d.attributes, &d.unset);
+        let mut hash = hash_payload(&d.attributes, &d.unset);
+        if !self.salt.is_empty() {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            h.update(hash);
+            h.update(&self.salt);
+            hash.copy_from_slice(&h.finalize()[..16]);
+        }
         self.mix(d.key.as_bytes(), &hash);
         self.plan.rows += 1;
         let (action, add_lists) = match self.snapshot.get_mut(&d.key) {

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod attributes;
+pub mod audience;
 pub mod bench;
 pub mod bench_sync;
 pub mod cli;

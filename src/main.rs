@@ -113,6 +113,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
                 Err(e) => report::<()>(Err(e)),
             }
         })?),
+        Command::Segment {
+            command: kdit::audience::SegmentCommand::Preview(args),
+        } => Ok(block_on(kdit::audience::preview_command(&args))?),
         Command::Preview(args) => Ok(block_on(async {
             report(kdit::inspect::preview(&args, &mut std::io::stdout()).await)
         })?),

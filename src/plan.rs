@@ -34,6 +34,16 @@ pub struct Plan {
     pub reject_counts: Vec<RejectCount>,
     pub reject_samples: Vec<Rejected>,
     pub lists: Vec<ListChange>,
+    /// Segments kept as code: created, changed or unchanged.
+    #[serde(default)]
+    pub segments: Vec<SegmentChange>,
+    /// Klaviyo tags to put on the job's lists and segments.
+    #[serde(default)]
+    pub tags: Vec<TagChange>,
+    /// Marketing channels the profiles this run creates are subscribed to
+    /// (`consent.subscribe`); empty: consent is not touched.
+    #[serde(default)]
+    pub consent: Vec<String>,
     /// Profiles the state held before this run.
     pub state_profiles: u64,
     /// The last finished run: (id, when).
@@ -82,6 +92,41 @@ pub struct ListChange {
     pub remove_samples: Vec<String>,
 }
 
+/// What a run does to a segment.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentAction {
+    /// Klaviyo matches the job.
+    #[default]
+    None,
+    Create,
+    Update,
+}
+
+/// One segment of the job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SegmentChange {
+    pub name: String,
+    pub action: SegmentAction,
+    pub conditions: usize,
+    /// Klaviyo's condition groups, compactly (updates only).
+    pub before: Vec<String>,
+    /// The job's condition groups, compactly.
+    pub after: Vec<String>,
+}
+
+/// A Klaviyo tag to put on a list or segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TagChange {
+    pub tag: String,
+    /// `list` or `segment`.
+    pub on: String,
+    pub target: String,
+    /// Tags of the same exclusive group taken off first.
+    #[serde(default)]
+    pub replaces: Vec<String>,
+}
+
 /// A guard's verdict.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GuardCheck {
@@ -105,6 +150,16 @@ impl Plan {
                 .lists
                 .iter()
                 .any(|l| l.adds > 0 || l.removes > 0 || !l.exists)
+            || self.audience_changes()
+    }
+
+    /// Whether segments or tags change.
+    pub fn audience_changes(&self) -> bool {
+        !self.tags.is_empty()
+            || self
+                .segments
+                .iter()
+                .any(|s| s.action != SegmentAction::None)
     }
 
     pub fn guards_ok(&self) -> bool {
@@ -161,11 +216,20 @@ impl Plan {
         let calls = bulk * 2 + created_lists + list_lookups + removals;
         // M tier (bulk import, lists): 10/s burst, 150/min steady.
         let m_calls = bulk * 2 + created_lists + removals;
-        let seconds = if m_calls <= 150 {
+        let mut seconds = if m_calls <= 150 {
             m_calls as f64 / 10.0
         } else {
             m_calls as f64 / 2.5
         };
+        // Segment writes are XS tier (1/s); tag calls S tier (3/s).
+        let segment_writes = self
+            .segments
+            .iter()
+            .filter(|s| s.action != SegmentAction::None)
+            .count() as u64;
+        let tag_calls = self.tags.len() as u64 * 2;
+        let calls = calls + segment_writes + tag_calls;
+        seconds += segment_writes as f64 + tag_calls as f64 / 3.0;
         Estimate {
             calls,
             bulk_jobs: bulk,

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::plan::{Plan, mask};
+use crate::plan::{Plan, SegmentAction, mask};
 
 /// How to show a plan.
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +177,7 @@ pub fn human(plan: &Plan, opts: Options) -> String {
             }
         }
     }
+    audience(&mut o, plan);
     let _ = writeln!(o);
     if !plan.has_changes() {
         let _ = writeln!(
@@ -210,6 +211,30 @@ pub fn human(plan: &Plan, opts: Options) -> String {
         if created > 0 {
             parts.push(format!("{} to create", plural(created, "list", "lists")));
         }
+        let count =
+            |a: SegmentAction| plan.segments.iter().filter(|s| s.action == a).count() as u64;
+        let (seg_new, seg_changed) = (count(SegmentAction::Create), count(SegmentAction::Update));
+        if seg_new > 0 {
+            parts.push(format!(
+                "{} to create",
+                plural(seg_new, "segment", "segments")
+            ));
+        }
+        if seg_changed > 0 {
+            parts.push(format!(
+                "{} to change",
+                plural(seg_changed, "segment", "segments")
+            ));
+        }
+        if !plan.tags.is_empty() {
+            parts.push(format!(
+                "{} to add",
+                plural(plan.tags.len() as u64, "tag", "tags")
+            ));
+        }
+        if e.bulk_jobs == 0 && parts.len() > 1 {
+            parts.remove(0);
+        }
         let _ = writeln!(o, "Plan: {}.", parts.join(", "));
         let _ = writeln!(
             o,
@@ -236,6 +261,81 @@ pub fn human(plan: &Plan, opts: Options) -> String {
         let _ = writeln!(o, "Guards: {}", parts.join("   "));
     }
     o
+}
+
+/// The `Segments` and `Tags` sections.
+fn audience(o: &mut String, plan: &Plan) {
+    if !plan.segments.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Segments");
+        let w = plan
+            .segments
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0);
+        for s in &plan.segments {
+            match s.action {
+                SegmentAction::Create => {
+                    let _ = writeln!(
+                        o,
+                        "  + {:<w$}   created ({})",
+                        s.name,
+                        plural(s.conditions as u64, "condition", "conditions")
+                    );
+                    for g in &s.after {
+                        let _ = writeln!(o, "      + {g}");
+                    }
+                }
+                SegmentAction::Update => {
+                    let _ = writeln!(o, "  ~ {:<w$}   definition changed", s.name);
+                    for g in s.before.iter().filter(|g| !s.after.contains(g)) {
+                        let _ = writeln!(o, "      - {g}");
+                    }
+                    for g in s.after.iter().filter(|g| !s.before.contains(g)) {
+                        let _ = writeln!(o, "      + {g}");
+                    }
+                }
+                SegmentAction::None => {
+                    let _ = writeln!(o, "    {:<w$}   no change", s.name);
+                }
+            }
+        }
+    }
+    if !plan.consent.is_empty() && plan.creates > 0 {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Consent");
+        let _ = writeln!(
+            o,
+            "  + {} to subscribe to {} marketing (the profiles this run creates)",
+            thousands(plan.creates),
+            plan.consent.join(" and ")
+        );
+    }
+    if !plan.tags.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Tags");
+        let w = plan.tags.iter().map(|t| t.tag.len()).max().unwrap_or(0);
+        for t in &plan.tags {
+            let replaces = if t.replaces.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (replaces {}: exclusive group)",
+                    t.replaces
+                        .iter()
+                        .map(|r| format!("{r:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let _ = writeln!(
+                o,
+                "  + {:<w$}   on {} {:?}{replaces}",
+                t.tag, t.on, t.target
+            );
+        }
+    }
 }
 
 /// The JSON rendering (the same document `kdit plan -o` saves).

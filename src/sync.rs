@@ -66,6 +66,8 @@ pub enum SyncError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Klaviyo(#[from] crate::klaviyo::KlaviyoError),
+    #[error(transparent)]
+    Audience(#[from] crate::audience::AudienceError),
     #[error("{0}")]
     Other(String),
 }
@@ -103,7 +105,8 @@ pub async fn make_plan(
         ..Plan::default()
     };
     let (mut rx, task) = rows.feed();
-    let mut differ = Differ::new(&mut snapshot, &lists, base);
+    let mut differ =
+        Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
     let spill_error =
         |e: std::io::Error| SyncError::Other(format!("cannot write the plan's work file: {e}"));
     while let Some(next) = rx.recv().await {
@@ -160,6 +163,13 @@ pub async fn make_plan(
     for (l, keys) in plan.lists.iter_mut().zip(&removals) {
         l.remove_samples = keys.iter().take(crate::diff::SAMPLES).cloned().collect();
     }
+    let (segments, tags) = crate::audience::plan(job, client).await?;
+    plan.segments = segments;
+    plan.tags = tags;
+    plan.consent = crate::audience::consent_channels(job)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     plan.query_seconds = done.seconds;
     plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
     Ok((plan, removals))
@@ -319,6 +329,18 @@ async fn run_locked(
         .into_iter()
         .map(|i| i.unwrap_or_default())
         .collect();
+    let audience = if plan.audience_changes() {
+        let by_name = job
+            .spec
+            .lists
+            .iter()
+            .zip(&list_ids)
+            .map(|(l, id)| (l.name.clone(), id.clone()))
+            .collect();
+        Some(crate::audience::apply(job, client, &by_name).await?)
+    } else {
+        None
+    };
     let progress = Arc::new(Progress::new(plan.rows, out.quiet));
     let p = progress.clone();
     let settings = Settings {
@@ -345,6 +367,11 @@ async fn run_locked(
         Err(e) => return Err(e.into()),
     };
     report.lists_created = created;
+    if let Some(a) = audience {
+        report.segments_created = a.segments_created;
+        report.segments_updated = a.segments_updated;
+        report.tags_added = a.tags_added;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     if let Some(path) = &out.report {
         let text =
@@ -370,6 +397,31 @@ async fn run_locked(
             report.api.retries,
             report.seconds
         );
+        let mut audience = Vec::new();
+        if !report.segments_created.is_empty() {
+            audience.push(format!(
+                "{} segments created",
+                report.segments_created.len()
+            ));
+        }
+        if !report.segments_updated.is_empty() {
+            audience.push(format!(
+                "{} segments updated",
+                report.segments_updated.len()
+            ));
+        }
+        if report.tags_added > 0 {
+            audience.push(format!("{} tags added", report.tags_added));
+        }
+        if report.subscribed > 0 {
+            audience.push(format!(
+                "{} profiles subscribed",
+                render::thousands(report.subscribed)
+            ));
+        }
+        if !audience.is_empty() {
+            eprintln!("audience: {}", audience.join(", "));
+        }
         if let Some(path) = &out.report {
             eprintln!("report: {}", path.display());
         }

@@ -4,6 +4,7 @@
 //! Network I/O through `client`. Shapes follow `../shared/klaviyo/openapi.json` (revision
 //! 2026-07-15); `ratelimit` holds the tiers each call is budgeted against.
 
+pub mod audience;
 pub mod client;
 pub mod ratelimit;
 pub mod watch;
@@ -205,8 +206,26 @@ impl Client {
         profiles: &[&RawValue],
         list_ids: &[String],
     ) -> Result<BulkJob, KlaviyoError> {
-        let mut body =
-            String::with_capacity(profiles.iter().map(|p| p.get().len() + 40).sum::<usize>() + 256);
+        self.start_bulk_import_with_meta(profiles, list_ids, None)
+            .await
+    }
+
+    /// `start_bulk_import` with the same serialised `meta` (e.g. `patch_properties`) on
+    /// every profile.
+    pub async fn start_bulk_import_with_meta(
+        &self,
+        profiles: &[&RawValue],
+        list_ids: &[String],
+        meta: Option<&str>,
+    ) -> Result<BulkJob, KlaviyoError> {
+        let meta_len = meta.map_or(0, |m| m.len() + 8);
+        let mut body = String::with_capacity(
+            profiles
+                .iter()
+                .map(|p| p.get().len() + 40 + meta_len)
+                .sum::<usize>()
+                + 256,
+        );
         body.push_str(
             r#"{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":["#,
         );
@@ -216,6 +235,10 @@ impl Client {
             }
             body.push_str(r#"{"type":"profile","attributes":"#);
             body.push_str(p.get());
+            if let Some(m) = meta {
+                body.push_str(r#","meta":"#);
+                body.push_str(m);
+            }
             body.push('}');
         }
         body.push_str("]}}");

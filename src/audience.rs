@@ -1,0 +1,610 @@
+//! The audience side of a job: segments kept as code and Klaviyo tags on the job's lists and
+//! segments.
+//!
+//! In: a compiled job, list ids, the Klaviyo client. Out: the plan's `Segments` and `Tags`
+//! lines (`plan`), then the same changes carried out (`apply`). The pure half (definitions,
+//! normalisation, compact descriptions) is unit-tested here; the rest is Klaviyo I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::compile::Job;
+use crate::klaviyo::{Client, KlaviyoError};
+use crate::plan::{SegmentAction, SegmentChange, TagChange};
+use crate::segment::parse_condition;
+use crate::spec::{ConditionGroupSpec, SegmentSpec};
+
+/// Klaviyo's cap on conditions in one segment.
+pub const MAX_CONDITIONS: usize = 100;
+
+/// Errors of the audience side.
+#[derive(Debug, thiserror::Error)]
+pub enum AudienceError {
+    #[error(transparent)]
+    Klaviyo(#[from] KlaviyoError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The condition texts of a segment, group by group.
+fn groups(spec: &SegmentSpec) -> Vec<Vec<&str>> {
+    spec.definition
+        .all
+        .iter()
+        .map(|g| match g {
+            ConditionGroupSpec::One(c) => vec![c.as_str()],
+            ConditionGroupSpec::Any(a) => a.any.iter().map(String::as_str).collect(),
+        })
+        .collect()
+}
+
+/// How many conditions a segment has.
+pub fn condition_count(spec: &SegmentSpec) -> usize {
+    groups(spec).iter().map(Vec::len).sum()
+}
+
+/// The Klaviyo definition a segment spec asks for; list names resolved by `list_id`
+/// (a name without an id stays as the name, for plans made before the list exists).
+pub fn definition(
+    spec: &SegmentSpec,
+    list_id: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, String> {
+    let mut condition_groups = Vec::new();
+    for group in groups(spec) {
+        let mut conditions = Vec::new();
+        for text in group {
+            let c = parse_condition(text).map_err(|e| e.message)?;
+            conditions.push(c.to_klaviyo(list_id));
+        }
+        condition_groups.push(json!({ "conditions": conditions }));
+    }
+    Ok(json!({ "condition_groups": condition_groups }))
+}
+
+/// A definition in a form where equal meanings compare equal: nulls dropped, numbers as
+/// floats (Klaviyo may answer `500` for `500.0`).
+pub fn normalise(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), normalise(v)))
+                .collect::<Map<String, Value>>(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalise).collect()),
+        Value::Number(n) => n.as_f64().map(|f| json!(f)).unwrap_or_else(|| v.clone()),
+        other => other.clone(),
+    }
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        Value::Array(a) => format!("[{}]", a.iter().map(short).collect::<Vec<_>>().join(", ")),
+        other => other.to_string(),
+    }
+}
+
+/// One Klaviyo condition, compactly: `properties['ltv'] > 500`, `in list "VIP"`.
+pub fn describe_condition(c: &Value, list_names: &HashMap<String, String>) -> String {
+    match c["type"].as_str() {
+        Some("profile-group-membership") => {
+            let id = c["group_ids"][0].as_str().unwrap_or("?");
+            let name = list_names.get(id).map(String::as_str).unwrap_or(id);
+            let not = if c["is_member"].as_bool() == Some(false) {
+                "not "
+            } else {
+                ""
+            };
+            format!("{not}in list {name:?}")
+        }
+        Some("profile-property") => {
+            let f = &c["filter"];
+            let op = match (f["type"].as_str(), f["operator"].as_str().unwrap_or("?")) {
+                (_, "equals") => "=",
+                (_, "not-equals") => "!=",
+                (_, "greater-than") => ">",
+                (_, "greater-than-or-equal") => ">=",
+                (_, "less-than") => "<",
+                (_, "less-than-or-equal") => "<=",
+                (Some("list"), "contains") => "has",
+                (Some("list"), "not-contains") => "not has",
+                (_, "is-set") => "is set",
+                (_, "not-set") => "is not set",
+                (_, other) => other,
+            };
+            let prop = c["property"].as_str().unwrap_or("?");
+            match f.get("value") {
+                Some(v) => format!("{prop} {op} {}", short(v)),
+                None => format!("{prop} {op}"),
+            }
+        }
+        Some(other) => format!("({other} condition)"),
+        None => "(unreadable condition)".into(),
+    }
+}
+
+/// A definition's groups, each as one line (`a or b`).
+pub fn describe(def: &Value, list_names: &HashMap<String, String>) -> Vec<String> {
+    def["condition_groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            g["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| describe_condition(c, list_names))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        })
+        .collect()
+}
+
+/// What to do about one segment, comparing the wanted definition with Klaviyo's.
+pub fn segment_change(
+    spec: &SegmentSpec,
+    wanted: &Value,
+    live: Option<&Value>,
+    list_names: &HashMap<String, String>,
+) -> SegmentChange {
+    let after = describe(wanted, list_names);
+    let (action, before) = match live {
+        None => (SegmentAction::Create, Vec::new()),
+        Some(l) if normalise(l) == normalise(wanted) => (SegmentAction::None, Vec::new()),
+        Some(l) => (SegmentAction::Update, describe(l, list_names)),
+    };
+    SegmentChange {
+        name: spec.name.clone(),
+        action,
+        conditions: condition_count(spec),
+        before,
+        after,
+    }
+}
+
+/// The job's lists: name → Klaviyo id, for those that exist.
+async fn list_ids(job: &Job, client: &Client) -> Result<BTreeMap<String, String>, KlaviyoError> {
+    let mut out = BTreeMap::new();
+    for l in &job.spec.lists {
+        if let Some(id) = client.find_list(&l.name).await? {
+            out.insert(l.name.clone(), id);
+        }
+    }
+    Ok(out)
+}
+
+fn names_of(ids: &BTreeMap<String, String>) -> HashMap<String, String> {
+    ids.iter().map(|(n, i)| (i.clone(), n.clone())).collect()
+}
+
+/// The catalog group a tag belongs to: (group name, exclusive).
+fn tag_group<'a>(job: &'a Job, tag: &str) -> Option<(&'a str, bool)> {
+    let catalog = job.project.as_ref()?.spec.tags.as_ref()?;
+    catalog
+        .groups
+        .iter()
+        .find(|g| g.tags.iter().any(|t| t == tag))
+        .map(|g| (g.name.as_str(), g.exclusive))
+}
+
+/// Tags of an exclusive catalog group other than `tag` that sit on the resource already.
+fn displaced(job: &Job, tag: &str, present: &[String]) -> Vec<String> {
+    let Some((group, true)) = tag_group(job, tag) else {
+        return Vec::new();
+    };
+    present
+        .iter()
+        .filter(|p| *p != tag && tag_group(job, p).is_some_and(|(g, _)| g == group))
+        .cloned()
+        .collect()
+}
+
+/// Tag changes for one resource (list or segment).
+fn tag_changes(
+    job: &Job,
+    on: &str,
+    target: &str,
+    wanted: &[String],
+    present: &[String],
+) -> Vec<TagChange> {
+    wanted
+        .iter()
+        .filter(|t| !present.contains(t))
+        .map(|t| TagChange {
+            tag: t.clone(),
+            on: on.to_string(),
+            target: target.to_string(),
+            replaces: displaced(job, t, present),
+        })
+        .collect()
+}
+
+/// The plan's segment and tag lines: reads Klaviyo, changes nothing.
+pub async fn plan(
+    job: &Job,
+    client: &Client,
+) -> Result<(Vec<SegmentChange>, Vec<TagChange>), AudienceError> {
+    if let Some(why) = unsupported_consent(job) {
+        return Err(AudienceError::Other(why));
+    }
+    if job.spec.segments.is_empty() && job.spec.tags.lists.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let ids = list_ids(job, client).await?;
+    let names = names_of(&ids);
+    let lookup = |n: &str| ids.get(n).cloned();
+    let mut segments = Vec::new();
+    let mut tags = Vec::new();
+    if !job.spec.tags.lists.is_empty() {
+        for l in &job.spec.lists {
+            let present = match ids.get(&l.name) {
+                Some(id) => tag_names(client.tags_on("lists", id).await?),
+                None => Vec::new(),
+            };
+            tags.extend(tag_changes(
+                job,
+                "list",
+                &l.name,
+                &job.spec.tags.lists,
+                &present,
+            ));
+        }
+    }
+    for s in &job.spec.segments {
+        let wanted = definition(s, &lookup).map_err(AudienceError::Other)?;
+        let live = client.find_segment(&s.name).await?;
+        segments.push(segment_change(
+            s,
+            &wanted,
+            live.as_ref().map(|l| &l.definition),
+            &names,
+        ));
+        if !job.spec.tags.segments.is_empty() {
+            let present = match &live {
+                Some(l) => tag_names(client.tags_on("segments", &l.id).await?),
+                None => Vec::new(),
+            };
+            tags.extend(tag_changes(
+                job,
+                "segment",
+                &s.name,
+                &job.spec.tags.segments,
+                &present,
+            ));
+        }
+    }
+    Ok((segments, tags))
+}
+
+fn tag_names(tags: Vec<crate::klaviyo::audience::LiveTag>) -> Vec<String> {
+    tags.into_iter().map(|t| t.name).collect()
+}
+
+/// Explains a refused segment write (the XS tier and the daily cap of 100).
+fn segment_write_error(name: &str, what: &str, e: KlaviyoError) -> AudienceError {
+    let capped = match &e {
+        KlaviyoError::Api { status: 429, .. } => true,
+        KlaviyoError::GaveUp { last, .. } => last.starts_with("429"),
+        _ => false,
+    };
+    if capped {
+        AudienceError::Other(format!(
+            "Klaviyo refused to {what} segment \"{name}\": rate limited; an account may create or update at most 100 segments a day (and 15 a minute), so the daily cap is likely reached ({e}); try again tomorrow"
+        ))
+    } else {
+        AudienceError::Other(format!("cannot {what} segment \"{name}\": {e}"))
+    }
+}
+
+/// What the audience side did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AudienceReport {
+    pub segments_created: Vec<String>,
+    pub segments_updated: Vec<String>,
+    pub tags_added: u64,
+}
+
+/// Makes Klaviyo's segments and tags what the job asks for. `list_ids`: the job's lists,
+/// name → id, all resolved (created) already.
+pub async fn apply(
+    job: &Job,
+    client: &Client,
+    list_ids: &BTreeMap<String, String>,
+) -> Result<AudienceReport, AudienceError> {
+    let mut report = AudienceReport::default();
+    let lookup = |n: &str| list_ids.get(n).cloned();
+    let mut segment_ids = Vec::new();
+    for s in &job.spec.segments {
+        let wanted = definition(s, &lookup).map_err(AudienceError::Other)?;
+        let id = match client.find_segment(&s.name).await? {
+            None => {
+                let id = client
+                    .create_segment(&s.name, &wanted)
+                    .await
+                    .map_err(|e| segment_write_error(&s.name, "create", e))?;
+                report.segments_created.push(s.name.clone());
+                id
+            }
+            Some(live) => {
+                if normalise(&live.definition) != normalise(&wanted) {
+                    client
+                        .update_segment(&live.id, &wanted)
+                        .await
+                        .map_err(|e| segment_write_error(&s.name, "update", e))?;
+                    report.segments_updated.push(s.name.clone());
+                }
+                live.id
+            }
+        };
+        segment_ids.push(id);
+    }
+    let mut targets: Vec<(&str, String, &[String])> = Vec::new();
+    if !job.spec.tags.lists.is_empty() {
+        for l in &job.spec.lists {
+            if let Some(id) = list_ids.get(&l.name) {
+                targets.push(("lists", id.clone(), &job.spec.tags.lists));
+            }
+        }
+    }
+    if !job.spec.tags.segments.is_empty() {
+        for id in segment_ids {
+            targets.push(("segments", id, &job.spec.tags.segments));
+        }
+    }
+    let mut tags = TagIds::default();
+    for (kind, id, wanted) in targets {
+        let present = client.tags_on(kind, &id).await?;
+        let present_names: Vec<String> = present.iter().map(|t| t.name.clone()).collect();
+        for tag in wanted {
+            if present_names.contains(tag) {
+                continue;
+            }
+            for old in displaced(job, tag, &present_names) {
+                if let Some(t) = present.iter().find(|t| t.name == old) {
+                    client
+                        .relate_tag(&t.id, kind, std::slice::from_ref(&id), false)
+                        .await?;
+                }
+            }
+            let tag_id = tags.ensure(job, client, tag).await?;
+            client
+                .relate_tag(&tag_id, kind, std::slice::from_ref(&id), true)
+                .await?;
+            report.tags_added += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Tag ids found or created during one apply.
+#[derive(Default)]
+struct TagIds {
+    groups: HashMap<String, String>,
+    tags: HashMap<String, String>,
+}
+
+impl TagIds {
+    async fn ensure(
+        &mut self,
+        job: &Job,
+        client: &Client,
+        tag: &str,
+    ) -> Result<String, AudienceError> {
+        if let Some(id) = self.tags.get(tag) {
+            return Ok(id.clone());
+        }
+        let (group, exclusive) = tag_group(job, tag).unwrap_or(("kdit", false));
+        let group_id = match self.groups.get(group) {
+            Some(id) => id.clone(),
+            None => {
+                let id = match client.find_tag_group(group).await? {
+                    Some(id) => id,
+                    None => client.create_tag_group(group, exclusive).await?,
+                };
+                self.groups.insert(group.to_string(), id.clone());
+                id
+            }
+        };
+        let existing = client.group_tags(&group_id).await?;
+        let id = match existing.into_iter().find(|t| t.name == tag) {
+            Some(t) => t.id,
+            None => client.create_tag(tag, &group_id).await?,
+        };
+        self.tags.insert(tag.to_string(), id.clone());
+        Ok(id)
+    }
+}
+
+/// Members of a segment once Klaviyo has finished computing it (polls `is_processing`
+/// for up to `wait`).
+pub async fn preview(
+    client: &Client,
+    name: &str,
+    limit: usize,
+    wait: Duration,
+) -> Result<Vec<String>, AudienceError> {
+    let Some(mut seg) = client.find_segment(name).await? else {
+        return Err(AudienceError::Other(format!(
+            "Klaviyo has no segment named \"{name}\"; `kdit run` creates the segments of a job"
+        )));
+    };
+    let started = std::time::Instant::now();
+    while seg.is_processing {
+        if started.elapsed() >= wait {
+            return Err(AudienceError::Other(format!(
+                "segment \"{name}\" is still being computed by Klaviyo after {}s; try again shortly",
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seg = client.segment(&seg.id).await?;
+    }
+    Ok(client.segment_members(&seg.id, limit).await?)
+}
+
+/// The `meta` every bulk-imported profile of the job carries: its profile tags appended to
+/// the tag property (`meta.patch_properties.append`), so tags other jobs put there stay.
+/// `None` when the job has no profile tags.
+pub fn profile_tags_meta(job: &Job) -> Option<String> {
+    if job.spec.tags.profiles.is_empty() {
+        return None;
+    }
+    let mut append = Map::new();
+    append.insert(job.tag_property.clone(), json!(job.spec.tags.profiles));
+    Some(json!({"patch_properties": {"append": append}}).to_string())
+}
+
+/// What the profile tags add to each profile's hash: empty without tags, so the hashes of
+/// jobs without profile tags stay as they were.
+pub fn profile_tags_salt(job: &Job) -> Vec<u8> {
+    profile_tags_meta(job)
+        .map(|m| format!("\0tags\0{m}").into_bytes())
+        .unwrap_or_default()
+}
+
+/// The channels `consent.subscribe` asks for, as Klaviyo names them.
+pub fn consent_channels(job: &Job) -> Vec<&'static str> {
+    job.spec
+        .consent
+        .iter()
+        .flat_map(|c| &c.subscribe)
+        .map(|c| match c {
+            crate::spec::ConsentChannel::Email => "email",
+            crate::spec::ConsentChannel::Sms => "sms",
+        })
+        .collect()
+}
+
+/// Consent settings this kdit cannot carry out yet: refused before any write rather than
+/// done differently from what the job says.
+pub fn unsupported_consent(job: &Job) -> Option<String> {
+    let c = job.spec.consent.as_ref()?;
+    if c.consented_at.is_some() {
+        return Some("`consent.consented_at` (historical imports) is not synced by this kdit yet; remove it to subscribe the profiles each run creates".into());
+    }
+    if !c.unsubscribe.is_empty() {
+        return Some("`consent.unsubscribe` is not synced by this kdit yet; remove it (kdit never unsubscribes anybody otherwise)".into());
+    }
+    None
+}
+
+/// `kdit segment …` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum SegmentCommand {
+    /// Show a segment's members as Klaviyo computed them (waits while it is processing).
+    Preview(SegmentPreviewArgs),
+}
+
+/// Options of `kdit segment preview`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SegmentPreviewArgs {
+    /// The segment's name in Klaviyo.
+    pub name: String,
+    /// Most members shown.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Mask emails and phone numbers.
+    #[arg(long)]
+    pub mask: bool,
+    /// Longest wait, in seconds, for Klaviyo to finish computing the segment.
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
+    #[command(flatten)]
+    pub klaviyo: crate::commands::KlaviyoArgs,
+}
+
+/// `kdit segment preview NAME`: prints one member a line.
+pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStatus {
+    let target = match crate::commands::Target::new(&args.klaviyo).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::ExitStatus::Failure;
+        }
+    };
+    match preview(
+        &target.client,
+        &args.name,
+        args.limit,
+        Duration::from_secs(args.wait),
+    )
+    .await
+    {
+        Ok(members) => {
+            for m in &members {
+                if args.mask {
+                    println!("{}", crate::plan::mask(m));
+                } else {
+                    println!("{m}");
+                }
+            }
+            eprintln!(
+                "{} of segment \"{}\" shown (--limit {})",
+                crate::render::thousands(members.len() as u64),
+                args.name,
+                args.limit
+            );
+            crate::exit::ExitStatus::Success
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            crate::exit::ExitStatus::Failure
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{AnyGroup, SegmentDefinition};
+
+    fn spec(all: Vec<ConditionGroupSpec>) -> SegmentSpec {
+        SegmentSpec {
+            name: "Big spenders".into(),
+            definition: SegmentDefinition { all },
+        }
+    }
+
+    #[test]
+    fn definitions_compare_by_meaning_and_describe_compactly() {
+        let s = spec(vec![
+            ConditionGroupSpec::One("properties.ltv > 500".into()),
+            ConditionGroupSpec::Any(AnyGroup {
+                any: vec![
+                    "in list \"VIP\"".into(),
+                    "properties.kdit_tags has \"vip\"".into(),
+                ],
+            }),
+        ]);
+        let wanted = definition(&s, &|n| Some(format!("id-{n}"))).unwrap();
+        let names: HashMap<String, String> = [("id-VIP".to_string(), "VIP".to_string())].into();
+        let mut live = wanted.clone();
+        live["condition_groups"][0]["conditions"][0]["filter"]["value"] = json!(500);
+        live["condition_groups"][0]["conditions"][0]["filter"]["extra"] = Value::Null;
+        assert_eq!(
+            segment_change(&s, &wanted, Some(&live), &names).action,
+            SegmentAction::None
+        );
+        let c = segment_change(&s, &wanted, None, &names);
+        assert_eq!((c.action, c.conditions), (SegmentAction::Create, 3));
+        assert_eq!(
+            c.after,
+            vec![
+                "properties['ltv'] > 500".to_string(),
+                "in list \"VIP\" or properties['kdit_tags'] has \"vip\"".to_string()
+            ]
+        );
+        live["condition_groups"][0]["conditions"][0]["filter"]["value"] = json!(100);
+        let u = segment_change(&s, &wanted, Some(&live), &names);
+        assert_eq!(u.action, SegmentAction::Update);
+        assert_eq!(u.before[0], "properties['ltv'] > 100");
+    }
+}

@@ -1,0 +1,323 @@
+//! Klaviyo calls for the audience side: segments, tag groups, tags and their relationships.
+//!
+//! In: names, ids and segment definitions. Out: Klaviyo's answers as small Rust types.
+//! Network I/O through the one `Client`; tiers per `../shared/klaviyo/API-NOTES.md` §6–7
+//! (segment writes XS, segment reads L, every tag call S).
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::ratelimit::Tier;
+use super::{Client, KlaviyoError, encode, filter_string, unreadable};
+
+/// A segment as Klaviyo has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSegment {
+    pub id: String,
+    /// `null` when Klaviyo cannot express the definition through the API.
+    pub definition: Value,
+    pub is_processing: bool,
+}
+
+/// A tag on a list or segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTag {
+    pub id: String,
+    pub name: String,
+}
+
+fn id_of(body: &Option<Value>, method: &str, path: &str) -> Result<String, KlaviyoError> {
+    body.as_ref()
+        .and_then(|b| b["data"]["id"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| unreadable(method, path, "no id in the response"))
+}
+
+impl Client {
+    /// Finds a segment by exact name; the oldest when several share it.
+    pub async fn find_segment(&self, name: &str) -> Result<Option<LiveSegment>, KlaviyoError> {
+        let path = format!(
+            "/api/segments?filter={}&sort=created",
+            encode(&format!("equals(name,{})", filter_string(name)))
+        );
+        let r = self
+            .send(Tier::L, Method::GET, &path, "GET /api/segments", None)
+            .await?;
+        let body = r.body.unwrap_or(Value::Null);
+        let d = &body["data"][0];
+        Ok(d["id"].as_str().map(|id| LiveSegment {
+            id: id.to_string(),
+            definition: d["attributes"]["definition"].clone(),
+            is_processing: d["attributes"]["is_processing"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    /// One segment by id.
+    pub async fn segment(&self, id: &str) -> Result<LiveSegment, KlaviyoError> {
+        let path = format!("/api/segments/{id}");
+        let r = self
+            .send(Tier::L, Method::GET, &path, "GET /api/segments/{id}", None)
+            .await?;
+        let body = r.body.unwrap_or(Value::Null);
+        let d = &body["data"];
+        Ok(LiveSegment {
+            id: id.to_string(),
+            definition: d["attributes"]["definition"].clone(),
+            is_processing: d["attributes"]["is_processing"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// Creates a segment (XS tier, 100 a day per account); returns its id.
+    pub async fn create_segment(
+        &self,
+        name: &str,
+        definition: &Value,
+    ) -> Result<String, KlaviyoError> {
+        let body = json!({"data": {"type": "segment", "attributes": {"name": name, "definition": definition}}});
+        let r = self
+            .send(
+                Tier::Xs,
+                Method::POST,
+                "/api/segments",
+                "POST /api/segments",
+                Some(&body),
+            )
+            .await?;
+        id_of(&r.body, "POST", "/api/segments")
+    }
+
+    /// Replaces a segment's definition (XS tier, 100 a day per account).
+    pub async fn update_segment(&self, id: &str, definition: &Value) -> Result<(), KlaviyoError> {
+        let body = json!({"data": {"type": "segment", "id": id, "attributes": {"definition": definition}}});
+        let path = format!("/api/segments/{id}");
+        self.send(
+            Tier::Xs,
+            Method::PATCH,
+            &path,
+            "PATCH /api/segments/{id}",
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Emails (or phone numbers / external ids when a profile has no email) of a segment's
+    /// members, at most `limit`, 100 a page.
+    pub async fn segment_members(
+        &self,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, KlaviyoError> {
+        let mut out = Vec::new();
+        let mut next = Some(format!(
+            "/api/segments/{id}/profiles?fields%5Bprofile%5D=email,phone_number,external_id&page%5Bsize%5D=100"
+        ));
+        while let Some(path) = next.take() {
+            if out.len() >= limit {
+                break;
+            }
+            let r = self
+                .send(
+                    Tier::L,
+                    Method::GET,
+                    &path,
+                    "GET /api/segments/{id}/profiles",
+                    None,
+                )
+                .await?;
+            let body = r.body.unwrap_or(Value::Null);
+            for p in body["data"].as_array().into_iter().flatten() {
+                let a = &p["attributes"];
+                let who = a["email"]
+                    .as_str()
+                    .or(a["phone_number"].as_str())
+                    .or(a["external_id"].as_str())
+                    .or(p["id"].as_str())
+                    .unwrap_or_default();
+                out.push(who.to_string());
+            }
+            next = body["links"]["next"].as_str().map(str::to_string);
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Finds a tag group by exact name.
+    pub async fn find_tag_group(&self, name: &str) -> Result<Option<String>, KlaviyoError> {
+        let path = format!(
+            "/api/tag-groups?filter={}",
+            encode(&format!("equals(name,{})", filter_string(name)))
+        );
+        let r = self
+            .send(Tier::S, Method::GET, &path, "GET /api/tag-groups", None)
+            .await?;
+        Ok(r.body
+            .as_ref()
+            .and_then(|b| b["data"][0]["id"].as_str())
+            .map(str::to_string))
+    }
+
+    /// Creates a tag group; returns its id.
+    pub async fn create_tag_group(
+        &self,
+        name: &str,
+        exclusive: bool,
+    ) -> Result<String, KlaviyoError> {
+        let body = json!({"data": {"type": "tag-group", "attributes": {"name": name, "exclusive": exclusive}}});
+        let r = self
+            .send(
+                Tier::S,
+                Method::POST,
+                "/api/tag-groups",
+                "POST /api/tag-groups",
+                Some(&body),
+            )
+            .await?;
+        id_of(&r.body, "POST", "/api/tag-groups")
+    }
+
+    /// The tags of a tag group.
+    pub async fn group_tags(&self, group_id: &str) -> Result<Vec<LiveTag>, KlaviyoError> {
+        self.tag_pages(
+            format!("/api/tag-groups/{group_id}/tags"),
+            "GET /api/tag-groups/{id}/tags",
+        )
+        .await
+    }
+
+    /// Creates a tag in a group; returns its id.
+    pub async fn create_tag(&self, name: &str, group_id: &str) -> Result<String, KlaviyoError> {
+        let body = json!({"data": {"type": "tag", "attributes": {"name": name},
+            "relationships": {"tag-group": {"data": {"type": "tag-group", "id": group_id}}}}});
+        let r = self
+            .send(
+                Tier::S,
+                Method::POST,
+                "/api/tags",
+                "POST /api/tags",
+                Some(&body),
+            )
+            .await?;
+        id_of(&r.body, "POST", "/api/tags")
+    }
+
+    /// The tags on a list (`kind` = `lists`) or segment (`segments`).
+    pub async fn tags_on(&self, kind: &str, id: &str) -> Result<Vec<LiveTag>, KlaviyoError> {
+        let template = if kind == "lists" {
+            "GET /api/lists/{id}/tags"
+        } else {
+            "GET /api/segments/{id}/tags"
+        };
+        self.tag_pages(format!("/api/{kind}/{id}/tags"), template)
+            .await
+    }
+
+    async fn tag_pages(&self, first: String, template: &str) -> Result<Vec<LiveTag>, KlaviyoError> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        while let Some(path) = next.take() {
+            let r = self
+                .send(Tier::S, Method::GET, &path, template, None)
+                .await?;
+            let body = r.body.unwrap_or(Value::Null);
+            for t in body["data"].as_array().into_iter().flatten() {
+                if let (Some(id), Some(name)) = (t["id"].as_str(), t["attributes"]["name"].as_str())
+                {
+                    out.push(LiveTag {
+                        id: id.to_string(),
+                        name: name.to_string(),
+                    });
+                }
+            }
+            next = body["links"]["next"].as_str().map(str::to_string);
+        }
+        Ok(out)
+    }
+
+    /// Puts a tag on (`add`) or takes it off lists (`kind` = `lists`) or segments.
+    pub async fn relate_tag(
+        &self,
+        tag_id: &str,
+        kind: &str,
+        ids: &[String],
+        add: bool,
+    ) -> Result<(), KlaviyoError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let rtype = if kind == "lists" { "list" } else { "segment" };
+        let path = format!("/api/tags/{tag_id}/relationships/{kind}");
+        let method = if add { Method::POST } else { Method::DELETE };
+        let template = format!("{method} /api/tags/{{id}}/relationships/{kind}");
+        let data: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"type": rtype, "id": id}))
+            .collect();
+        self.send(
+            Tier::S,
+            method,
+            &path,
+            &template,
+            Some(&json!({ "data": data })),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Most profiles in one subscription bulk-create job.
+pub const SUBSCRIBE_MAX: usize = 1_000;
+
+impl Client {
+    /// Subscribes profiles to marketing on `channels` (`email`, `sms`), ≤ 1,000 a call (L
+    /// tier). `profiles`: (email, phone number) pairs; a channel is asked only for profiles
+    /// with its identifier. Klaviyo answers 202 and processes the job later (not pollable).
+    pub async fn subscribe(
+        &self,
+        profiles: &[(Option<String>, Option<String>)],
+        channels: &[&str],
+        source: &str,
+    ) -> Result<(), KlaviyoError> {
+        for chunk in profiles.chunks(SUBSCRIBE_MAX) {
+            let data: Vec<Value> = chunk
+                .iter()
+                .filter_map(|(email, phone)| {
+                    let mut attributes = serde_json::Map::new();
+                    let mut subs = serde_json::Map::new();
+                    let marketing = json!({"marketing": {"consent": "SUBSCRIBED"}});
+                    if let Some(e) = email {
+                        attributes.insert("email".into(), json!(e));
+                        if channels.contains(&"email") {
+                            subs.insert("email".into(), marketing.clone());
+                        }
+                    }
+                    if let Some(p) = phone {
+                        attributes.insert("phone_number".into(), json!(p));
+                        if channels.contains(&"sms") {
+                            subs.insert("sms".into(), marketing);
+                        }
+                    }
+                    if subs.is_empty() {
+                        return None;
+                    }
+                    attributes.insert("subscriptions".into(), Value::Object(subs));
+                    Some(json!({"type": "profile", "attributes": attributes}))
+                })
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let body = json!({"data": {"type": "profile-subscription-bulk-create-job",
+                "attributes": {"custom_source": source, "profiles": {"data": data}}}});
+            self.send(
+                Tier::L,
+                Method::POST,
+                "/api/profile-subscription-bulk-create-jobs",
+                "POST /api/profile-subscription-bulk-create-jobs",
+                Some(&body),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
