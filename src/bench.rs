@@ -132,7 +132,11 @@ impl Scratch {
             .await
             .context("cannot create the scratch database")?;
         let config = base.with_dbname(&name);
-        Ok(Scratch { admin, name, config })
+        Ok(Scratch {
+            admin,
+            name,
+            config,
+        })
     }
 
     /// Drops the database, or says where it was kept.
@@ -143,7 +147,10 @@ impl Scratch {
             self.admin
                 .client()
                 .await?
-                .batch_execute(&format!("drop database if exists {} with (force)", self.name))
+                .batch_execute(&format!(
+                    "drop database if exists {} with (force)",
+                    self.name
+                ))
                 .await?;
         }
         Ok(())

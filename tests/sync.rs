@@ -427,7 +427,11 @@ async fn a_run_killed_mid_way_resumes_without_duplicates() {
     )
     .await;
     w.job(&JOB.replace("size: 100", "size: 200"));
-    let mut child = w.command(&["run", "job.yaml", "-q"]).spawn().unwrap();
+    let mut child = w
+        .command(&["run", "job.yaml", "-q"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Kill once a few batches were confirmed (recorded in the state) but before the end.
     let db = w.db.client().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -23,6 +23,8 @@ pub const REVISION: &str = "2026-07-15";
 pub const DEFAULT_BASE_URL: &str = "https://a.klaviyo.com";
 /// Most attempts for one request (the first try included).
 pub const MAX_ATTEMPTS: u32 = 8;
+/// Longest `Retry-After` kdit waits out; longer ones fail the request at once.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// A Klaviyo private API key. Its `Debug` and `Display` never show it.
 #[derive(Clone)]
@@ -251,6 +253,19 @@ impl Client {
                     .map(Duration::from_secs_f64)
                     .unwrap_or(Duration::from_secs(1));
                 self.count(|s| s.rate_limited += 1);
+                if wait > MAX_RETRY_AFTER {
+                    // A daily cap, not a busy second: waiting hours helps nobody.
+                    return Err(KlaviyoError::Api {
+                        status: 429,
+                        request: format!("{method} {path}"),
+                        code: "throttled".into(),
+                        detail: format!(
+                            "rate limited for {:.0} s (a daily limit?); try again later",
+                            wait.as_secs_f64()
+                        ),
+                        body: Box::new(Value::Null),
+                    });
+                }
                 self.limiter.pause(tier, wait);
                 last = format!("429 rate limited (Retry-After {}s)", wait.as_secs_f64());
                 continue;
