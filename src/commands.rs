@@ -72,8 +72,8 @@ pub struct ApplyArgs {
     /// Write rejected and failed rows to this file (CSV when it ends in .csv, else JSON lines).
     #[arg(long)]
     pub rejects: Option<PathBuf>,
-    /// No progress and no summary on stderr.
-    #[arg(short, long)]
+    /// No progress and no summary on stderr: set by the global `-q/--quiet`.
+    #[arg(skip)]
     pub quiet: bool,
     #[command(flatten)]
     pub klaviyo: KlaviyoArgs,
