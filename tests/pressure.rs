@@ -411,3 +411,42 @@ async fn sigint_stops_within_seconds_with_130_and_says_how_to_resume() {
     assert!(w.emails().len() < 2000);
     w.converges(&w.expected()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_the_query_cancels_it_and_exits_130() {
+    let w = World::new(
+        500,
+        SandboxConfig {
+            rate_limits: RateLimits::Off,
+            ..SandboxConfig::default()
+        },
+        100,
+    )
+    .await;
+    w.job(&slow_job(100, 20.0));
+    let child = w.command(&["run", "job.yaml", "-q"]).spawn().unwrap();
+    let pid = child.id().unwrap();
+    let db = w.db.client().await;
+    wait_for("the slow query", || query_running(&db)).await;
+    let sent = Instant::now();
+    kill(pid, "INT");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("kdit stops within 10 s of Ctrl-C")
+        .unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("was cancelled"), "{stderr}");
+    assert!(stderr.contains("run `kdit run job.yaml` again"), "{stderr}");
+    assert_eq!(w.calls("POST /api/profile-bulk-import-jobs"), 0);
+    // The query was cancelled on the server, not left running.
+    wait_for("the query to be gone", || async {
+        !query_running(&db).await
+    })
+    .await;
+    w.job(&JOB.replace("BATCH", "100"));
+    w.converges(&w.expected()).await;
+}
