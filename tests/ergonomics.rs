@@ -89,7 +89,7 @@ fn text_logs_honour_no_color_and_quiet_silences_them() {
 
 #[test]
 fn the_example_github_workflow_is_valid_yaml_running_validate_and_plan() {
-    let text = std::fs::read_to_string(repo().join("examples/github-workflow.yml")).unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/.github/workflows/kdit.yml")).unwrap();
     let doc: serde_json::Value = yaml_serde::from_str(&text).expect("valid YAML");
     assert!(doc["on"]["pull_request"].is_object(), "{doc}");
     assert!(text.contains("kdit validate --format github jobs/"));
