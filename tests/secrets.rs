@@ -71,9 +71,12 @@ fn kdit(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_key_and_password_never_appear_in_any_output() {
-    let db = TestDb::new().await;
     let tag = format!("{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let role = format!("kdit_canary_{tag}");
+    // Declared before the database, so dropped after it (even when the test fails): roles
+    // are cluster-wide and would outlive the test.
+    let _role = DropRole(role.clone());
+    let db = TestDb::new().await;
     let c = Canaries {
         key: format!("pk_canary_{}", uuid::Uuid::new_v4().simple()),
         password: format!("canary-pw-{}", uuid::Uuid::new_v4().simple()),
@@ -207,12 +210,26 @@ async fn canary_key_and_password_never_appear_in_any_output() {
     );
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     c.assert_absent("a refused key", &format!("{stdout}{stderr}"));
+}
 
-    // Clean up the role (roles are cluster-wide; the database goes with TestDb).
-    db.execute(&format!("drop owned by {role} cascade")).await;
-    drop(db);
-    let _ = connect(&admin_url())
-        .await
-        .batch_execute(&format!("drop role if exists {role}"))
-        .await;
+/// Drops a role once its test database is gone.
+struct DropRole(String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        let role = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let _ = connect(&admin_url())
+                    .await
+                    .batch_execute(&format!("drop role if exists {role}"))
+                    .await;
+            });
+        })
+        .join();
+    }
 }
