@@ -14,8 +14,22 @@ use crate::diagnostic::Format;
 #[derive(Debug, Parser)]
 #[command(name = "kdit", version, about, long_about)]
 pub struct Cli {
+    /// Diagnostic log lines on stderr as `text` or `json` (one object a line, for CI log
+    /// collectors). Levels come from KDIT_LOG or RUST_LOG (default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KDIT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Quieter: no progress and no summary on stderr, only errors are logged.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +77,17 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audience::SegmentCommand,
     },
+    /// Print a shell completion script, e.g. `kdit completions bash > /etc/bash_completion.d/kdit`.
+    Completions(CompletionsArgs),
+    /// Print kdit's man page (roff), e.g. `kdit man > kdit.1 && man ./kdit.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Subcommand)]

@@ -72,8 +72,8 @@ pub struct ApplyArgs {
     /// Write rejected and failed rows to this file (CSV when it ends in .csv, else JSON lines).
     #[arg(long)]
     pub rejects: Option<PathBuf>,
-    /// No progress and no summary on stderr.
-    #[arg(short, long)]
+    /// No progress and no summary on stderr: set by the global `-q/--quiet`.
+    #[arg(skip)]
     pub quiet: bool,
     #[command(flatten)]
     pub klaviyo: KlaviyoArgs,
@@ -331,9 +331,20 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rows = match PgRows::new(&job, source.clone(), None) {
+    // One Ctrl-C handler for the whole run, installed before the query: it cancels the query
+    // on the server while rows stream, and stops the apply after the batches in flight.
+    let stop = stop_on_ctrl_c();
+    let rows = match PgRows::new(&job, source.clone(), Some(stop.interrupt.clone())) {
         Ok(r) => r,
         Err(e) => return fail(e),
+    };
+    let interrupted = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        eprintln!(
+            "interrupted before any write; run `kdit run {}` again to start over",
+            job_path.display()
+        );
+        ExitStatus::Interrupted
     };
     if dry_run {
         return match sync::make_plan(&job, &rows, &state, &target.client, None).await {
@@ -341,10 +352,10 @@ pub async fn run(
                 sync::print_plan(&plan, &out);
                 ExitStatus::Success
             }
+            Err(e) if stop.fired() => interrupted(&e),
             Err(e) => fail(e),
         };
     }
-    let stop = sync::stop_on_ctrl_c();
     let result = sync::run(
         &job,
         &rows,
@@ -353,7 +364,7 @@ pub async fn run(
         &holder(),
         saved.as_ref(),
         &out,
-        stop,
+        stop.flag.clone(),
     )
     .await;
     target.save();
@@ -362,8 +373,43 @@ pub async fn run(
         Err(sync::SyncError::Apply(crate::apply::ApplyError::Interrupted)) => {
             ExitStatus::Interrupted
         }
+        // Ctrl-C while the query streamed: it was cancelled; nothing was written.
+        Err(e) if stop.fired() => interrupted(&e),
         Err(e) => fail(e),
     }
+}
+
+/// What Ctrl-C during `kdit run` sets: `flag` stops the apply after the batches in flight,
+/// `interrupt` cancels a streaming query on the server.
+struct Stop {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    interrupt: Interrupt,
+}
+
+impl Stop {
+    fn fired(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The first Ctrl-C sets the flag and cancels the query; the second ends the process (130).
+fn stop_on_ctrl_c() -> Stop {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (trigger, interrupt) = Interrupt::new();
+    let f = flag.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "stopping: cancelling the query, or letting batches in flight confirm (Ctrl-C again to quit now)"
+            );
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+            trigger.fire();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(ExitStatus::Interrupted.code());
+            }
+        }
+    });
+    Stop { flag, interrupt }
 }
 
 /// `kdit apply PLAN`.

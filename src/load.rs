@@ -303,6 +303,8 @@ fn yaml_error(path: &Path, text: &str, e: &yaml_serde::Error) -> Diagnostic {
     let d = Diagnostic::error(code, path, format!("invalid YAML: {short}")).hint(hint);
     match e.location() {
         Some(loc) => d.at(text, loc.line(), loc.column(), 1),
+        // Some errors (e.g. several documents) come without a place: point at the start.
+        None if !text.is_empty() => d.at(text, 1, 1, 1),
         None => d,
     }
 }

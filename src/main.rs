@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
-use clap::Parser;
-use kdit::cli::{Cli, Command, QueryCommand};
+use clap::{CommandFactory, Parser};
+use kdit::cli::{Cli, Command, LogFormat, QueryCommand};
 use kdit::exit::ExitStatus;
 
 fn main() {
@@ -20,6 +20,8 @@ fn main() {
             std::process::exit(status.code());
         }
     };
+    init_logging(cli.log_format, cli.quiet);
+    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "kdit starting");
     let status = match run(cli) {
         Ok(status) => status,
         Err(e) => {
@@ -27,7 +29,36 @@ fn main() {
             ExitStatus::Failure
         }
     };
+    tracing::debug!(exit_code = status.code(), "kdit done");
     std::process::exit(status.code());
+}
+
+/// Log lines go to stderr (stdout is for results). The level comes from KDIT_LOG, then
+/// RUST_LOG, default `warn` (`error` with --quiet). Colour only on a terminal without NO_COLOR.
+/// kdit never logs secrets: connection settings are logged without passwords, API keys never.
+fn init_logging(format: LogFormat, quiet: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "error" } else { "warn" };
+    let directives = std::env::var("KDIT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default.to_string());
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring the log filter `{directives}`: {e}");
+        EnvFilter::new(default)
+    });
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
@@ -82,7 +113,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Success)
         }
         Command::Plan(args) => Ok(block_on(kdit::commands::plan(args))?),
-        Command::Run(args) => {
+        Command::Run(mut args) => {
+            args.apply.quiet = cli.quiet;
             let out = kdit::sync::Output {
                 show: args.show,
                 mask: args.mask,
@@ -99,7 +131,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
                 args.dry_run,
             ))?)
         }
-        Command::Apply(args) => Ok(block_on(kdit::commands::apply(args))?),
+        Command::Apply(mut args) => {
+            args.apply.quiet = cli.quiet;
+            Ok(block_on(kdit::commands::apply(args))?)
+        }
+        Command::Completions(args) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "kdit", &mut std::io::stdout());
+            Ok(ExitStatus::Success)
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            out.flush()?;
+            Ok(ExitStatus::Success)
+        }
         Command::History(args) => Ok(block_on(kdit::commands::history(args))?),
         Command::Query {
             command: QueryCommand::Run(a),

@@ -479,19 +479,3 @@ pub fn write_rejects(path: &Path, failures: &[Failure]) -> Result<(), SyncError>
     std::fs::write(path, text)
         .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))
 }
-
-/// Sets `stop` on the first Ctrl-C; the second one ends the process at once.
-pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping: letting batches in flight confirm (Ctrl-C again to quit now)");
-            s.store(true, Ordering::Relaxed);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(ExitStatus::Interrupted.code());
-            }
-        }
-    });
-    stop
-}
