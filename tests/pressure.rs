@@ -202,7 +202,7 @@ async fn a_large_sync_under_faults_ends_equal_to_the_source() {
     let n: usize = std::env::var("KDIT_PRESSURE_ROWS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(100_000);
     let w = World::new(
         n,
         SandboxConfig {
