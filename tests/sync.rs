@@ -607,3 +607,50 @@ async fn every_request_kdit_sends_matches_klaviyos_spec() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_keyed_by_external_id_removes_exactly_the_rows_that_left() {
+    let w = World::new(40).await;
+    w.job(
+        &JOB.replace("  key: email\n", "  key: external_id\n")
+            .replace(
+                "external_id: id",
+                "external_id: { column: id, type: string }",
+            ),
+    );
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    assert_eq!(w.list_members("Everyone"), 40);
+    w.db.execute("update customers set gone = true where id in (7, 8, 9)")
+        .await;
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(
+        plan.stdout.contains("- 3 remove (rows left the query)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("- e.g. 7, 8, 9"), "{}", plan.stdout);
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    let list =
+        w.sb.lists()
+            .into_iter()
+            .find(|l| l.name == "Everyone")
+            .unwrap();
+    let gone: HashSet<String> = ["7", "8", "9"]
+        .iter()
+        .map(|x| {
+            w.sb.profiles()
+                .into_iter()
+                .find(|p| p.external_id.as_deref() == Some(*x))
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(list.members.len(), 37);
+    assert!(list.members.iter().all(|m| !gone.contains(m)));
+    assert!(
+        w.kdit(&["plan", "job.yaml"])
+            .await
+            .stdout
+            .contains("No changes.")
+    );
+}
