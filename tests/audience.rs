@@ -6,8 +6,8 @@ mod support;
 
 use std::collections::HashSet;
 
-use kdit::sandbox::{RateLimits, Sandbox, SandboxConfig};
-use support::pg::TestDb;
+use kdit::sandbox::{RateLimits, SandboxConfig};
+use support::world::World;
 
 const PROJECT: &str = r#"version: 1
 tags:
@@ -48,115 +48,52 @@ const SEGMENT: &str = r#"segments:
         - any: ['in list "Everyone"', properties.vip = true]
 "#;
 
-struct World {
-    db: TestDb,
-    sb: Sandbox,
-    dir: tempfile::TempDir,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl World {
-    async fn new(customers: usize) -> World {
-        let db = TestDb::new().await;
-        db.execute(&format!(
+/// A test database with `customers` rows, a sandbox, and the project file.
+async fn world(customers: usize) -> World {
+    let w = World::start(
+        &format!(
             "create table customers (id int primary key, email text, ltv numeric, vip bool);
              insert into customers (id, email, ltv, vip)
              select n, 'Customer' || n || '@Example.com', (n * 7 % 500)::numeric / 4, n % 10 = 0
              from generate_series(1, {customers}) n;"
-        ))
-        .await;
-        let sb = Sandbox::start(SandboxConfig {
+        ),
+        SandboxConfig {
             rate_limits: RateLimits::Off,
             ..SandboxConfig::default()
-        })
-        .await
-        .expect("sandbox");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("kdit.yaml"), PROJECT).unwrap();
-        World { db, sb, dir }
-    }
+        },
+    )
+    .await;
+    w.write("kdit.yaml", PROJECT);
+    w
+}
 
-    fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.dir.path().join(file), text).unwrap();
-    }
+fn segment(w: &World, name: &str) -> kdit::sandbox::SandboxSegment {
+    w.sb.segments()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no segment {name}"))
+}
 
-    async fn kdit(&self, args: &[&str]) -> Out {
-        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdit"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("DATABASE_URL", format!("{}?sslmode=disable", self.db.url))
-            .env("KLAVIYO_BASE_URL", self.sb.base_url())
-            .env("KLAVIYO_API_KEY", self.sb.api_key())
-            .env("NO_COLOR", "1")
-            .env_remove("KDIT_STATE_SCHEMA")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("run kdit");
-        let out = Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        };
-        assert!(
-            !out.stderr.contains("panicked"),
-            "kdit panicked:\n{}",
-            out.stderr
-        );
-        out
-    }
+fn list_id(w: &World, name: &str) -> String {
+    w.sb.lists()
+        .into_iter()
+        .find(|l| l.name == name)
+        .map(|l| l.id)
+        .unwrap_or_else(|| panic!("no list {name}"))
+}
 
-    async fn ok(&self, args: &[&str]) -> Out {
-        let out = self.kdit(args).await;
-        assert_eq!(out.code, 0, "{args:?}\n{}\n{}", out.stdout, out.stderr);
-        out
-    }
-
-    fn calls(&self, endpoint_prefix: &str) -> u64 {
-        self.sb
-            .request_counts()
-            .iter()
-            .filter(|(k, _)| k.starts_with(endpoint_prefix))
-            .map(|(_, v)| *v)
-            .sum()
-    }
-
-    fn segment(&self, name: &str) -> kdit::sandbox::SandboxSegment {
-        self.sb
-            .segments()
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no segment {name}"))
-    }
-
-    fn list_id(&self, name: &str) -> String {
-        self.sb
-            .lists()
-            .into_iter()
-            .find(|l| l.name == name)
-            .map(|l| l.id)
-            .unwrap_or_else(|| panic!("no list {name}"))
-    }
-
-    /// Names of the tags on a list or segment id.
-    fn tags_on(&self, id: &str) -> HashSet<String> {
-        self.sb
-            .tags()
-            .into_iter()
-            .filter(|t| t.lists.iter().any(|l| l == id) || t.segments.iter().any(|s| s == id))
-            .map(|t| t.name)
-            .collect()
-    }
+/// Names of the tags on a list or segment id.
+fn tags_on(w: &World, id: &str) -> HashSet<String> {
+    w.sb.tags()
+        .into_iter()
+        .filter(|t| t.lists.iter().any(|l| l == id) || t.segments.iter().any(|s| s == id))
+        .map(|t| t.name)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_is_created_updated_left_alone_and_previewed() {
-    let w = World::new(80).await;
+    let w = world(80).await;
     w.write("job.yaml", &job("shop", SEGMENT));
     let plan = w.ok(&["plan", "job.yaml"]).await;
     assert!(
@@ -173,8 +110,8 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
     assert!(w.sb.segments().is_empty(), "plan wrote a segment");
 
     w.ok(&["run", "job.yaml", "-q"]).await;
-    let seg = w.segment("Big spenders");
-    let everyone = w.list_id("Everyone");
+    let seg = segment(&w, "Big spenders");
+    let everyone = list_id(&w, "Everyone");
     let groups = seg.definition["condition_groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2);
     assert_eq!(
@@ -221,8 +158,8 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
     );
     w.ok(&["run", "job.yaml", "-q"]).await;
     assert_eq!(w.calls("PATCH /api/segments"), 1);
-    let seg = w.segment("Big spenders");
-    assert_eq!(seg.id, w.segment("Big spenders").id);
+    let seg = segment(&w, "Big spenders");
+    assert_eq!(seg.id, segment(&w, "Big spenders").id);
     assert_eq!(
         seg.definition["condition_groups"][0]["conditions"][0]["filter"]["operator"],
         "greater-than-or-equal"
@@ -270,7 +207,7 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_tags_land_on_lists_and_segments_once() {
-    let w = World::new(20).await;
+    let w = world(20).await;
     let tags = "tags:\n  lists: [automated]\n  segments: [vip, kdit]\n";
     w.write("job.yaml", &job("shop", &format!("{SEGMENT}{tags}")));
     let plan = w.ok(&["plan", "job.yaml"]).await;
@@ -282,11 +219,11 @@ async fn catalog_tags_land_on_lists_and_segments_once() {
         plan.stdout
     );
     w.ok(&["run", "job.yaml", "-q"]).await;
-    let list = w.list_id("Everyone");
-    let seg = w.segment("Big spenders").id;
-    assert_eq!(w.tags_on(&list), HashSet::from(["automated".to_string()]));
+    let list = list_id(&w, "Everyone");
+    let seg = segment(&w, "Big spenders").id;
+    assert_eq!(tags_on(&w, &list), HashSet::from(["automated".to_string()]));
     assert_eq!(
-        w.tags_on(&seg),
+        tags_on(&w, &seg),
         HashSet::from(["vip".to_string(), "kdit".to_string()])
     );
     let all = w.sb.tags();
@@ -316,14 +253,14 @@ async fn catalog_tags_land_on_lists_and_segments_once() {
     );
     w.ok(&["run", "job.yaml", "-q"]).await;
     assert_eq!(
-        w.tags_on(&seg),
+        tags_on(&w, &seg),
         HashSet::from(["active".to_string(), "kdit".to_string()])
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
-    let w = World::new(30).await;
+    let w = world(30).await;
     w.write(
         "a.yaml",
         &job(
@@ -348,7 +285,7 @@ async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
     assert_eq!(tags("customer30@example.com"), both);
     assert_eq!(w.sb.profiles().len(), 30);
     // A segment of job A sees the tag job B put on the same people.
-    assert_eq!(w.segment("Tagged active").members.len(), 30);
+    assert_eq!(segment(&w, "Tagged active").members.len(), 30);
 
     // Unchanged tags: nothing to send. Changed tags: every profile goes again.
     let again = w.ok(&["plan", "a.yaml"]).await;
@@ -372,7 +309,7 @@ async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_knows_klaviyo_segment_and_tag_limits() {
-    let w = World::new(1).await;
+    let w = world(1).await;
     let many: String = (0..101)
         .map(|i| format!("        - properties.ltv > {i}\n"))
         .collect();
@@ -400,7 +337,7 @@ async fn validation_knows_klaviyo_segment_and_tag_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_changes_only_when_a_job_asks() {
-    let w = World::new(10).await;
+    let w = world(10).await;
     w.write("plain.yaml", &job("plain", ""));
     let plain = w.ok(&["run", "plain.yaml"]).await;
     assert!(!plain.stdout.contains("Consent"), "{}", plain.stdout);
@@ -475,7 +412,7 @@ async fn consent_changes_only_when_a_job_asks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_segment_cap_stops_the_run_with_a_clear_error() {
-    let w = World::new(3).await;
+    let w = world(3).await;
     let segments: String = (0..101)
         .map(|i| {
             format!("  - name: Over {i}\n    definition:\n      all: [properties.ltv > {i}]\n")

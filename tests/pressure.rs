@@ -7,9 +7,9 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use kdit::sandbox::{FaultSpec, RateLimits, Sandbox, SandboxConfig};
+use kdit::sandbox::{FaultSpec, RateLimits, SandboxConfig};
 use serde_json::Value;
-use support::pg::TestDb;
+use support::world::World;
 
 const JOB: &str = r#"version: 1
 name: pressure
@@ -36,130 +36,50 @@ fn slow_job(batch: usize, ms: f64) -> String {
     )
 }
 
-struct World {
-    db: TestDb,
-    sb: Sandbox,
-    dir: tempfile::TempDir,
-    n: usize,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl World {
-    async fn new(n: usize, config: SandboxConfig, batch: usize) -> World {
-        let db = TestDb::new().await;
-        db.execute(&format!(
+/// A test database with `n` customers, a sandbox, and `job.yaml` = `JOB` with `batch`.
+async fn world(n: usize, config: SandboxConfig, batch: usize) -> World {
+    let w = World::start(
+        &format!(
             "create table customers (id int primary key, email text, first_name text, gone bool not null default false);
              insert into customers (id, email, first_name)
              select n, 'Customer' || n || '@Example.com ', 'Name' || n from generate_series(1, {n}) n;"
-        ))
-        .await;
-        let sb = Sandbox::start(config).await.expect("sandbox");
-        let dir = tempfile::tempdir().unwrap();
-        let w = World { db, sb, dir, n };
-        w.job(&JOB.replace("BATCH", &batch.to_string()));
-        w
-    }
+        ),
+        config,
+    )
+    .await;
+    w.job(&JOB.replace("BATCH", &batch.to_string()));
+    w
+}
 
-    fn job(&self, text: &str) {
-        std::fs::write(self.dir.path().join("job.yaml"), text).unwrap();
-    }
+/// Profiles kdit recorded as confirmed in its state.
+async fn confirmed(w: &World) -> i64 {
+    let db = w.db.client().await;
+    db.query_opt(
+        "select count(*) from kdit.profiles where job like 'pressure@%'",
+        &[],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| r.get(0))
+    .unwrap_or(0)
+}
 
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdit"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("DATABASE_URL", format!("{}?sslmode=disable", self.db.url))
-            .env("KLAVIYO_BASE_URL", self.sb.base_url())
-            .env("KLAVIYO_API_KEY", self.sb.api_key())
-            .env("NO_COLOR", "1")
-            .env_remove("KDIT_STATE_SCHEMA")
-            .env_remove("RUST_LOG")
-            .env_remove("KDIT_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        c
-    }
+/// Re-runs until done and checks the sandbox equals the source.
+async fn converges(w: &World, want: &HashSet<String>) {
+    let again = w.kdit(&["run", "job.yaml", "-q"]).await;
+    assert_eq!(again.code, 0, "re-run:\n{}\n{}", again.stdout, again.stderr);
+    assert_eq!(&w.emails(), want);
+    assert_eq!(w.list_members("Everyone"), want.len());
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+}
 
-    async fn kdit(&self, args: &[&str]) -> Out {
-        let o = self.command(args).output().await.expect("run kdit");
-        let out = Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        };
-        assert!(
-            !out.stderr.contains("panicked"),
-            "kdit panicked:\n{}",
-            out.stderr
-        );
-        out
-    }
-
-    /// Emails in the sandbox; fails on duplicate profiles.
-    fn emails(&self) -> HashSet<String> {
-        let profiles = self.sb.profiles();
-        let emails: HashSet<String> = profiles.iter().filter_map(|p| p.email.clone()).collect();
-        assert_eq!(
-            emails.len(),
-            profiles.len(),
-            "duplicate profiles in the sandbox"
-        );
-        emails
-    }
-
-    fn list_members(&self) -> usize {
-        self.sb
-            .lists()
-            .iter()
-            .find(|l| l.name == "Everyone")
-            .map(|l| l.members.len())
-            .unwrap_or(0)
-    }
-
-    fn calls(&self, prefix: &str) -> u64 {
-        self.sb
-            .request_counts()
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| *v)
-            .sum()
-    }
-
-    /// Profiles kdit recorded as confirmed in its state.
-    async fn confirmed(&self) -> i64 {
-        let db = self.db.client().await;
-        db.query_opt(
-            "select count(*) from kdit.profiles where job like 'pressure@%'",
-            &[],
-        )
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.get(0))
-        .unwrap_or(0)
-    }
-
-    /// Re-runs until done and checks the sandbox equals the source (rows 1..=n not gone).
-    async fn converges(&self, want: &HashSet<String>) {
-        let again = self.kdit(&["run", "job.yaml", "-q"]).await;
-        assert_eq!(again.code, 0, "re-run:\n{}\n{}", again.stdout, again.stderr);
-        assert_eq!(&self.emails(), want);
-        assert_eq!(self.list_members(), want.len());
-        let plan = self.kdit(&["plan", "job.yaml"]).await;
-        assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
-    }
-
-    fn expected(&self) -> HashSet<String> {
-        (1..=self.n)
-            .map(|n| format!("customer{n}@example.com"))
-            .collect()
-    }
+/// Emails of customers 1..=n.
+fn expected(n: usize) -> HashSet<String> {
+    (1..=n)
+        .map(|i| format!("customer{i}@example.com"))
+        .collect()
 }
 
 /// Polls `cond` every 5 ms for up to 30 s.
@@ -203,7 +123,7 @@ async fn a_large_sync_under_faults_ends_equal_to_the_source() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
-    let w = World::new(
+    let w = world(
         n,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -221,8 +141,8 @@ async fn a_large_sync_under_faults_ends_equal_to_the_source() {
     let secs = started.elapsed().as_secs_f64();
     eprintln!("{n} rows under faults: {secs:.1} s");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert_eq!(w.emails(), w.expected());
-    assert_eq!(w.list_members(), n);
+    assert_eq!(w.emails(), expected(n));
+    assert_eq!(w.list_members("Everyone"), n);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(w.dir.path().join("r.json")).unwrap())
             .unwrap();
@@ -235,7 +155,7 @@ async fn a_large_sync_under_faults_ends_equal_to_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_dropping_the_query_fails_clearly_and_applies_nothing() {
-    let w = World::new(
+    let w = world(
         300,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -280,12 +200,12 @@ async fn postgresql_dropping_the_query_fails_clearly_and_applies_nothing() {
         writes_before,
         "nothing applied after the query failed"
     );
-    assert_eq!(w.list_members(), 300, "no list removals");
+    assert_eq!(w.list_members("Everyone"), 300, "no list removals");
     // The next run is fine.
     w.job(&JOB.replace("BATCH", "100"));
     let again = w.kdit(&["run", "job.yaml", "-q"]).await;
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
-    assert_eq!(w.list_members(), 250);
+    assert_eq!(w.list_members("Everyone"), 250);
     assert_eq!(
         w.sb.profile_by_email("customer60@example.com")
             .unwrap()
@@ -306,7 +226,7 @@ enum KillPoint {
 }
 
 async fn killed_at(point: KillPoint) {
-    let w = World::new(
+    let w = world(
         1500,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -334,12 +254,12 @@ async fn killed_at(point: KillPoint) {
         }
         KillPoint::BetweenBatches => {
             wait_for("two confirmed batches", || async {
-                w.confirmed().await >= 500
+                confirmed(&w).await >= 500
             })
             .await;
         }
     }
-    let confirmed = w.confirmed().await;
+    let confirmed = confirmed(&w).await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
     match point {
@@ -358,7 +278,7 @@ async fn killed_at(point: KillPoint) {
     }
     // A killed run leaves its lock row behind; the re-run must not be refused for it.
     w.job(&JOB.replace("BATCH", "250"));
-    w.converges(&w.expected()).await;
+    converges(&w, &expected(1500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +298,7 @@ async fn sigkill_between_batches_then_a_rerun_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_within_seconds_with_130_and_says_how_to_resume() {
-    let w = World::new(
+    let w = world(
         2000,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -409,12 +329,12 @@ async fn sigint_stops_within_seconds_with_130_and_says_how_to_resume() {
         "{stderr}"
     );
     assert!(w.emails().len() < 2000);
-    w.converges(&w.expected()).await;
+    converges(&w, &expected(2000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_during_the_query_cancels_it_and_exits_130() {
-    let w = World::new(
+    let w = world(
         500,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -448,5 +368,5 @@ async fn sigint_during_the_query_cancels_it_and_exits_130() {
     })
     .await;
     w.job(&JOB.replace("BATCH", "100"));
-    w.converges(&w.expected()).await;
+    converges(&w, &expected(500)).await;
 }

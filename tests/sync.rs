@@ -4,12 +4,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use kdit::sandbox::{FaultSpec, RateLimits, Sandbox, SandboxConfig};
 use serde_json::Value;
-use support::pg::TestDb;
+use support::world::World;
 
 const JOB: &str = r#"version: 1
 name: shop-sync
@@ -29,115 +28,31 @@ lists:
 batch: { size: 100 }
 "#;
 
-/// A test database with customers, a sandbox, and a folder for job files.
-struct World {
-    db: TestDb,
-    sb: Sandbox,
-    dir: tempfile::TempDir,
+/// A test database with `customers` rows, a sandbox, and `job.yaml` = `JOB`.
+async fn world(customers: usize) -> World {
+    world_with(
+        customers,
+        SandboxConfig {
+            rate_limits: RateLimits::Off,
+            ..SandboxConfig::default()
+        },
+    )
+    .await
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl World {
-    async fn new(customers: usize) -> World {
-        World::with(
-            customers,
-            SandboxConfig {
-                rate_limits: RateLimits::Off,
-                ..SandboxConfig::default()
-            },
-        )
-        .await
-    }
-
-    async fn with(customers: usize, config: SandboxConfig) -> World {
-        let db = TestDb::new().await;
-        db.execute(&format!(
+async fn world_with(customers: usize, config: SandboxConfig) -> World {
+    let w = World::start(
+        &format!(
             "create table customers (id int primary key, email text, first_name text, ltv numeric, vip bool, gone bool not null default false);
              insert into customers (id, email, first_name, ltv, vip)
              select n, 'Customer' || n || '@Example.com ', 'Name' || n, (n * 7 % 500)::numeric / 4, n % 10 = 0
              from generate_series(1, {customers}) n;"
-        ))
-        .await;
-        let sb = Sandbox::start(config).await.expect("sandbox");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("job.yaml"), JOB).unwrap();
-        World { db, sb, dir }
-    }
-
-    fn job(&self, text: &str) {
-        std::fs::write(self.dir.path().join("job.yaml"), text).unwrap();
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_kdit"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("DATABASE_URL", format!("{}?sslmode=disable", self.db.url))
-            .env("KLAVIYO_BASE_URL", self.sb.base_url())
-            .env("KLAVIYO_API_KEY", self.sb.api_key())
-            .env("NO_COLOR", "1")
-            .env_remove("KDIT_STATE_SCHEMA")
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn kdit(&self, args: &[&str]) -> Out {
-        let o = self.command(args).output().await.expect("run kdit");
-        let out = Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        };
-        assert!(
-            !out.stderr.contains("panicked"),
-            "kdit panicked:\n{}",
-            out.stderr
-        );
-        assert!(
-            !out.stdout.contains(self.sb.api_key()) && !out.stderr.contains(self.sb.api_key()),
-            "the API key leaked into the output"
-        );
-        out
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Emails of the sandbox's profiles; fails on duplicates.
-    fn emails(&self) -> HashSet<String> {
-        let profiles = self.sb.profiles();
-        let emails: HashSet<String> = profiles.iter().filter_map(|p| p.email.clone()).collect();
-        assert_eq!(
-            emails.len(),
-            profiles.len(),
-            "duplicate profiles in the sandbox"
-        );
-        emails
-    }
-
-    fn list_members(&self, name: &str) -> usize {
-        self.sb
-            .lists()
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.members.len())
-            .unwrap_or(0)
-    }
-
-    fn calls(&self, endpoint_prefix: &str) -> u64 {
-        self.sb
-            .request_counts()
-            .iter()
-            .filter(|(k, _)| k.starts_with(endpoint_prefix))
-            .map(|(_, v)| *v)
-            .sum()
-    }
+        ),
+        config,
+    )
+    .await;
+    w.job(JOB);
+    w
 }
 
 fn expected_emails(range: std::ops::RangeInclusive<usize>) -> HashSet<String> {
@@ -146,7 +61,7 @@ fn expected_emails(range: std::ops::RangeInclusive<usize>) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sync_creates_everything_and_a_rerun_changes_nothing() {
-    let w = World::new(250).await;
+    let w = world(250).await;
     let run = w
         .kdit(&["run", "job.yaml", "--report", "report.json"])
         .await;
@@ -193,7 +108,7 @@ async fn first_sync_creates_everything_and_a_rerun_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mirror() {
-    let w = World::new(200).await;
+    let w = world(200).await;
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     w.db.execute("update customers set first_name = 'Renamed' where id in (3, 4); update customers set gone = true where id = 5;").await;
     let plan = w.kdit(&["plan", "job.yaml", "--detailed-exitcode"]).await;
@@ -255,7 +170,7 @@ async fn changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_plan_applies_and_a_stale_one_is_refused() {
-    let w = World::new(50).await;
+    let w = world(50).await;
     let plan = w.kdit(&["plan", "job.yaml", "-o", "plan.json"]).await;
     assert_eq!(plan.code, 0, "{}", plan.stderr);
     let applied = w.kdit(&["apply", "plan.json"]).await;
@@ -302,7 +217,7 @@ async fn a_saved_plan_applies_and_a_stale_one_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_storms_and_server_errors_still_converge() {
     let faults: FaultSpec = "429=15%,5xx=10%,drop=3%".parse().unwrap();
-    let w = World::with(
+    let w = world_with(
         300,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -332,7 +247,7 @@ async fn rate_limit_storms_and_server_errors_still_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_rows_and_import_errors_land_in_the_rejects_file() {
     let faults: FaultSpec = "bulk-fail=10%".parse().unwrap();
-    let w = World::with(
+    let w = world_with(
         100,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -394,7 +309,7 @@ async fn rejected_rows_and_import_errors_land_in_the_rejects_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_concurrent_run_is_refused_with_who_holds_the_lock() {
-    let w = World::new(10).await;
+    let w = world(10).await;
     let client = w.db.client().await;
     let state = kdit::state::State::open(&client, "kdit").await.unwrap();
     let run_id = state.begin_run("shop-sync", "ci-host:4242").await.unwrap();
@@ -417,7 +332,7 @@ async fn a_second_concurrent_run_is_refused_with_who_holds_the_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_mid_way_resumes_without_duplicates() {
-    let w = World::with(
+    let w = world_with(
         2000,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -479,7 +394,7 @@ async fn a_run_killed_mid_way_resumes_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_stops_a_mass_removal_before_any_write() {
-    let w = World::new(100).await;
+    let w = world(100).await;
     w.job(&format!("{JOB}guards: {{ max_removals: 5% }}\n"));
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     w.db.execute("update customers set gone = true where id <= 20; update customers set first_name = 'X' where id = 50;").await;
@@ -514,7 +429,7 @@ async fn a_guard_stops_a_mass_removal_before_any_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_api_key_the_error_says_what_to_do() {
-    let w = World::new(1).await;
+    let w = world(1).await;
     let out = w
         .command(&["plan", "job.yaml"])
         .env_remove("KLAVIYO_API_KEY")
@@ -529,7 +444,7 @@ async fn without_an_api_key_the_error_says_what_to_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_is_kept_per_klaviyo_account() {
-    let mut w = World::new(30).await;
+    let mut w = world(30).await;
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     // Another account (a fresh sandbox) knows none of it: everything is created there too.
     w.sb = Sandbox::start(SandboxConfig {
@@ -546,7 +461,7 @@ async fn state_is_kept_per_klaviyo_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_kdit_sends_matches_klaviyos_spec() {
-    let w = World::with(
+    let w = world_with(
         120,
         SandboxConfig {
             rate_limits: RateLimits::Off,
@@ -610,7 +525,7 @@ async fn every_request_kdit_sends_matches_klaviyos_spec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_keyed_by_external_id_removes_exactly_the_rows_that_left() {
-    let w = World::new(40).await;
+    let w = world(40).await;
     w.job(
         &JOB.replace("  key: email\n", "  key: external_id\n")
             .replace(

@@ -5,3 +5,4 @@
 pub mod cli;
 pub mod openapi;
 pub mod pg;
+pub mod world;
