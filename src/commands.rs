@@ -249,23 +249,41 @@ fn fail(msg: impl std::fmt::Display) -> ExitStatus {
     ExitStatus::Failure
 }
 
+/// What plan and run need before anything else: the checked job, the source pool, the
+/// Klaviyo client and one connection for the state (which the run lock lives on).
+struct Session {
+    job: Job,
+    source: Source,
+    target: Target,
+    db: deadpool_postgres::Object,
+}
+
+impl Session {
+    /// Loads the job and connects; on failure, the message is printed and the status returned.
+    async fn open(job_path: &Path, klaviyo: &KlaviyoArgs) -> Result<Session, ExitStatus> {
+        let job = load_job(job_path).map_err(|Failed(s)| s)?;
+        let source = connect().await.map_err(fail)?;
+        let target = Target::new(klaviyo).await.map_err(fail)?;
+        let db = source.client().await.map_err(fail)?;
+        Ok(Session {
+            job,
+            source,
+            target,
+            db,
+        })
+    }
+}
+
 /// `kdit plan`.
 pub async fn plan(args: PlanArgs) -> ExitStatus {
-    let job = match load_job(&args.job) {
-        Ok(j) => j,
-        Err(Failed(s)) => return s,
-    };
-    let source = match connect().await {
+    let Session {
+        job,
+        source,
+        target,
+        db,
+    } = match Session::open(&args.job, &args.klaviyo).await {
         Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let target = match Target::new(&args.klaviyo).await {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let db = match source.client().await {
-        Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(status) => return status,
     };
     let state = match open_state(&db, &job, &target, args.klaviyo.sandbox).await {
         Ok(s) => s,
@@ -311,21 +329,14 @@ pub async fn run(
     saved: Option<crate::plan::Plan>,
     dry_run: bool,
 ) -> ExitStatus {
-    let job = match load_job(job_path) {
-        Ok(j) => j,
-        Err(Failed(s)) => return s,
-    };
-    let source = match connect().await {
+    let Session {
+        job,
+        source,
+        target,
+        db,
+    } = match Session::open(job_path, &args.klaviyo).await {
         Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let target = match Target::new(&args.klaviyo).await {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let db = match source.client().await {
-        Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(status) => return status,
     };
     let state = match open_state(&db, &job, &target, args.klaviyo.sandbox).await {
         Ok(s) => s,
