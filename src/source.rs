@@ -714,6 +714,18 @@ impl RunContext {
     }
 }
 
+/// A json/jsonb value; one nested past serde_json's depth limit becomes `Cell::Unreadable`
+/// so only its row is rejected. Other parse errors (which PostgreSQL never sends) stay errors.
+fn json_cell(raw: &[u8]) -> Result<Cell, serde_json::Error> {
+    match serde_json::from_slice(raw) {
+        Ok(v) => Ok(Cell::Json(v)),
+        Err(e) if e.to_string().contains("recursion limit exceeded") => Ok(Cell::Unreadable(
+            "JSON nested deeper than 128 levels".to_string(),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// A result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -1312,6 +1324,9 @@ pub enum Cell {
     Uuid(uuid::Uuid),
     Json(serde_json::Value),
     Array(Vec<Cell>),
+    /// A value PostgreSQL sent that kdit cannot represent (JSON nested deeper than the
+    /// decoder allows): the row is rejected, the query goes on.
+    Unreadable(String),
 }
 
 impl Cell {
@@ -1332,6 +1347,7 @@ impl Cell {
             Cell::Timestamptz(t) => format_datetime(t),
             Cell::Uuid(u) => u.to_string(),
             Cell::Json(j) => j.to_string(),
+            Cell::Unreadable(why) => format!("<{why}>"),
             Cell::Array(items) => {
                 let parts: Vec<String> = items
                     .iter()
@@ -1445,13 +1461,13 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
         }
         Type::UUID => Cell::Uuid(uuid::Uuid::from_slice(raw)?),
         Type::VOID => Cell::Null,
-        Type::JSON => Cell::Json(serde_json::from_slice(raw)?),
+        Type::JSON => json_cell(raw)?,
         Type::JSONB => {
             let (version, rest) = raw.split_first().ok_or("empty jsonb")?;
             if *version != 1 {
                 return Err(format!("unsupported jsonb version {version}").into());
             }
-            Cell::Json(serde_json::from_slice(rest)?)
+            json_cell(rest)?
         }
         // text, varchar, bpchar, name, unknown, citext: UTF-8 text on the wire.
         _ => Cell::Text(std::str::from_utf8(raw)?.to_string()),

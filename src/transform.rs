@@ -1275,6 +1275,9 @@ fn cell_to_json(v: &Cell) -> Result<Value, FieldFailure> {
         Cell::Array(items) => {
             Value::Array(items.iter().map(cell_to_json).collect::<Result<_, _>>()?)
         }
+        Cell::Unreadable(why) => {
+            return Err(fail(Rule::TypeCast, format!("cannot be read: {why}"), None));
+        }
     })
 }
 
