@@ -173,6 +173,25 @@ pub(crate) fn time_copy(cfg: &SourceConfig, query: &str) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Connects to the scratch database and fills `customers` with `rows` rows (`SEED`).
+pub(crate) async fn seed(cfg: &SourceConfig, rows: u64, out: &mut dyn Write) -> Result<Source> {
+    let source = Source::connect(cfg.clone()).await?;
+    let started = Instant::now();
+    source
+        .client()
+        .await?
+        .batch_execute(&SEED.replace("$ROWS", &rows.to_string()))
+        .await
+        .context("seeding failed")?;
+    writeln!(
+        out,
+        "seeded {} rows in {:.1} s",
+        crate::render::thousands(rows),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(source)
+}
+
 /// Runs the benchmark and writes its figures.
 pub async fn bench_source(args: &BenchSourceArgs, out: &mut dyn Write) -> Result<()> {
     let scratch = Scratch::create("kdit_bench").await?;
@@ -182,20 +201,7 @@ pub async fn bench_source(args: &BenchSourceArgs, out: &mut dyn Write) -> Result
 }
 
 async fn run(args: &BenchSourceArgs, cfg: &SourceConfig, out: &mut dyn Write) -> Result<()> {
-    let source = Source::connect(cfg.clone()).await?;
-    let seed_started = Instant::now();
-    source
-        .client()
-        .await?
-        .batch_execute(&SEED.replace("$ROWS", &args.rows.to_string()))
-        .await
-        .context("seeding failed")?;
-    writeln!(
-        out,
-        "seeded      {} rows in {:.2} s",
-        args.rows,
-        seed_started.elapsed().as_secs_f64()
-    )?;
+    let source = seed(cfg, args.rows, out).await?;
 
     let job = bench_job(!args.no_phone)?;
     let jq = prepare(&job, std::path::Path::new("bench.yaml"), None)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::bench::{QUERY, SEED, Scratch, time_copy};
+use crate::bench::{QUERY, Scratch, seed, time_copy};
 use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use crate::source::{Source, SourceConfig};
 
@@ -160,20 +160,7 @@ pub async fn bench_sync(args: &BenchSyncArgs, out: &mut dyn Write) -> Result<()>
 }
 
 async fn run(args: &BenchSyncArgs, cfg: &SourceConfig, out: &mut dyn Write) -> Result<()> {
-    let source = Source::connect(cfg.clone()).await?;
-    let seed_started = Instant::now();
-    source
-        .client()
-        .await?
-        .batch_execute(&SEED.replace("$ROWS", &args.rows.to_string()))
-        .await
-        .context("seeding failed")?;
-    writeln!(
-        out,
-        "seeded {} rows in {:.1} s",
-        crate::render::thousands(args.rows),
-        seed_started.elapsed().as_secs_f64()
-    )?;
+    let source = seed(cfg, args.rows, out).await?;
     let dir = std::env::temp_dir().join(format!("kdit-bench-sync-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("job.yaml"), job_yaml())?;
