@@ -53,6 +53,48 @@ fn bad(detail: impl Into<String>) -> ApiError {
 }
 
 /// Parses `filter` and checks each condition against `allowed`: `(field, &[operators])`.
+/// The query of `GET /api/lists` and `GET /api/segments`: 10 a page, `include=tags`
+/// (and flow-triggers), a filter over `filters`, sort by created/id/name/updated.
+pub struct ListQuery {
+    pub size: usize,
+    /// Whether `include=tags` was asked for.
+    pub include: bool,
+    pub conds: Vec<Cond>,
+    pub sort: Option<(String, bool)>,
+}
+
+impl ListQuery {
+    pub fn parse(
+        req: &super::http::Req,
+        filters: &[(&str, &[&str])],
+    ) -> Result<ListQuery, ApiError> {
+        req.allow_params(&[
+            "fields[*]",
+            "filter",
+            "page[cursor]",
+            "page[size]",
+            "sort",
+            "include",
+        ])?;
+        let size = req.page_size(10, 10)?;
+        let include = req
+            .includes(&["flow-triggers", "tags"])?
+            .iter()
+            .any(|i| i == "tags");
+        let conds = match req.q("filter")? {
+            Some(f) => parse(f, filters)?,
+            None => vec![],
+        };
+        let sort = req.sort(&["created", "id", "name", "updated"])?;
+        Ok(ListQuery {
+            size,
+            include,
+            conds,
+            sort,
+        })
+    }
+}
+
 pub fn parse(filter: &str, allowed: &[(&str, &[&str])]) -> Result<Vec<Cond>, ApiError> {
     let mut p = Parser {
         s: filter.as_bytes(),

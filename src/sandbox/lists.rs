@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 use ulid::Ulid;
 
-use super::filter;
+use super::filter::{self, ListQuery};
 use super::http::{
     ApiError, ApiResult, Reply, Req, attributes, data_object, linkage_ids, now_millis, opt_str,
     sparse, ts,
@@ -78,24 +78,12 @@ const LIST_FILTERS: &[(&str, &[&str])] = &[
 ];
 
 pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
-    req.allow_params(&[
-        "fields[*]",
-        "filter",
-        "page[cursor]",
-        "page[size]",
-        "sort",
-        "include",
-    ])?;
-    let size = req.page_size(10, 10)?;
-    let include = req
-        .includes(&["flow-triggers", "tags"])?
-        .iter()
-        .any(|i| i == "tags");
-    let conds = match req.q("filter")? {
-        Some(f) => filter::parse(f, LIST_FILTERS)?,
-        None => vec![],
-    };
-    let sort = req.sort(&["created", "id", "name", "updated"])?;
+    let ListQuery {
+        size,
+        include,
+        conds,
+        sort,
+    } = ListQuery::parse(req, LIST_FILTERS)?;
     let store = shared.store();
     let keep = |id: &String, l: &List| {
         conds.iter().all(|c| match c.field.as_str() {

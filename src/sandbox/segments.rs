@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use ulid::Ulid;
 
-use super::filter;
+use super::filter::{self, ListQuery};
 use super::http::{
     ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, opt_bool, opt_str,
     sparse, ts,
@@ -528,24 +528,12 @@ const SEGMENT_FILTERS: &[(&str, &[&str])] = &[
 ];
 
 pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
-    req.allow_params(&[
-        "fields[*]",
-        "filter",
-        "page[cursor]",
-        "page[size]",
-        "sort",
-        "include",
-    ])?;
-    let size = req.page_size(10, 10)?;
-    let include = req
-        .includes(&["flow-triggers", "tags"])?
-        .iter()
-        .any(|i| i == "tags");
-    let conds = match req.q("filter")? {
-        Some(f) => filter::parse(f, SEGMENT_FILTERS)?,
-        None => vec![],
-    };
-    let sort = req.sort(&["created", "id", "name", "updated"])?;
+    let ListQuery {
+        size,
+        include,
+        conds,
+        sort,
+    } = ListQuery::parse(req, SEGMENT_FILTERS)?;
     let store = shared.store();
     let keep = |id: &String, s: &Segment| {
         conds.iter().all(|c| match c.field.as_str() {
