@@ -59,6 +59,12 @@ pub struct Report {
     pub tags_added: u64,
     /// Profiles subscribed to marketing (`consent.subscribe`).
     pub subscribed: u64,
+    /// Profiles unsubscribed from marketing (`consent.unsubscribe`).
+    #[serde(default)]
+    pub unsubscribed: u64,
+    /// Tags taken off lists and segments (dropped from the job).
+    #[serde(default)]
+    pub tags_removed: u64,
     pub api: Stats,
     pub success_rate: f64,
 }
@@ -89,6 +95,8 @@ struct Item {
     action: Action,
     /// Lists this send adds the profile to.
     adds: u32,
+    /// The consent change carried out once Klaviyo confirmed the profile.
+    consent: Option<crate::consent::ConsentAction>,
 }
 
 /// What one bulk batch came back with.
@@ -100,6 +108,8 @@ struct BatchOutcome {
     failures: Vec<Failure>,
     /// Profiles subscribed (consent) after this batch.
     subscribed: u64,
+    /// Profiles unsubscribed after this batch.
+    unsubscribed: u64,
 }
 
 /// Settings of one apply.
@@ -175,7 +185,7 @@ pub async fn apply(
         state,
         seq: 0,
         meta: crate::audience::profile_tags_meta(job).map(Arc::from),
-        consent: crate::audience::consent_channels(job),
+        consent: job.spec.consent.is_some(),
         totals: Totals {
             report: &mut report,
             failures: &mut failures,
@@ -224,6 +234,7 @@ pub async fn apply(
                     hash: s.hash,
                     action: s.action,
                     adds: bits.count_ones(),
+                    consent: s.consent,
                 });
                 bucket.1 += size;
                 if bucket.0.len() >= batch_size {
@@ -325,46 +336,73 @@ async fn record(
     Ok(())
 }
 
-/// Subscribes the profiles a confirmed batch created to the job's consent channels. A
-/// refused subscription is a failure of those rows (the profiles themselves are in).
-async fn subscribe_created(
-    client: &Client,
-    job: &Job,
-    channels: &[&'static str],
-    o: &mut BatchOutcome,
-) {
-    let created: Vec<&Item> = o
-        .confirmed
-        .iter()
-        .filter(|i| i.action == Action::Create)
-        .collect();
-    if created.is_empty() {
-        return;
-    }
-    let ids: Vec<(Option<String>, Option<String>)> = created
-        .iter()
-        .map(|i| {
-            let a: Value = serde_json::from_str(i.attributes.get()).unwrap_or(Value::Null);
-            (
-                a["email"].as_str().map(str::to_string),
-                a["phone_number"].as_str().map(str::to_string),
-            )
-        })
-        .collect();
-    match client
-        .subscribe(&ids, channels, &format!("kdit {}", job.name()))
-        .await
-    {
-        Ok(()) => o.subscribed += ids.len() as u64,
-        Err(e) => {
-            for i in created {
+/// Carries out the consent changes of a confirmed batch (`consent`): subscriptions, then
+/// unsubscriptions. A refused job is a failure of its rows (the profiles themselves are in).
+async fn change_consent(client: &Client, job: &Job, o: &mut BatchOutcome) {
+    use crate::consent::{ConsentAction, Subject, in_future, profile_entry};
+    let Some(c) = &job.spec.consent else { return };
+    let names = |v: &[crate::spec::ConsentChannel]| -> Vec<&'static str> {
+        v.iter().map(|c| crate::consent::channel_name(*c)).collect()
+    };
+    let (sub_channels, unsub_channels) = (names(&c.subscribe), names(&c.unsubscribe));
+    let source = format!("kdit {}", job.name());
+    for subscribe in [true, false] {
+        let mut rows: Vec<(u64, String)> = Vec::new();
+        let mut entries = Vec::new();
+        for i in &o.confirmed {
+            let at = match (&i.consent, subscribe) {
+                (Some(ConsentAction::Subscribe { consented_at }), true) => consented_at.clone(),
+                (Some(ConsentAction::Unsubscribe), false) => None,
+                _ => continue,
+            };
+            if at.as_deref().is_some_and(in_future) {
                 o.failures.push(Failure {
                     row: i.row,
                     key: i.key.clone(),
-                    field: "consent".into(),
-                    rule: "subscribe".into(),
-                    message: format!("the profile was created but not subscribed: {e}"),
+                    field: "consent.consented_at".into(),
+                    rule: "consented_at".into(),
+                    message: format!(
+                        "consent time {} is in the future; Klaviyo takes only past times in a historical import (the profile was sent, not subscribed)",
+                        at.unwrap_or_default()
+                    ),
                 });
+                continue;
+            }
+            let (consent, channels) = if subscribe {
+                ("SUBSCRIBED", &sub_channels)
+            } else {
+                ("UNSUBSCRIBED", &unsub_channels)
+            };
+            if let Some(e) = profile_entry(&Subject::of(&i.attributes, at), channels, consent) {
+                entries.push(e);
+                rows.push((i.row, i.key.clone()));
+            }
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        let historical = subscribe && c.consented_at.is_some();
+        match client
+            .subscription_jobs(&entries, subscribe, historical, &source)
+            .await
+        {
+            Ok(()) if subscribe => o.subscribed += entries.len() as u64,
+            Ok(()) => o.unsubscribed += entries.len() as u64,
+            Err(e) => {
+                let (rule, what) = if subscribe {
+                    ("subscribe", "subscribed")
+                } else {
+                    ("unsubscribe", "unsubscribed")
+                };
+                for (row, key) in rows {
+                    o.failures.push(Failure {
+                        row,
+                        key,
+                        field: "consent".into(),
+                        rule: rule.into(),
+                        message: format!("the profile was sent but not {what}: {e}"),
+                    });
+                }
             }
         }
     }
@@ -395,6 +433,7 @@ impl Totals<'_> {
         self.report.confirmed += o.confirmed.len() as u64;
         self.report.failed += o.failures.len() as u64;
         self.report.subscribed += o.subscribed;
+        self.report.unsubscribed += o.unsubscribed;
         self.failures.extend(o.failures);
     }
 }
@@ -414,8 +453,9 @@ struct Batches<'a, 'r> {
     totals: Totals<'r>,
     /// The `meta` each profile carries (profile tags).
     meta: Option<Arc<str>>,
-    /// Channels to subscribe the profiles this run creates to (`consent.subscribe`).
-    consent: Vec<&'static str>,
+    /// Whether the job changes consent (`consent`): its rows carry what to do, and the
+    /// consent values ride in their payloads, to be taken out before sending.
+    consent: bool,
 }
 
 impl Batches<'_, '_> {
@@ -433,8 +473,9 @@ impl Batches<'_, '_> {
         let watcher = self.watcher.clone();
         let (key_field, seq) = (self.key_field, self.seq);
         let meta = self.meta.clone();
+        let strip = self.consent && crate::consent::reads_columns(&self.job.spec);
         self.in_flight.spawn(async move {
-            send_batch(client, watcher, items, ids, key_field, seq, meta).await
+            send_batch(client, watcher, items, ids, key_field, seq, meta, strip).await
         });
         Ok(())
     }
@@ -447,8 +488,8 @@ impl Batches<'_, '_> {
         let outcome = done.map_err(|e| ApplyError::Source(format!("a batch task failed: {e}")))?;
         record(&outcome, self.job, self.run_id, self.state).await?;
         let mut outcome = outcome;
-        if !self.consent.is_empty() {
-            subscribe_created(self.client, self.job, &self.consent, &mut outcome).await;
+        if self.consent {
+            change_consent(self.client, self.job, &mut outcome).await;
         }
         self.totals.add(outcome);
         Ok(true)
@@ -456,6 +497,8 @@ impl Batches<'_, '_> {
 }
 
 /// Sends one batch to completion: bulk import, poll, import errors, field clearing.
+/// `strip`: take the consent carrier out of each profile before sending.
+#[allow(clippy::too_many_arguments)]
 async fn send_batch(
     client: Client,
     watcher: Watcher,
@@ -464,6 +507,7 @@ async fn send_batch(
     key_field: &'static str,
     seq: i32,
     meta: Option<Arc<str>>,
+    strip: bool,
 ) -> BatchOutcome {
     let mut out = BatchOutcome {
         seq,
@@ -471,7 +515,19 @@ async fn send_batch(
     };
     let mut queue = vec![items];
     while let Some(chunk) = queue.pop() {
-        let profiles: Vec<&RawValue> = chunk.iter().map(|i| i.attributes.as_ref()).collect();
+        let stripped: Vec<Box<RawValue>> = if strip {
+            chunk
+                .iter()
+                .map(|i| crate::consent::strip(&i.attributes))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let profiles: Vec<&RawValue> = if strip {
+            stripped.iter().map(AsRef::as_ref).collect()
+        } else {
+            chunk.iter().map(|i| i.attributes.as_ref()).collect()
+        };
         let job = match client
             .start_bulk_import_with_meta(&profiles, &list_ids, meta.as_deref())
             .await

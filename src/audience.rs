@@ -223,6 +223,7 @@ fn tag_changes(
             on: on.to_string(),
             target: target.to_string(),
             replaces: displaced(job, t, present),
+            remove: false,
         })
         .collect()
 }
@@ -232,9 +233,6 @@ pub async fn plan(
     job: &Job,
     client: &Client,
 ) -> Result<(Vec<SegmentChange>, Vec<TagChange>), AudienceError> {
-    if let Some(why) = unsupported_consent(job) {
-        return Err(AudienceError::Other(why));
-    }
     if job.spec.segments.is_empty() && job.spec.tags.lists.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -468,32 +466,6 @@ pub fn profile_tags_salt(job: &Job) -> Vec<u8> {
     profile_tags_meta(job)
         .map(|m| format!("\0tags\0{m}").into_bytes())
         .unwrap_or_default()
-}
-
-/// The channels `consent.subscribe` asks for, as Klaviyo names them.
-pub fn consent_channels(job: &Job) -> Vec<&'static str> {
-    job.spec
-        .consent
-        .iter()
-        .flat_map(|c| &c.subscribe)
-        .map(|c| match c {
-            crate::spec::ConsentChannel::Email => "email",
-            crate::spec::ConsentChannel::Sms => "sms",
-        })
-        .collect()
-}
-
-/// Consent settings this kdit cannot carry out yet: refused before any write rather than
-/// done differently from what the job says.
-pub fn unsupported_consent(job: &Job) -> Option<String> {
-    let c = job.spec.consent.as_ref()?;
-    if c.consented_at.is_some() {
-        return Some("`consent.consented_at` (historical imports) is not synced by this kdit yet; remove it to subscribe the profiles each run creates".into());
-    }
-    if !c.unsubscribe.is_empty() {
-        return Some("`consent.unsubscribe` is not synced by this kdit yet; remove it (kdit never unsubscribes anybody otherwise)".into());
-    }
-    None
 }
 
 /// `kdit segment …` subcommands.

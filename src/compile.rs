@@ -211,6 +211,19 @@ pub fn compile(
                 continue;
             }
         };
+        if let FieldPath::Property(parts) = &fpath
+            && parts.first().map(String::as_str) == Some(crate::consent::CARRIER)
+        {
+            out.push(loaded.at_key(
+                err(
+                    "reserved-property",
+                    format!("`properties.{}` is reserved for kdit's consent bookkeeping", crate::consent::CARRIER),
+                )
+                .hint("pick another property name; consent columns go under `consent:` (`consented_at`, `unsubscribe_column`)"),
+                &pointer,
+            ));
+            continue;
+        }
         let mapping = source.mapping().into_owned();
         let given = [
             mapping.column.is_some(),
@@ -521,6 +534,44 @@ pub fn compile(
                     "/consent/unsubscribe",
                 ),
             );
+        }
+        if consent.consented_at.is_some() && consent.subscribe.is_empty() {
+            out.push(
+                loaded.at_key(
+                    err(
+                        "consent",
+                        "`consent.consented_at` is set but `consent.subscribe` names no channel".into(),
+                    )
+                    .hint("`consented_at` dates the subscriptions of a historical import: add `subscribe: [email]` (or `sms`), or remove it"),
+                    "/consent/consented_at",
+                ),
+            );
+        }
+        if consent.unsubscribe_column.is_some() && consent.unsubscribe.is_empty() {
+            out.push(
+                loaded.at_key(
+                    err(
+                        "consent",
+                        "`consent.unsubscribe_column` is set but `consent.unsubscribe` names no channel".into(),
+                    )
+                    .hint("kdit unsubscribes only from channels a job names explicitly: add `unsubscribe: [email]` (or `sms`), or remove the column"),
+                    "/consent/unsubscribe_column",
+                ),
+            );
+        }
+        for (key, pointer) in [
+            (&consent.consented_at, "/consent/consented_at"),
+            (&consent.unsubscribe_column, "/consent/unsubscribe_column"),
+        ] {
+            if key.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                out.push(
+                    loaded.at_value(
+                        err("consent", "the column name is empty".into())
+                            .hint("name a column the query returns"),
+                        pointer,
+                    ),
+                );
+            }
         }
         if consent.subscribe.is_empty() && consent.unsubscribe.is_empty() {
             out.push(

@@ -13,6 +13,7 @@ use crate::compile::Job;
 use crate::diff::{Desired, Rejected, RowOutcome};
 use crate::rows::{self, JobQuery};
 use crate::source::{Interrupt, Source};
+use crate::spec::JobSpec;
 use crate::sync::{Feed, QueryDone, RowSource};
 
 /// Rows in flight between the query and the diff.
@@ -23,17 +24,22 @@ pub struct PgRows {
     source: Source,
     query: Arc<JobQuery>,
     interrupt: Option<Interrupt>,
+    /// The job as written (rejects of hidden consent fields are named after its keys).
+    spec: Arc<JobSpec>,
 }
 
 impl PgRows {
     /// Prepares the job's query and mapping; fails on problems `validate` would also find.
     pub fn new(job: &Job, source: Source, interrupt: Option<Interrupt>) -> Result<PgRows, String> {
         let defaults = job.project.as_ref().and_then(|p| p.spec.defaults.as_ref());
-        let query = rows::prepare(&job.spec, &job.path, defaults).map_err(|e| e.to_string())?;
+        // Consent columns ride along as hidden fields (see `consent`).
+        let spec = crate::consent::with_carrier(&job.spec);
+        let query = rows::prepare(&spec, &job.path, defaults).map_err(|e| e.to_string())?;
         Ok(PgRows {
             source,
             query: Arc::new(query),
             interrupt,
+            spec: Arc::new(job.spec.clone()),
         })
     }
 }
@@ -53,8 +59,9 @@ impl RowSource for PgRows {
         let source = self.source.clone();
         let query = self.query.clone();
         let interrupt = self.interrupt.clone();
+        let spec = self.spec.clone();
         let task = tokio::spawn(async move {
-            let result = produce(&source, &query, interrupt, &tx).await;
+            let result = produce(&source, &query, &spec, interrupt, &tx).await;
             if let Err(e) = &result {
                 // The consumer must learn the rows are incomplete (a mirror must not remove
                 // members just because the query failed half way).
@@ -69,6 +76,7 @@ impl RowSource for PgRows {
 async fn produce(
     source: &Source,
     query: &JobQuery,
+    spec: &JobSpec,
     interrupt: Option<Interrupt>,
     tx: &mpsc::Sender<Result<RowOutcome, String>>,
 ) -> Result<QueryDone, String> {
@@ -88,7 +96,10 @@ async fn produce(
             rows::RowOutcome::Rejected(r) => RowOutcome::Reject(Rejected {
                 row: r.row_number,
                 key: r.key.unwrap_or_default(),
-                field: r.field.unwrap_or_default(),
+                field: r
+                    .field
+                    .map(|f| crate::consent::author_field(spec, &f).unwrap_or(f))
+                    .unwrap_or_default(),
                 rule: r.rule.as_str().to_string(),
                 message: r.message,
             }),

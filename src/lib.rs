@@ -13,6 +13,7 @@ pub mod bench_sync;
 pub mod cli;
 pub mod commands;
 pub mod compile;
+pub mod consent;
 pub mod diagnostic;
 pub mod diff;
 pub mod exit;

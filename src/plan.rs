@@ -44,6 +44,28 @@ pub struct Plan {
     /// (`consent.subscribe`); empty: consent is not touched.
     #[serde(default)]
     pub consent: Vec<String>,
+    /// Profiles this run subscribes (`consent.subscribe`).
+    #[serde(default)]
+    pub subscribes: u64,
+    /// The column `consented_at` comes from (a historical import), if any.
+    #[serde(default)]
+    pub consented_at: Option<String>,
+    /// Channels `consent.unsubscribe` withdraws consent from.
+    #[serde(default)]
+    pub unsubscribe: Vec<String>,
+    /// The column saying a row withdrew consent.
+    #[serde(default)]
+    pub unsubscribe_column: Option<String>,
+    /// Profiles this run unsubscribes.
+    #[serde(default)]
+    pub unsubscribes: u64,
+    /// Segments kdit managed for this job that the job no longer declares: left in
+    /// Klaviyo, no longer managed after this run.
+    #[serde(default)]
+    pub dropped_segments: Vec<String>,
+    /// Tag groups whose `exclusive` in Klaviyo differs from the catalog.
+    #[serde(default)]
+    pub tag_group_conflicts: Vec<TagGroupConflict>,
     /// Profiles the state held before this run.
     pub state_profiles: u64,
     /// The last finished run: (id, when).
@@ -125,6 +147,20 @@ pub struct TagChange {
     /// Tags of the same exclusive group taken off first.
     #[serde(default)]
     pub replaces: Vec<String>,
+    /// Taken off (`-`): a tag kdit put there for this job, which the job no longer asks for.
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// A tag group whose `exclusive` setting in Klaviyo differs from the catalog's (Klaviyo
+/// cannot change it after creation).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TagGroupConflict {
+    pub group: String,
+    /// What the catalog says.
+    pub catalog_exclusive: bool,
+    /// What Klaviyo has.
+    pub klaviyo_exclusive: bool,
 }
 
 /// A guard's verdict.
@@ -153,9 +189,33 @@ impl Plan {
             || self.audience_changes()
     }
 
+    /// Records the job's consent settings and the counts the diff found.
+    pub fn consent_changes(
+        &mut self,
+        job: &crate::compile::Job,
+        subscribes: u64,
+        unsubscribes: u64,
+    ) {
+        let Some(c) = &job.spec.consent else { return };
+        let names = |v: &[crate::spec::ConsentChannel]| {
+            v.iter()
+                .map(|c| crate::consent::channel_name(*c).to_string())
+                .collect()
+        };
+        self.consent = names(&c.subscribe);
+        self.consented_at = c.consented_at.clone();
+        self.subscribes = subscribes;
+        if c.unsubscribe_column.is_some() {
+            self.unsubscribe = names(&c.unsubscribe);
+            self.unsubscribe_column = c.unsubscribe_column.clone();
+            self.unsubscribes = unsubscribes;
+        }
+    }
+
     /// Whether segments or tags change.
     pub fn audience_changes(&self) -> bool {
         !self.tags.is_empty()
+            || !self.dropped_segments.is_empty()
             || self
                 .segments
                 .iter()

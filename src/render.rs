@@ -226,10 +226,30 @@ pub fn human(plan: &Plan, opts: Options) -> String {
                 plural(seg_changed, "segment", "segments")
             ));
         }
-        if !plan.tags.is_empty() {
+        let tag_removes = plan.tags.iter().filter(|t| t.remove).count() as u64;
+        let tag_adds = plan.tags.len() as u64 - tag_removes;
+        if tag_adds > 0 {
+            parts.push(format!("{} to add", plural(tag_adds, "tag", "tags")));
+        }
+        if tag_removes > 0 {
+            parts.push(format!("{} to remove", plural(tag_removes, "tag", "tags")));
+        }
+        if !plan.dropped_segments.is_empty() {
             parts.push(format!(
-                "{} to add",
-                plural(plan.tags.len() as u64, "tag", "tags")
+                "{} no longer managed",
+                plural(plan.dropped_segments.len() as u64, "segment", "segments")
+            ));
+        }
+        if plan.subscribes > 0 {
+            parts.push(format!(
+                "{} to subscribe",
+                plural(plan.subscribes, "profile", "profiles")
+            ));
+        }
+        if plan.unsubscribes > 0 {
+            parts.push(format!(
+                "{} to unsubscribe",
+                plural(plan.unsubscribes, "profile", "profiles")
             ));
         }
         if e.bulk_jobs == 0 && parts.len() > 1 {
@@ -263,15 +283,28 @@ pub fn human(plan: &Plan, opts: Options) -> String {
     o
 }
 
+/// A tag group whose `exclusive` differs between the catalog and Klaviyo, explained.
+pub fn conflict_text(c: &crate::plan::TagGroupConflict) -> String {
+    let says = |b: bool| if b { "exclusive" } else { "not exclusive" };
+    format!(
+        "tag group \"{}\" is {} in the catalog but {} in Klaviyo; Klaviyo cannot change `exclusive` after a group is created, so kdit follows the catalog only for tags it adds (hint: make the catalog say `exclusive: {}`, or give the group a new name so kdit creates it as the catalog says)",
+        c.group,
+        says(c.catalog_exclusive),
+        says(c.klaviyo_exclusive),
+        c.klaviyo_exclusive
+    )
+}
+
 /// The `Segments` and `Tags` sections.
 fn audience(o: &mut String, plan: &Plan) {
-    if !plan.segments.is_empty() {
+    if !plan.segments.is_empty() || !plan.dropped_segments.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(o, "Segments");
         let w = plan
             .segments
             .iter()
             .map(|s| s.name.len())
+            .chain(plan.dropped_segments.iter().map(String::len))
             .max()
             .unwrap_or(0);
         for s in &plan.segments {
@@ -301,22 +334,54 @@ fn audience(o: &mut String, plan: &Plan) {
                 }
             }
         }
+        for name in &plan.dropped_segments {
+            let _ = writeln!(
+                o,
+                "  ! {name:<w$}   no longer declared by this job: left in Klaviyo (kdit never deletes segments), no longer managed after this run"
+            );
+        }
     }
-    if !plan.consent.is_empty() && plan.creates > 0 {
+    if plan.subscribes > 0 || plan.unsubscribes > 0 {
         let _ = writeln!(o);
         let _ = writeln!(o, "Consent");
-        let _ = writeln!(
-            o,
-            "  + {} to subscribe to {} marketing (the profiles this run creates)",
-            thousands(plan.creates),
-            plan.consent.join(" and ")
-        );
+        if plan.subscribes > 0 {
+            let why = match &plan.consented_at {
+                Some(col) => format!("historical import, consented_at from column `{col}`"),
+                None => "the profiles this run creates".to_string(),
+            };
+            let _ = writeln!(
+                o,
+                "  + {} to subscribe to {} marketing ({why})",
+                thousands(plan.subscribes),
+                plan.consent.join(" and ")
+            );
+        }
+        if plan.unsubscribes > 0 {
+            let _ = writeln!(
+                o,
+                "  - {} to unsubscribe from {} marketing (rows where `{}` is true)",
+                thousands(plan.unsubscribes),
+                plan.unsubscribe.join(" and "),
+                plan.unsubscribe_column.as_deref().unwrap_or("?")
+            );
+        }
     }
-    if !plan.tags.is_empty() {
+    if !plan.tags.is_empty() || !plan.tag_group_conflicts.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(o, "Tags");
+        for c in &plan.tag_group_conflicts {
+            let _ = writeln!(o, "  ! {}", conflict_text(c));
+        }
         let w = plan.tags.iter().map(|t| t.tag.len()).max().unwrap_or(0);
         for t in &plan.tags {
+            if t.remove {
+                let _ = writeln!(
+                    o,
+                    "  - {:<w$}   off {} {:?} (no longer in the job)",
+                    t.tag, t.on, t.target
+                );
+                continue;
+            }
             let replaces = if t.replaces.is_empty() {
                 String::new()
             } else {

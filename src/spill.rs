@@ -30,6 +30,9 @@ pub struct ToSend {
     pub adds: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unset: Vec<String>,
+    /// The consent change this send carries (`consent`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<crate::consent::ConsentAction>,
     pub attributes: Box<RawValue>,
 }
 
@@ -156,6 +159,7 @@ mod tests {
                 action: Action::Create,
                 adds: 1,
                 unset: vec![],
+                consent: Some(crate::consent::ConsentAction::Unsubscribe),
                 attributes: raw,
             })
             .unwrap();
@@ -171,7 +175,7 @@ mod tests {
         spill.close().unwrap();
         let lines: Vec<Entry> = spill.read().unwrap().map(Result::unwrap).collect();
         assert!(
-            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.attributes.get() == r#"{"email":"a@x.com"}"#)
+            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.consent == Some(crate::consent::ConsentAction::Unsubscribe) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
         );
         assert!(matches!(&lines[1], Entry::Reject(r) if r.row == 2));
         let path = spill.path.clone();

@@ -479,6 +479,26 @@ impl<'a> State<'a> {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// The consent values kdit last confirmed for the job's profiles (the `kdit_consent`
+    /// carrier of their payloads), for the keys that have any.
+    pub async fn consent_carriers(&self, job: &str) -> Result<HashMap<String, Value>, StateError> {
+        let job = self.scope(job);
+        let job = job.as_str();
+        let s = &self.schema;
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "select key, payload->'properties'->'{c}' from {s}.profiles
+                     where job = $1 and payload->'properties' ? '{c}'",
+                    c = crate::consent::CARRIER
+                ),
+                &[&job],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Klaviyo ids of the job's lists that kdit resolved before.
     pub async fn list_ids(&self, job: &str) -> Result<HashMap<String, String>, StateError> {
         let job = self.scope(job);

@@ -104,6 +104,14 @@ pub async fn make_plan(
         last_run,
         ..Plan::default()
     };
+    let mut consent = crate::consent::Planner::new(
+        job,
+        if crate::consent::reads_columns(&job.spec) {
+            state.consent_carriers(job.name()).await?
+        } else {
+            HashMap::new()
+        },
+    );
     let (mut rx, task) = rows.feed();
     let mut differ =
         Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
@@ -113,6 +121,7 @@ pub async fn make_plan(
         match next.map_err(SyncError::Other)? {
             RowOutcome::Profile(d) => {
                 let decision = differ.observe(&d);
+                let consent = consent.decide(&d.key, decision.action, &d.attributes);
                 if let Some(spill) = spill.as_deref_mut()
                     && decision.sends()
                 {
@@ -124,6 +133,7 @@ pub async fn make_plan(
                             action: decision.action,
                             adds: decision.add_lists,
                             unset: d.unset,
+                            consent,
                             attributes: d.attributes,
                         })
                         .map_err(spill_error)?;
@@ -166,10 +176,7 @@ pub async fn make_plan(
     let (segments, tags) = crate::audience::plan(job, client).await?;
     plan.segments = segments;
     plan.tags = tags;
-    plan.consent = crate::audience::consent_channels(job)
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    plan.consent_changes(job, consent.subscribes, consent.unsubscribes);
     plan.query_seconds = done.seconds;
     plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
     Ok((plan, removals))

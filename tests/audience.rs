@@ -50,6 +50,11 @@ const SEGMENT: &str = r#"segments:
 
 /// A test database with `customers` rows, a sandbox, and the project file.
 async fn world(customers: usize) -> World {
+    world_with(customers, false).await
+}
+
+/// As `world`; `capture`: the sandbox keeps every request body (see `spec_checked`).
+async fn world_with(customers: usize, capture: bool) -> World {
     let w = World::start(
         &format!(
             "create table customers (id int primary key, email text, ltv numeric, vip bool);
@@ -59,12 +64,51 @@ async fn world(customers: usize) -> World {
         ),
         SandboxConfig {
             rate_limits: RateLimits::Off,
+            capture_bodies: capture,
             ..SandboxConfig::default()
         },
     )
     .await;
     w.write("kdit.yaml", PROJECT);
     w
+}
+
+/// Every request kdit sent (the sandbox captured them) is one Klaviyo's OpenAPI spec allows;
+/// returns the captured (method, path template, body) of those matching `endpoint`.
+fn spec_checked(w: &World, endpoint: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for c in w.sb.captured_requests() {
+        if c.body.is_empty() {
+            continue;
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&c.body).expect("request bodies are JSON");
+        if let Err(e) = support::openapi::check_request(&c.method, &c.uri, &body) {
+            panic!("kdit sent a request Klaviyo's spec does not allow:\n{e}");
+        }
+        let template = support::openapi::template_for(&c.uri).unwrap_or_default();
+        if format!("{} {template}", c.method) == endpoint {
+            out.push(body);
+        }
+    }
+    out
+}
+
+/// A profile's email marketing consent in the sandbox: (consent, consent_timestamp).
+fn email_consent(w: &World, email: &str) -> (String, String) {
+    let p = w.sb.profile_by_email(email).expect("profile");
+    let subs = p.subscriptions.unwrap_or_default();
+    let m = &subs["email"]["marketing"];
+    (
+        m["consent"]
+            .as_str()
+            .unwrap_or("NEVER_SUBSCRIBED")
+            .to_string(),
+        m["consent_timestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 fn segment(w: &World, name: &str) -> kdit::sandbox::SandboxSegment {
@@ -393,20 +437,9 @@ async fn consent_changes_only_when_a_job_asks() {
         1
     );
 
-    // What kdit cannot do yet is refused before any write, not done differently.
-    w.write(
-        "historic.yaml",
-        &job(
-            "historic",
-            "consent:\n  subscribe: [email]\n  consented_at: ltv\n",
-        ),
-    );
-    let refused = w.kdit(&["run", "historic.yaml"]).await;
-    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
-    assert!(
-        refused.stderr.contains("`consent.consented_at`"),
-        "{}",
-        refused.stderr
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-delete-jobs"),
+        0
     );
 }
 
@@ -430,4 +463,171 @@ async fn the_daily_segment_cap_stops_the_run_with_a_clear_error() {
         run.stderr
     );
     assert_eq!(w.sb.segments().len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked() {
+    let w = world_with(10, true).await;
+    w.db.execute(
+        "alter table customers add column opted_in_at timestamptz, add column opted_out bool;
+         update customers set opted_in_at = '2021-03-04 05:06:07+00' where id <= 3;
+         update customers set opted_in_at = '2022-01-02 03:04:05+00' where id = 4;
+         update customers set opted_out = (id = 2);",
+    )
+    .await;
+    let query = "select id, email, ltv, vip, opted_in_at, opted_out from customers order by id";
+    let with = |consent: &str| {
+        job("history", consent).replace(
+            "select id, email, ltv, vip from customers order by id",
+            query,
+        )
+    };
+    // The consent columns alone change nothing: no `consent` key, no consent call.
+    w.write("plain.yaml", &with(""));
+    w.ok(&["run", "plain.yaml", "-q"]).await;
+    assert_eq!(w.calls("POST /api/profile-subscription"), 0);
+    assert_eq!(
+        email_consent(&w, "customer2@example.com").0,
+        "NEVER_SUBSCRIBED"
+    );
+
+    // Historical import: rows with a consent time are subscribed with that time.
+    w.write(
+        "job.yaml",
+        &with("consent:\n  subscribe: [email]\n  consented_at: opted_in_at\n"),
+    );
+    let plan = w.ok(&["plan", "job.yaml"]).await;
+    assert!(
+        plan.stdout.contains(
+            "Consent\n  + 4 to subscribe to email marketing (historical import, consented_at from column `opted_in_at`)\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("unsubscribe"), "{}", plan.stdout);
+    w.ok(&["run", "job.yaml", "-q"]).await;
+    for n in 1..=3 {
+        let (consent, at) = email_consent(&w, &format!("customer{n}@example.com"));
+        assert_eq!(consent, "SUBSCRIBED");
+        assert!(at.starts_with("2021-03-04T05:06:07"), "customer{n}: {at}");
+    }
+    let (consent, at) = email_consent(&w, "customer4@example.com");
+    assert_eq!(consent, "SUBSCRIBED");
+    assert!(at.starts_with("2022-01-02T03:04:05"), "{at}");
+    for n in 5..=10 {
+        assert_eq!(
+            email_consent(&w, &format!("customer{n}@example.com")).0,
+            "NEVER_SUBSCRIBED",
+            "customer{n} never consented"
+        );
+    }
+    let subscriptions = spec_checked(&w, "POST /api/profile-subscription-bulk-create-jobs");
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!(
+        subscriptions[0]["data"]["attributes"]["historical_import"],
+        true
+    );
+    // The consent columns never reach the profile itself.
+    let p = w.sb.profile_by_email("customer1@example.com").unwrap();
+    assert!(
+        p.attributes["properties"].get("kdit_consent").is_none(),
+        "{}",
+        p.attributes
+    );
+
+    // Re-run: nothing to do. A customer consenting later is subscribed on the next run.
+    let again = w.ok(&["run", "job.yaml"]).await;
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    w.db.execute("update customers set opted_in_at = '2023-05-06 07:08:09+00' where id = 7")
+        .await;
+    let plan = w.ok(&["plan", "job.yaml"]).await;
+    assert!(
+        plan.stdout
+            .contains("  + 1 to subscribe to email marketing (historical import"),
+        "{}",
+        plan.stdout
+    );
+    w.ok(&["run", "job.yaml", "-q"]).await;
+    let (consent, at) = email_consent(&w, "customer7@example.com");
+    assert_eq!(consent, "SUBSCRIBED");
+    assert!(at.starts_with("2023-05-06T07:08:09"), "{at}");
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-create-jobs"),
+        2
+    );
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-delete-jobs"),
+        0
+    );
+
+    // Unsubscribe only behind its explicit key: a column alone is a validation error.
+    w.write(
+        "half.yaml",
+        &with("consent:\n  subscribe: [email]\n  unsubscribe_column: opted_out\n"),
+    );
+    let v = w.kdit(&["validate", "half.yaml"]).await;
+    assert_eq!(v.code, 65, "{}\n{}", v.stdout, v.stderr);
+    assert!(
+        format!("{}{}", v.stdout, v.stderr).contains(
+            "`consent.unsubscribe_column` is set but `consent.unsubscribe` names no channel"
+        ),
+        "{}{}",
+        v.stdout,
+        v.stderr
+    );
+    let refused = w.kdit(&["run", "half.yaml"]).await;
+    assert_eq!(refused.code, 65, "{}", refused.stderr);
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-delete-jobs"),
+        0
+    );
+
+    // With `unsubscribe`, the flagged row is unsubscribed, on its own plan line; nobody is
+    // subscribed again although every row is re-sent once (the new column joins the hash).
+    w.write(
+        "job.yaml",
+        &with("consent:\n  subscribe: [email]\n  consented_at: opted_in_at\n  unsubscribe: [email]\n  unsubscribe_column: opted_out\n"),
+    );
+    let plan = w.ok(&["plan", "job.yaml"]).await;
+    assert!(
+        plan.stdout.contains(
+            "Consent\n  - 1 to unsubscribe from email marketing (rows where `opted_out` is true)\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("to subscribe"), "{}", plan.stdout);
+    w.ok(&["run", "job.yaml", "-q"]).await;
+    assert_eq!(email_consent(&w, "customer2@example.com").0, "UNSUBSCRIBED");
+    assert_eq!(email_consent(&w, "customer1@example.com").0, "SUBSCRIBED");
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-create-jobs"),
+        2
+    );
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-delete-jobs"),
+        1
+    );
+    let again = w.ok(&["run", "job.yaml"]).await;
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    assert_eq!(
+        w.calls("POST /api/profile-subscription-bulk-delete-jobs"),
+        1
+    );
+    let unsubscriptions = spec_checked(&w, "POST /api/profile-subscription-bulk-delete-jobs");
+    assert_eq!(
+        unsubscriptions[0]["data"]["attributes"]["profiles"]["data"][0]["attributes"]["email"],
+        "customer2@example.com"
+    );
+
+    // A bad consent time is a rejected row naming the job's key, not a crash.
+    w.db.execute("alter table customers alter column opted_in_at type text; update customers set opted_in_at = 'soon' where id = 9")
+        .await;
+    let bad = w.kdit(&["plan", "job.yaml"]).await;
+    assert_eq!(bad.code, 0, "{}\n{}", bad.stdout, bad.stderr);
+    assert!(
+        bad.stdout.contains("consent.consented_at (opted_in_at)"),
+        "{}",
+        bad.stdout
+    );
 }

@@ -267,53 +267,49 @@ impl Client {
 
 /// Most profiles in one subscription bulk-create job.
 pub const SUBSCRIBE_MAX: usize = 1_000;
+/// Most profiles in one subscription bulk-delete (unsubscribe) job.
+pub const UNSUBSCRIBE_MAX: usize = 100;
 
 impl Client {
-    /// Subscribes profiles to marketing on `channels` (`email`, `sms`), ≤ 1,000 a call (L
-    /// tier). `profiles`: (email, phone number) pairs; a channel is asked only for profiles
-    /// with its identifier. Klaviyo answers 202 and processes the job later (not pollable).
-    pub async fn subscribe(
+    /// Sends subscription jobs (L tier; Klaviyo answers 202 and processes them later, not
+    /// pollable): `subscribe` → `profile-subscription-bulk-create-jobs` (≤ 1,000 a call;
+    /// `historical` sets `historical_import`, the entries then carry `consented_at`), else
+    /// `profile-subscription-bulk-delete-jobs` (≤ 100 a call, no list: consent is withdrawn
+    /// globally). `entries`: `profiles.data` items (see `consent::profile_entry`).
+    pub async fn subscription_jobs(
         &self,
-        profiles: &[(Option<String>, Option<String>)],
-        channels: &[&str],
+        entries: &[Value],
+        subscribe: bool,
+        historical: bool,
         source: &str,
     ) -> Result<(), KlaviyoError> {
-        for chunk in profiles.chunks(SUBSCRIBE_MAX) {
-            let data: Vec<Value> = chunk
-                .iter()
-                .filter_map(|(email, phone)| {
-                    let mut attributes = serde_json::Map::new();
-                    let mut subs = serde_json::Map::new();
-                    let marketing = json!({"marketing": {"consent": "SUBSCRIBED"}});
-                    if let Some(e) = email {
-                        attributes.insert("email".into(), json!(e));
-                        if channels.contains(&"email") {
-                            subs.insert("email".into(), marketing.clone());
-                        }
-                    }
-                    if let Some(p) = phone {
-                        attributes.insert("phone_number".into(), json!(p));
-                        if channels.contains(&"sms") {
-                            subs.insert("sms".into(), marketing);
-                        }
-                    }
-                    if subs.is_empty() {
-                        return None;
-                    }
-                    attributes.insert("subscriptions".into(), Value::Object(subs));
-                    Some(json!({"type": "profile", "attributes": attributes}))
-                })
-                .collect();
-            if data.is_empty() {
-                continue;
+        let (max, ty, path) = if subscribe {
+            (
+                SUBSCRIBE_MAX,
+                "profile-subscription-bulk-create-job",
+                "/api/profile-subscription-bulk-create-jobs",
+            )
+        } else {
+            (
+                UNSUBSCRIBE_MAX,
+                "profile-subscription-bulk-delete-job",
+                "/api/profile-subscription-bulk-delete-jobs",
+            )
+        };
+        for chunk in entries.chunks(max) {
+            let mut attributes = json!({"profiles": {"data": chunk}});
+            if subscribe {
+                attributes["custom_source"] = json!(source);
+                if historical {
+                    attributes["historical_import"] = json!(true);
+                }
             }
-            let body = json!({"data": {"type": "profile-subscription-bulk-create-job",
-                "attributes": {"custom_source": source, "profiles": {"data": data}}}});
+            let body = json!({"data": {"type": ty, "attributes": attributes}});
             self.send(
                 Tier::L,
                 Method::POST,
-                "/api/profile-subscription-bulk-create-jobs",
-                "POST /api/profile-subscription-bulk-create-jobs",
+                path,
+                &format!("POST {path}"),
                 Some(&body),
             )
             .await?;
