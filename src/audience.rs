@@ -12,9 +12,10 @@ use serde_json::{Map, Value, json};
 
 use crate::compile::Job;
 use crate::klaviyo::{Client, KlaviyoError};
-use crate::plan::{SegmentAction, SegmentChange, TagChange};
+use crate::plan::{SegmentAction, SegmentChange, TagChange, TagGroupConflict};
 use crate::segment::parse_condition;
 use crate::spec::{ConditionGroupSpec, SegmentSpec};
+use crate::state::{State, StateError, Tagged};
 
 /// Klaviyo's cap on conditions in one segment.
 pub const MAX_CONDITIONS: usize = 100;
@@ -24,6 +25,8 @@ pub const MAX_CONDITIONS: usize = 100;
 pub enum AudienceError {
     #[error(transparent)]
     Klaviyo(#[from] KlaviyoError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("{0}")]
     Other(String),
 }
@@ -228,26 +231,153 @@ fn tag_changes(
         .collect()
 }
 
-/// The plan's segment and tag lines: reads Klaviyo, changes nothing.
+/// The audience half of a plan.
+#[derive(Debug, Default)]
+pub struct AudiencePlan {
+    pub segments: Vec<SegmentChange>,
+    pub tags: Vec<TagChange>,
+    pub dropped_segments: Vec<String>,
+    pub conflicts: Vec<TagGroupConflict>,
+}
+
+/// Whether the job still asks for `tag` on the list or segment `target`.
+fn still_wanted(job: &Job, t: &Tagged) -> bool {
+    match t.kind.as_str() {
+        "list" => {
+            job.spec.lists.iter().any(|l| l.name == t.target)
+                && job.spec.tags.lists.contains(&t.tag)
+        }
+        _ => {
+            job.spec.segments.iter().any(|s| s.name == t.target)
+                && job.spec.tags.segments.contains(&t.tag)
+        }
+    }
+}
+
+/// The tags on a list or segment; none when it no longer exists.
+async fn present_on(
+    client: &Client,
+    kind: &str,
+    id: &str,
+) -> Result<Vec<crate::klaviyo::audience::LiveTag>, KlaviyoError> {
+    match client.tags_on(kind, id).await {
+        Err(KlaviyoError::Api { status: 404, .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// Tags kdit put on lists/segments for this job that the job no longer asks for and that
+/// are still there: (record, the resource's `kind` path).
+async fn dropped_tags(
+    job: &Job,
+    client: &Client,
+    state: &State<'_>,
+) -> Result<Vec<Tagged>, AudienceError> {
+    let mut out = Vec::new();
+    for t in state.tagged(job.name()).await? {
+        if still_wanted(job, &t) {
+            continue;
+        }
+        let kind = if t.kind == "list" {
+            "lists"
+        } else {
+            "segments"
+        };
+        if present_on(client, kind, &t.target_id)
+            .await?
+            .iter()
+            .any(|p| p.id == t.tag_id)
+        {
+            out.push(t);
+        } else {
+            // Gone already (taken off by hand, or the resource deleted): nothing to do.
+            state
+                .forget_tag(job.name(), &t.tag, &t.kind, &t.target)
+                .await?;
+        }
+    }
+    Ok(out)
+}
+
+/// Catalog groups the job's tags belong to whose `exclusive` in Klaviyo differs from the
+/// catalog (Klaviyo cannot change it after a group is created).
+pub async fn group_conflicts(
+    catalog: Option<&crate::spec::TagCatalog>,
+    used: impl Fn(&crate::spec::TagGroupSpec) -> bool,
+    client: &Client,
+) -> Result<Vec<TagGroupConflict>, KlaviyoError> {
+    let mut out = Vec::new();
+    for g in catalog.into_iter().flat_map(|c| &c.groups) {
+        if !used(g) {
+            continue;
+        }
+        if let Some(live) = client.tag_group(&g.name).await?
+            && live.exclusive != g.exclusive
+        {
+            out.push(TagGroupConflict {
+                group: g.name.clone(),
+                catalog_exclusive: g.exclusive,
+                klaviyo_exclusive: live.exclusive,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The plan's segment and tag lines: reads Klaviyo and kdit's state, changes nothing.
 pub async fn plan(
     job: &Job,
     client: &Client,
-) -> Result<(Vec<SegmentChange>, Vec<TagChange>), AudienceError> {
-    if job.spec.segments.is_empty() && job.spec.tags.lists.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+    state: &State<'_>,
+) -> Result<AudiencePlan, AudienceError> {
+    let managed = state.segments(job.name()).await?;
+    let mut out = AudiencePlan {
+        dropped_segments: managed
+            .iter()
+            .filter(|(n, _)| !job.spec.segments.iter().any(|s| &s.name == n))
+            .map(|(n, _)| n.clone())
+            .collect(),
+        ..AudiencePlan::default()
+    };
+    for t in dropped_tags(job, client, state).await? {
+        out.tags.push(TagChange {
+            tag: t.tag,
+            on: t.kind,
+            target: t.target,
+            replaces: Vec::new(),
+            remove: true,
+        });
     }
+    if job.spec.segments.is_empty()
+        && job.spec.tags.lists.is_empty()
+        && job.spec.tags.segments.is_empty()
+    {
+        return Ok(out);
+    }
+    let wanted_tags: Vec<&String> = job
+        .spec
+        .tags
+        .lists
+        .iter()
+        .chain(&job.spec.tags.segments)
+        .collect();
+    out.conflicts = group_conflicts(
+        job.project.as_ref().and_then(|p| p.spec.tags.as_ref()),
+        |g| g.tags.iter().any(|t| wanted_tags.contains(&t)),
+        client,
+    )
+    .await?;
     let ids = list_ids(job, client).await?;
     let names = names_of(&ids);
     let lookup = |n: &str| ids.get(n).cloned();
-    let mut segments = Vec::new();
-    let mut tags = Vec::new();
+    let mut adds = Vec::new();
     if !job.spec.tags.lists.is_empty() {
         for l in &job.spec.lists {
             let present = match ids.get(&l.name) {
                 Some(id) => tag_names(client.tags_on("lists", id).await?),
                 None => Vec::new(),
             };
-            tags.extend(tag_changes(
+            adds.extend(tag_changes(
                 job,
                 "list",
                 &l.name,
@@ -259,7 +389,7 @@ pub async fn plan(
     for s in &job.spec.segments {
         let wanted = definition(s, &lookup).map_err(AudienceError::Other)?;
         let live = client.find_segment(&s.name).await?;
-        segments.push(segment_change(
+        out.segments.push(segment_change(
             s,
             &wanted,
             live.as_ref().map(|l| &l.definition),
@@ -270,7 +400,7 @@ pub async fn plan(
                 Some(l) => tag_names(client.tags_on("segments", &l.id).await?),
                 None => Vec::new(),
             };
-            tags.extend(tag_changes(
+            adds.extend(tag_changes(
                 job,
                 "segment",
                 &s.name,
@@ -279,7 +409,8 @@ pub async fn plan(
             ));
         }
     }
-    Ok((segments, tags))
+    out.tags.extend(adds);
+    Ok(out)
 }
 
 fn tag_names(tags: Vec<crate::klaviyo::audience::LiveTag>) -> Vec<String> {
@@ -308,13 +439,15 @@ pub struct AudienceReport {
     pub segments_created: Vec<String>,
     pub segments_updated: Vec<String>,
     pub tags_added: u64,
+    pub tags_removed: u64,
 }
 
-/// Makes Klaviyo's segments and tags what the job asks for. `list_ids`: the job's lists,
-/// name → id, all resolved (created) already.
+/// Makes Klaviyo's segments and tags what the job asks for, and records what kdit did in
+/// the state. `list_ids`: the job's lists, name → id, all resolved (created) already.
 pub async fn apply(
     job: &Job,
     client: &Client,
+    state: &State<'_>,
     list_ids: &BTreeMap<String, String>,
 ) -> Result<AudienceReport, AudienceError> {
     let mut report = AudienceReport::default();
@@ -342,23 +475,47 @@ pub async fn apply(
                 live.id
             }
         };
-        segment_ids.push(id);
+        state.save_segment(job.name(), &s.name, &id).await?;
+        segment_ids.push((s.name.as_str(), id));
     }
-    let mut targets: Vec<(&str, String, &[String])> = Vec::new();
+    // Tags kdit put there for this job that the job dropped come off first (an exclusive
+    // group's new tag may need the room).
+    for t in dropped_tags(job, client, state).await? {
+        let kind = if t.kind == "list" {
+            "lists"
+        } else {
+            "segments"
+        };
+        client
+            .relate_tag(&t.tag_id, kind, std::slice::from_ref(&t.target_id), false)
+            .await?;
+        state
+            .forget_tag(job.name(), &t.tag, &t.kind, &t.target)
+            .await?;
+        report.tags_removed += 1;
+    }
+    let managed = state.segments(job.name()).await?;
+    for (name, _) in managed {
+        if !job.spec.segments.iter().any(|s| s.name == name) {
+            state.forget_segment(job.name(), &name).await?;
+        }
+    }
+    let mut targets: Vec<(&str, &str, String, &[String])> = Vec::new();
     if !job.spec.tags.lists.is_empty() {
         for l in &job.spec.lists {
             if let Some(id) = list_ids.get(&l.name) {
-                targets.push(("lists", id.clone(), &job.spec.tags.lists));
+                targets.push(("lists", &l.name, id.clone(), &job.spec.tags.lists));
             }
         }
     }
     if !job.spec.tags.segments.is_empty() {
-        for id in segment_ids {
-            targets.push(("segments", id, &job.spec.tags.segments));
+        for (name, id) in segment_ids {
+            targets.push(("segments", name, id, &job.spec.tags.segments));
         }
     }
     let mut tags = TagIds::default();
-    for (kind, id, wanted) in targets {
+    for (kind, target, id, wanted) in targets {
+        let singular = if kind == "lists" { "list" } else { "segment" };
         let present = client.tags_on(kind, &id).await?;
         let present_names: Vec<String> = present.iter().map(|t| t.name.clone()).collect();
         for tag in wanted {
@@ -370,11 +527,24 @@ pub async fn apply(
                     client
                         .relate_tag(&t.id, kind, std::slice::from_ref(&id), false)
                         .await?;
+                    state.forget_tag(job.name(), &old, singular, target).await?;
                 }
             }
             let tag_id = tags.ensure(job, client, tag).await?;
             client
                 .relate_tag(&tag_id, kind, std::slice::from_ref(&id), true)
+                .await?;
+            state
+                .record_tag(
+                    job.name(),
+                    &Tagged {
+                        tag: tag.clone(),
+                        kind: singular.to_string(),
+                        target: target.to_string(),
+                        target_id: id.clone(),
+                        tag_id,
+                    },
+                )
                 .await?;
             report.tags_added += 1;
         }

@@ -70,7 +70,39 @@ const MIGRATIONS: &[&str] = &[
         primary key (run_id, seq)
     );
     "#,
+    // 2: what kdit did on the audience side per job: the catalog tags it put on lists and
+    // segments (so a tag a job drops is taken off again, and only those), and the segments
+    // it manages (so one a job stops declaring is reported, never silently forgotten).
+    r#"
+    create table {schema}.tagged (
+        job text not null,
+        tag text not null,
+        kind text not null,
+        target text not null,
+        target_id text not null,
+        tag_id text not null,
+        primary key (job, tag, kind, target)
+    );
+    create table {schema}.segments (
+        job text not null,
+        name text not null,
+        klaviyo_id text not null,
+        primary key (job, name)
+    );
+    "#,
 ];
+
+/// A catalog tag kdit put on a list or segment for a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub tag: String,
+    /// `list` or `segment`.
+    pub kind: String,
+    /// The list's or segment's name.
+    pub target: String,
+    pub target_id: String,
+    pub tag_id: String,
+}
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -497,6 +529,114 @@ impl<'a> State<'a> {
             )
             .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The catalog tags kdit put on lists and segments for a job.
+    pub async fn tagged(&self, job: &str) -> Result<Vec<Tagged>, StateError> {
+        let job = self.scope(job);
+        let s = &self.schema;
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "select tag, kind, target, target_id, tag_id from {s}.tagged
+                     where job = $1 order by kind, target, tag"
+                ),
+                &[&job],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Tagged {
+                tag: r.get(0),
+                kind: r.get(1),
+                target: r.get(2),
+                target_id: r.get(3),
+                tag_id: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Records a tag kdit put on a list or segment for a job.
+    pub async fn record_tag(&self, job: &str, t: &Tagged) -> Result<(), StateError> {
+        let job = self.scope(job);
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!(
+                    "insert into {s}.tagged (job, tag, kind, target, target_id, tag_id)
+                     values ($1, $2, $3, $4, $5, $6)
+                     on conflict (job, tag, kind, target) do update
+                       set target_id = excluded.target_id, tag_id = excluded.tag_id"
+                ),
+                &[&job, &t.tag, &t.kind, &t.target, &t.target_id, &t.tag_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a tag kdit put on a list or segment (taken off, or gone from Klaviyo).
+    pub async fn forget_tag(
+        &self,
+        job: &str,
+        tag: &str,
+        kind: &str,
+        target: &str,
+    ) -> Result<(), StateError> {
+        let job = self.scope(job);
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!(
+                    "delete from {s}.tagged where job = $1 and tag = $2 and kind = $3 and target = $4"
+                ),
+                &[&job, &tag, &kind, &target],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The segments kdit manages for a job: (name, Klaviyo id).
+    pub async fn segments(&self, job: &str) -> Result<Vec<(String, String)>, StateError> {
+        let job = self.scope(job);
+        let s = &self.schema;
+        let rows = self
+            .db
+            .query(
+                &format!("select name, klaviyo_id from {s}.segments where job = $1 order by name"),
+                &[&job],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Records that kdit manages a segment for a job.
+    pub async fn save_segment(&self, job: &str, name: &str, id: &str) -> Result<(), StateError> {
+        let job = self.scope(job);
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!(
+                    "insert into {s}.segments (job, name, klaviyo_id) values ($1, $2, $3)
+                     on conflict (job, name) do update set klaviyo_id = excluded.klaviyo_id"
+                ),
+                &[&job, &name, &id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stops managing a segment for a job (it stays in Klaviyo).
+    pub async fn forget_segment(&self, job: &str, name: &str) -> Result<(), StateError> {
+        let job = self.scope(job);
+        let s = &self.schema;
+        self.db
+            .execute(
+                &format!("delete from {s}.segments where job = $1 and name = $2"),
+                &[&job, &name],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Klaviyo ids of the job's lists that kdit resolved before.

@@ -173,9 +173,11 @@ pub async fn make_plan(
     for (l, keys) in plan.lists.iter_mut().zip(&removals) {
         l.remove_samples = keys.iter().take(crate::diff::SAMPLES).cloned().collect();
     }
-    let (segments, tags) = crate::audience::plan(job, client).await?;
-    plan.segments = segments;
-    plan.tags = tags;
+    let audience = crate::audience::plan(job, client, state).await?;
+    plan.segments = audience.segments;
+    plan.tags = audience.tags;
+    plan.dropped_segments = audience.dropped_segments;
+    plan.tag_group_conflicts = audience.conflicts;
     plan.consent_changes(job, consent.subscribes, consent.unsubscribes);
     plan.query_seconds = done.seconds;
     plan.check_guards(job.guards.max_invalid, job.guards.max_removals);
@@ -344,7 +346,7 @@ async fn run_locked(
             .zip(&list_ids)
             .map(|(l, id)| (l.name.clone(), id.clone()))
             .collect();
-        Some(crate::audience::apply(job, client, &by_name).await?)
+        Some(crate::audience::apply(job, client, state, &by_name).await?)
     } else {
         None
     };
@@ -378,6 +380,7 @@ async fn run_locked(
         report.segments_created = a.segments_created;
         report.segments_updated = a.segments_updated;
         report.tags_added = a.tags_added;
+        report.tags_removed = a.tags_removed;
     }
     report.seconds = started.elapsed().as_secs_f64();
     if let Some(path) = &out.report {
@@ -420,10 +423,19 @@ async fn run_locked(
         if report.tags_added > 0 {
             audience.push(format!("{} tags added", report.tags_added));
         }
+        if report.tags_removed > 0 {
+            audience.push(format!("{} tags removed", report.tags_removed));
+        }
         if report.subscribed > 0 {
             audience.push(format!(
                 "{} profiles subscribed",
                 render::thousands(report.subscribed)
+            ));
+        }
+        if report.unsubscribed > 0 {
+            audience.push(format!(
+                "{} profiles unsubscribed",
+                render::thousands(report.unsubscribed)
             ));
         }
         if !audience.is_empty() {

@@ -631,3 +631,100 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         bad.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tag_comes_off_and_a_dropped_segment_is_reported() {
+    let w = world_with(12, true).await;
+    // The catalog's `lifecycle` group starts out non-exclusive in Klaviyo.
+    w.write(
+        "kdit.yaml",
+        &PROJECT.replace("exclusive: true", "exclusive: false"),
+    );
+    w.write(
+        "shop.yaml",
+        &job(
+            "shop",
+            &format!("{SEGMENT}tags:\n  lists: [automated]\n  segments: [vip, kdit]\n"),
+        ),
+    );
+    // Another job tags the same list: its tag is not shop's to take off.
+    w.write("other.yaml", &job("other", "tags:\n  lists: [kdit]\n"));
+    w.ok(&["run", "shop.yaml", "-q"]).await;
+    w.ok(&["run", "other.yaml", "-q"]).await;
+    let list = list_id(&w, "Everyone");
+    let seg = segment(&w, "Big spenders").id;
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+    assert_eq!(tags_on(&w, &list), set(&["automated", "kdit"]));
+    assert_eq!(tags_on(&w, &seg), set(&["vip", "kdit"]));
+
+    // The catalog now says exclusive: Klaviyo cannot change that, the plan says so.
+    w.write("kdit.yaml", PROJECT);
+    // shop stops tagging its list, and stops putting `kdit` on its segment.
+    w.write(
+        "shop.yaml",
+        &job("shop", &format!("{SEGMENT}tags:\n  segments: [vip]\n")),
+    );
+    let plan = w.kdit(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout.contains("Tags\n  ! tag group \"lifecycle\" is exclusive in the catalog but not exclusive in Klaviyo; Klaviyo cannot change `exclusive` after a group is created"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(
+            "  - kdit        off segment \"Big spenders\" (no longer in the job)\n  - automated   off list \"Everyone\" (no longer in the job)\n"
+        ) || plan.stdout.contains(
+            "  - automated   off list \"Everyone\" (no longer in the job)\n  - kdit        off segment \"Big spenders\" (no longer in the job)\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !plan.stdout.contains("kdit        off list"),
+        "other's tag is not shop's: {}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("2 tags to remove"), "{}", plan.stdout);
+    assert_eq!(
+        tags_on(&w, &list),
+        set(&["automated", "kdit"]),
+        "plan wrote"
+    );
+    let run = w
+        .ok(&["run", "shop.yaml", "-q", "--report", "r.json"])
+        .await;
+    assert_eq!(run.code, 0);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
+    assert_eq!(report["tags_removed"], 2);
+    assert_eq!(tags_on(&w, &list), set(&["kdit"]));
+    assert_eq!(tags_on(&w, &seg), set(&["vip"]));
+    let again = w.ok(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+
+    // shop no longer declares its segment: the plan says so, the run leaves it in Klaviyo
+    // (taking off the tag shop put there) and stops managing it.
+    w.write("shop.yaml", &job("shop", ""));
+    let plan = w.kdit(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout.contains("Segments\n  ! Big spenders   no longer declared by this job: left in Klaviyo (kdit never deletes segments), no longer managed after this run\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("  - vip   off segment \"Big spenders\" (no longer in the job)\n"),
+        "{}",
+        plan.stdout
+    );
+    w.ok(&["run", "shop.yaml", "-q"]).await;
+    assert_eq!(segment(&w, "Big spenders").id, seg, "the segment stays");
+    assert!(tags_on(&w, &seg).is_empty());
+    assert_eq!(tags_on(&w, &list), set(&["kdit"]));
+    let again = w.ok(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    assert!(!again.stdout.contains("Big spenders"), "{}", again.stdout);
+    spec_checked(&w, "");
+}

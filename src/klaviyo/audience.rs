@@ -26,6 +26,14 @@ pub struct LiveTag {
     pub name: String,
 }
 
+/// A tag group as Klaviyo has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTagGroup {
+    pub id: String,
+    pub name: String,
+    pub exclusive: bool,
+}
+
 fn id_of(body: &Option<Value>, method: &str, path: &str) -> Result<String, KlaviyoError> {
     body.as_ref()
         .and_then(|b| b["data"]["id"].as_str())
@@ -144,6 +152,11 @@ impl Client {
 
     /// Finds a tag group by exact name.
     pub async fn find_tag_group(&self, name: &str) -> Result<Option<String>, KlaviyoError> {
+        Ok(self.tag_group(name).await?.map(|g| g.id))
+    }
+
+    /// A tag group by exact name, with its `exclusive` setting.
+    pub async fn tag_group(&self, name: &str) -> Result<Option<LiveTagGroup>, KlaviyoError> {
         let path = format!(
             "/api/tag-groups?filter={}",
             encode(&format!("equals(name,{})", filter_string(name)))
@@ -151,10 +164,14 @@ impl Client {
         let r = self
             .send(Tier::S, Method::GET, &path, "GET /api/tag-groups", None)
             .await?;
-        Ok(r.body
-            .as_ref()
-            .and_then(|b| b["data"][0]["id"].as_str())
-            .map(str::to_string))
+        let d = r.body.as_ref().map(|b| &b["data"][0]);
+        Ok(d.and_then(|d| {
+            Some(LiveTagGroup {
+                id: d["id"].as_str()?.to_string(),
+                name: d["attributes"]["name"].as_str().unwrap_or(name).to_string(),
+                exclusive: d["attributes"]["exclusive"].as_bool().unwrap_or(false),
+            })
+        }))
     }
 
     /// Creates a tag group; returns its id.
