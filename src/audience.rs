@@ -14,7 +14,7 @@ use crate::compile::Job;
 use crate::klaviyo::{Client, KlaviyoError};
 use crate::plan::{SegmentAction, SegmentChange, TagChange, TagGroupConflict};
 use crate::segment::parse_condition;
-use crate::spec::{ConditionGroupSpec, SegmentSpec};
+use crate::spec::{ConditionGroupSpec, SegmentSpec, TagCatalog};
 use crate::state::{State, StateError, Tagged};
 
 /// Klaviyo's cap on conditions in one segment.
@@ -190,13 +190,30 @@ fn names_of(ids: &BTreeMap<String, String>) -> HashMap<String, String> {
 
 /// The catalog group a tag belongs to: (group name, exclusive).
 fn tag_group<'a>(job: &'a Job, tag: &str) -> Option<(&'a str, bool)> {
-    let catalog = job.project.as_ref()?.spec.tags.as_ref()?;
-    catalog
+    catalog_group(job_catalog(job), tag)
+}
+
+/// The job's project's tag catalog, if any.
+pub fn job_catalog(job: &Job) -> Option<&TagCatalog> {
+    job.project.as_ref()?.spec.tags.as_ref()
+}
+
+/// The catalog group a tag belongs to: (group name, exclusive).
+pub fn catalog_group<'a>(catalog: Option<&'a TagCatalog>, tag: &str) -> Option<(&'a str, bool)> {
+    catalog?
         .groups
         .iter()
         .find(|g| g.tags.iter().any(|t| t == tag))
         .map(|g| (g.name.as_str(), g.exclusive))
 }
+
+/// The group a tag goes in: its catalog group, else `kdit` (not exclusive).
+pub fn group_for<'a>(catalog: Option<&'a TagCatalog>, tag: &str) -> (&'a str, bool) {
+    catalog_group(catalog, tag).unwrap_or((DEFAULT_TAG_GROUP, false))
+}
+
+/// The tag group of tags used without a catalog.
+pub const DEFAULT_TAG_GROUP: &str = "kdit";
 
 /// Tags of an exclusive catalog group other than `tag` that sit on the resource already.
 fn displaced(job: &Job, tag: &str, present: &[String]) -> Vec<String> {
@@ -530,7 +547,7 @@ pub async fn apply(
                     state.forget_tag(job.name(), &old, singular, target).await?;
                 }
             }
-            let tag_id = tags.ensure(job, client, tag).await?;
+            let tag_id = tags.ensure(job_catalog(job), client, tag).await?;
             client
                 .relate_tag(&tag_id, kind, std::slice::from_ref(&id), true)
                 .await?;
@@ -554,22 +571,23 @@ pub async fn apply(
 
 /// Tag ids found or created during one apply.
 #[derive(Default)]
-struct TagIds {
+pub struct TagIds {
     groups: HashMap<String, String>,
     tags: HashMap<String, String>,
 }
 
 impl TagIds {
-    async fn ensure(
+    /// The id of a tag, creating its group (as the catalog says) and the tag when absent.
+    pub async fn ensure(
         &mut self,
-        job: &Job,
+        catalog: Option<&TagCatalog>,
         client: &Client,
         tag: &str,
     ) -> Result<String, AudienceError> {
         if let Some(id) = self.tags.get(tag) {
             return Ok(id.clone());
         }
-        let (group, exclusive) = tag_group(job, tag).unwrap_or(("kdit", false));
+        let (group, exclusive) = group_for(catalog, tag);
         let group_id = match self.groups.get(group) {
             Some(id) => id.clone(),
             None => {

@@ -77,6 +77,16 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audience::SegmentCommand,
     },
+    /// The tag catalog and where each tag is used; put a tag on (or take it off) the lists
+    /// and segments matching a pattern, with a plan first.
+    ///
+    /// `kdit tags show` reads the catalog, the job files and Klaviyo (`--offline`: not
+    /// Klaviyo). `kdit tags add|remove TAG --lists 'Weekly*'` prints a plan; `--apply` makes
+    /// the changes. Exit status: 0, or with --detailed-exitcode 0 no changes / 2 changes.
+    Tags {
+        #[command(subcommand)]
+        command: crate::tags::TagsCommand,
+    },
     /// Print a shell completion script, e.g. `kdit completions bash > /etc/bash_completion.d/kdit`.
     Completions(CompletionsArgs),
     /// Print kdit's man page (roff), e.g. `kdit man > kdit.1 && man ./kdit.1`.

@@ -34,6 +34,7 @@ pub mod spec;
 pub mod spill;
 pub mod state;
 pub mod sync;
+pub mod tags;
 pub mod template;
 pub mod transform;
 pub mod validate;

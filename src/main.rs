@@ -162,6 +162,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Segment {
             command: kdit::audience::SegmentCommand::Preview(args),
         } => Ok(block_on(kdit::audience::preview_command(&args))?),
+        Command::Tags { command } => Ok(block_on(async {
+            match command {
+                kdit::tags::TagsCommand::Show(a) => kdit::tags::show(&a).await,
+                kdit::tags::TagsCommand::Add(a) => kdit::tags::bulk(&a, true).await,
+                kdit::tags::TagsCommand::Remove(a) => kdit::tags::bulk(&a, false).await,
+            }
+        })?),
         Command::Preview(args) => Ok(block_on(async {
             report(kdit::inspect::preview(&args, &mut std::io::stdout()).await)
         })?),

@@ -728,3 +728,187 @@ async fn a_dropped_tag_comes_off_and_a_dropped_segment_is_reported() {
     assert!(!again.stdout.contains("Big spenders"), "{}", again.stdout);
     spec_checked(&w, "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments() {
+    let w = world_with(6, true).await;
+    w.write(
+        "job.yaml",
+        r#"version: 1
+name: lists
+query:
+  sql: select id, email, ltv from customers order by id
+profiles:
+  key: email
+  fields:
+    email: { column: email, transform: [trim, lowercase] }
+    properties.ltv: { column: ltv, type: number }
+lists:
+  - name: Weekly Active
+  - name: Weekly Lapsed
+  - name: Monthly Digest
+segments:
+  - name: Weekly big spenders
+    definition:
+      all: [properties.ltv > 100]
+  - name: Everyone else
+    definition:
+      all: [properties.ltv <= 100]
+tags:
+  lists: [kdit]
+"#,
+    );
+    w.ok(&["run", "job.yaml", "-q"]).await;
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+    let weekly_active = list_id(&w, "Weekly Active");
+    let weekly_lapsed = list_id(&w, "Weekly Lapsed");
+    let monthly = list_id(&w, "Monthly Digest");
+    let big = segment(&w, "Weekly big spenders").id;
+    let other = segment(&w, "Everyone else").id;
+
+    // The plan names exactly the matching lists and segments, and writes nothing.
+    let args = [
+        "tags",
+        "add",
+        "automated",
+        "--lists",
+        "Weekly*",
+        "--segments",
+        "Weekly*",
+    ];
+    let plan = w.ok(&args).await;
+    assert_eq!(
+        plan.stdout,
+        "tag      \"automated\"\nmatched  2 lists `Weekly*` match; 1 segment `Weekly*` match\n\nTags\n  + list    \"Weekly Active\"         gets \"automated\"\n  + list    \"Weekly Lapsed\"         gets \"automated\"\n  + segment \"Weekly big spenders\"   gets \"automated\"\n\nPlan: tag \"automated\" to add to 2 lists and 1 segment.\n"
+    );
+    assert!(
+        plan.stderr.contains("run again with --apply"),
+        "{}",
+        plan.stderr
+    );
+    assert!(
+        w.sb.tags().iter().all(|t| t.name != "automated"),
+        "the plan wrote"
+    );
+    let pending = w
+        .kdit(&[&args[..], &["--detailed-exitcode"]].concat())
+        .await;
+    assert_eq!(pending.code, 2);
+
+    // --apply lands it; a second --apply is a no-op.
+    let applied = w.ok(&[&args[..], &["--apply"]].concat()).await;
+    assert!(
+        applied
+            .stderr
+            .contains("done: tag \"automated\" added to 2 lists and 1 segment"),
+        "{}",
+        applied.stderr
+    );
+    assert_eq!(tags_on(&w, &weekly_active), set(&["kdit", "automated"]));
+    assert_eq!(tags_on(&w, &weekly_lapsed), set(&["kdit", "automated"]));
+    assert_eq!(tags_on(&w, &big), set(&["automated"]));
+    assert_eq!(tags_on(&w, &monthly), set(&["kdit"]));
+    assert!(tags_on(&w, &other).is_empty());
+    let writes = w.calls("POST /api/tags") + w.calls("DELETE /api/tags");
+    let again = w.ok(&[&args[..], &["--apply"]].concat()).await;
+    assert!(
+        again.stdout.ends_with("\nNo changes.\n"),
+        "{}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("has it already"), "{}", again.stdout);
+    assert_eq!(
+        w.calls("POST /api/tags") + w.calls("DELETE /api/tags"),
+        writes
+    );
+
+    // `show`: the catalog, the jobs using each tag, and what Klaviyo holds.
+    let show = w.ok(&["tags", "show", "."]).await;
+    assert!(
+        show.stdout.contains("  automated    no job uses it\n               in Klaviyo: lists \"Weekly Active\", \"Weekly Lapsed\"; segments \"Weekly big spenders\"\n"),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout.contains("  kdit         job lists: lists \"Weekly Active\", \"Weekly Lapsed\", \"Monthly Digest\"\n               in Klaviyo: lists "),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout
+            .contains("lifecycle   exclusive   (not in Klaviyo yet"),
+        "{}",
+        show.stdout
+    );
+    let offline = w.ok(&["tags", "show", ".", "--offline"]).await;
+    assert!(!offline.stdout.contains("in Klaviyo"), "{}", offline.stdout);
+
+    // Removing: a plan, then --apply, then nothing left to do.
+    let remove = ["tags", "remove", "automated", "--lists", "Weekly*"];
+    let plan = w.ok(&remove).await;
+    assert!(
+        plan.stdout.contains("  - list    \"Weekly Active\"   loses \"automated\"\n  - list    \"Weekly Lapsed\"   loses \"automated\"\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .ends_with("\nPlan: tag \"automated\" to remove from 2 lists.\n"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(tags_on(&w, &weekly_active), set(&["kdit", "automated"]));
+    w.ok(&[&remove[..], &["--apply"]].concat()).await;
+    assert_eq!(tags_on(&w, &weekly_active), set(&["kdit"]));
+    assert_eq!(tags_on(&w, &weekly_lapsed), set(&["kdit"]));
+    assert_eq!(
+        tags_on(&w, &big),
+        set(&["automated"]),
+        "segments were not named"
+    );
+    let again = w.ok(&[&remove[..], &["--apply"]].concat()).await;
+    assert!(
+        again.stdout.ends_with("\nNo changes.\n"),
+        "{}",
+        again.stdout
+    );
+
+    // An exclusive group: the new tag replaces its sibling.
+    w.ok(&[
+        "tags",
+        "add",
+        "active",
+        "--lists",
+        "Weekly Active",
+        "--apply",
+    ])
+    .await;
+    let plan = w
+        .ok(&["tags", "add", "lapsed", "--lists", "Weekly ?ctive"])
+        .await;
+    assert!(
+        plan.stdout.contains("  + list    \"Weekly Active\"   gets \"lapsed\" (replaces \"active\": exclusive group)\n"),
+        "{}",
+        plan.stdout
+    );
+    w.ok(&["tags", "add", "lapsed", "--lists", "Weekly ?ctive", "--yes"])
+        .await;
+    assert_eq!(tags_on(&w, &weekly_active), set(&["kdit", "lapsed"]));
+
+    // Bad input: a tag outside the catalog, no pattern.
+    let unknown = w.kdit(&["tags", "add", "activ", "--lists", "*"]).await;
+    assert_eq!(unknown.code, 65, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("error: tag `activ` is not in the tag catalog of kdit.yaml\nhint: did you mean `active`?"),
+        "{}",
+        unknown.stderr
+    );
+    let nothing = w.kdit(&["tags", "add", "active"]).await;
+    assert_eq!(nothing.code, 64, "{}", nothing.stderr);
+    assert!(
+        nothing.stderr.contains("hint: add `--lists 'Weekly*'`"),
+        "{}",
+        nothing.stderr
+    );
+    spec_checked(&w, "");
+}

@@ -251,6 +251,52 @@ impl Client {
         Ok(out)
     }
 
+    /// Every list (`kind` = `lists`) or segment (`segments`) of the account: (id, name),
+    /// following `links.next` (Klaviyo pages these 10 at a time).
+    pub async fn all_named(&self, kind: &str) -> Result<Vec<(String, String)>, KlaviyoError> {
+        let template = format!("GET /api/{kind}");
+        let mut out = Vec::new();
+        let mut next = Some(format!("/api/{kind}"));
+        while let Some(path) = next.take() {
+            let r = self
+                .send(Tier::L, Method::GET, &path, &template, None)
+                .await?;
+            let body = r.body.unwrap_or(Value::Null);
+            for d in body["data"].as_array().into_iter().flatten() {
+                if let (Some(id), Some(name)) = (d["id"].as_str(), d["attributes"]["name"].as_str())
+                {
+                    out.push((id.to_string(), name.to_string()));
+                }
+            }
+            next = body["links"]["next"].as_str().map(str::to_string);
+        }
+        Ok(out)
+    }
+
+    /// Ids of the lists (`kind` = `lists`) or segments a tag is on.
+    pub async fn tag_relations(
+        &self,
+        tag_id: &str,
+        kind: &str,
+    ) -> Result<Vec<String>, KlaviyoError> {
+        let template = format!("GET /api/tags/{{id}}/relationships/{kind}");
+        let mut out = Vec::new();
+        let mut next = Some(format!("/api/tags/{tag_id}/relationships/{kind}"));
+        while let Some(path) = next.take() {
+            let r = self
+                .send(Tier::S, Method::GET, &path, &template, None)
+                .await?;
+            let body = r.body.unwrap_or(Value::Null);
+            for d in body["data"].as_array().into_iter().flatten() {
+                if let Some(id) = d["id"].as_str() {
+                    out.push(id.to_string());
+                }
+            }
+            next = body["links"]["next"].as_str().map(str::to_string);
+        }
+        Ok(out)
+    }
+
     /// Puts a tag on (`add`) or takes it off lists (`kind` = `lists`) or segments.
     pub async fn relate_tag(
         &self,
