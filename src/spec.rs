@@ -351,10 +351,11 @@ pub struct TagsSpec {
     /// (Klaviyo cannot tag profiles). Tags other jobs put there are left alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
-    /// Klaviyo tags put on this job's lists.
+    /// Klaviyo tags put on this job's lists. A tag kdit put on a list for this job and
+    /// later dropped from here is taken off by the next run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lists: Vec<String>,
-    /// Klaviyo tags put on this job's segments.
+    /// Klaviyo tags put on this job's segments (dropped ones are taken off, as for lists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<String>,
     /// The profile property that holds profile tags (default: the project's, else `kdit_tags`).
@@ -415,18 +416,22 @@ pub struct AnyGroup {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentSpec {
-    /// Channels to subscribe every profile of this job to: `email`, `sms`.
+    /// Channels to subscribe profiles to: `email`, `sms`. Without `consented_at`: the
+    /// profiles each run creates (the account's opt-in setting applies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscribe: Vec<ConsentChannel>,
-    /// Column holding when consent was given (historical imports: no confirmation mail is
-    /// sent and the time must be in the past).
+    /// Column holding when each row's consent was given (a historical import: no
+    /// confirmation mail is sent; the time must be in the past). Rows with a time are
+    /// subscribed with it when first sent and whenever the time changes; rows without one
+    /// are not subscribed. Needs `subscribe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consented_at: Option<String>,
-    /// Channels to unsubscribe profiles from, for rows where `unsubscribe_column` is true.
-    /// Explicit by design: kdit never unsubscribes anybody otherwise.
+    /// Channels to unsubscribe profiles from, for rows where `unsubscribe_column` is true
+    /// (once each time the column turns true). Explicit by design: kdit never unsubscribes
+    /// anybody otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsubscribe: Vec<ConsentChannel>,
-    /// Boolean column saying a row's profile withdrew consent.
+    /// Boolean column saying a row's profile withdrew consent. Needs `unsubscribe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsubscribe_column: Option<String>,
 }
