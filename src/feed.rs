@@ -80,10 +80,19 @@ async fn produce(
     interrupt: Option<Interrupt>,
     tx: &mpsc::Sender<Result<RowOutcome, String>>,
 ) -> Result<QueryDone, String> {
-    let mut stream = query
-        .open(source, None, interrupt)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = match query.open(source, None, interrupt).await {
+        Ok(s) => s,
+        // A consent column the query lacks is named as the job file names it.
+        Err(rows::RowsError::Columns(mut problems)) => {
+            for p in &mut problems {
+                if let Some(f) = crate::consent::author_field(spec, &p.field) {
+                    p.field = f;
+                }
+            }
+            return Err(rows::RowsError::Columns(problems).to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     while let Some(next) = stream.next().await {
         let outcome = match next.map_err(|e| e.to_string())? {
             rows::RowOutcome::Profile(p) => RowOutcome::Profile(Desired {
