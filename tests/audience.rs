@@ -630,6 +630,20 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         "{}",
         bad.stdout
     );
+    // A consent column the query lacks: named as the job file names it, with a hint.
+    w.write(
+        "missing.yaml",
+        &with("consent:\n  subscribe: [email]\n  consented_at: opted_at\n"),
+    );
+    let missing = w.kdit(&["plan", "missing.yaml"]).await;
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains(
+            "error: consent.consented_at (opted_at): the query returns no column `opted_at`\nhint: did you mean"
+        ),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
