@@ -231,6 +231,28 @@ fn check_project(
             "/tags/groups",
         ));
     }
+    let mut groups: HashMap<&str, (usize, bool)> = HashMap::new();
+    for (g, group) in catalog.groups.iter().enumerate() {
+        let Some((first, exclusive)) = groups.insert(group.name.as_str(), (g, group.exclusive))
+        else {
+            continue;
+        };
+        let (line, _, _) = map.value(&format!("/tags/groups/{first}/name"));
+        let message = if exclusive == group.exclusive {
+            format!("tag group `{}` is declared twice", group.name)
+        } else {
+            format!(
+                "tag group `{}` is declared twice, once exclusive and once not",
+                group.name
+            )
+        };
+        out.push(at(
+            Diagnostic::error("duplicate-tag-group", path, message).hint(format!(
+                "first declared on line {line}; merge the two (Klaviyo fixes a group's `exclusive` when it is created and cannot change it)"
+            )),
+            &format!("/tags/groups/{g}/name"),
+        ));
+    }
     let mut seen: HashMap<&str, String> = HashMap::new();
     for (g, group) in catalog.groups.iter().enumerate() {
         for (t, tag) in group.tags.iter().enumerate() {

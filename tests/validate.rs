@@ -329,6 +329,71 @@ error: 1 of 2 files invalid (1 error)
 }
 
 #[test]
+fn a_tag_group_declared_twice_with_two_exclusive_settings_is_an_error() {
+    let project = "version: 1\ntags:\n  groups:\n    - name: lifecycle\n      exclusive: true\n      tags: [active]\n    - name: lifecycle\n      tags: [vip]\n";
+    let run = Kdit::new()
+        .file("kdit.yaml", project)
+        .file("job.yaml", VALID)
+        .args(&["validate", "job.yaml"])
+        .run();
+    run.code(65).stdout(
+        "error[duplicate-tag-group]: tag group `lifecycle` is declared twice, once exclusive and once not
+  --> kdit.yaml:7:13
+  |
+7 |     - name: lifecycle
+  |             ^^^^^^^^^
+  = hint: first declared on line 4; merge the two (Klaviyo fixes a group's `exclusive` when it is created and cannot change it)
+
+error: 1 of 2 files invalid (1 error)
+",
+    );
+}
+
+#[test]
+fn consent_keys_need_their_partners() {
+    let (_, list) = problems(
+        &format!("{VALID}consent:\n  consented_at: opted_in_at\n  unsubscribe_column: opted_out\n"),
+        &[],
+    );
+    let messages: Vec<&str> = list.iter().map(|d| d.3.as_str()).collect();
+    assert!(
+        messages
+            .contains(&"`consent.consented_at` is set but `consent.subscribe` names no channel"),
+        "{list:?}"
+    );
+    assert!(
+        messages.contains(
+            &"`consent.unsubscribe_column` is set but `consent.unsubscribe` names no channel"
+        ),
+        "{list:?}"
+    );
+    assert_eq!(
+        one(
+            &format!("{VALID}consent:\n  subscribe: [email]\n  unsubscribe: [email]\n"),
+            &[]
+        ),
+        p(
+            "consent",
+            12,
+            3,
+            "`consent.unsubscribe` needs `unsubscribe_column`"
+        )
+    );
+    assert_eq!(
+        one(
+            &VALID.replace("    external_id: id\n", "    properties.kdit_consent: id\n"),
+            &[]
+        ),
+        p(
+            "reserved-property",
+            9,
+            5,
+            "`properties.kdit_consent` is reserved for kdit's consent bookkeeping"
+        )
+    );
+}
+
+#[test]
 fn the_key_must_be_mapped() {
     let job = VALID
         .replace("key: email", "key: external_id")
