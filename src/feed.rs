@@ -13,6 +13,7 @@ use crate::compile::Job;
 use crate::diff::{Desired, Rejected, RowOutcome};
 use crate::rows::{self, JobQuery};
 use crate::source::{Interrupt, Source};
+use crate::state::KnownRows;
 use crate::sync::{Feed, QueryDone, RowSource};
 
 /// Rows in flight between the query and the diff.
@@ -23,6 +24,8 @@ pub struct PgRows {
     source: Source,
     query: Arc<JobQuery>,
     interrupt: Option<Interrupt>,
+    /// What besides a row's values decides its profile (for row fingerprints).
+    recipe: Arc<Vec<u8>>,
 }
 
 impl PgRows {
@@ -30,10 +33,18 @@ impl PgRows {
     pub fn new(job: &Job, source: Source, interrupt: Option<Interrupt>) -> Result<PgRows, String> {
         let defaults = job.project.as_ref().and_then(|p| p.spec.defaults.as_ref());
         let query = rows::prepare(&job.spec, &job.path, defaults).map_err(|e| e.to_string())?;
+        let recipe = serde_json::to_vec(&(
+            &job.spec.profiles,
+            defaults,
+            &job.spec.query.columns,
+            crate::audience::profile_tags_salt(job),
+        ))
+        .map_err(|e| e.to_string())?;
         Ok(PgRows {
             source,
             query: Arc::new(query),
             interrupt,
+            recipe: Arc::new(recipe),
         })
     }
 }
@@ -48,13 +59,14 @@ impl RowSource for PgRows {
         }
     }
 
-    fn feed(&self) -> Feed {
+    fn feed(&self, known: Option<Arc<KnownRows>>) -> Feed {
         let (tx, rx) = mpsc::channel(CHANNEL_ROWS);
         let source = self.source.clone();
         let query = self.query.clone();
         let interrupt = self.interrupt.clone();
+        let recipe = self.recipe.clone();
         let task = tokio::spawn(async move {
-            let result = produce(&source, &query, interrupt, &tx).await;
+            let result = produce(&source, &query, interrupt, &recipe, known, &tx).await;
             if let Err(e) = &result {
                 // The consumer must learn the rows are incomplete (a mirror must not remove
                 // members just because the query failed half way).
@@ -70,12 +82,18 @@ async fn produce(
     source: &Source,
     query: &JobQuery,
     interrupt: Option<Interrupt>,
+    recipe: &[u8],
+    known: Option<Arc<KnownRows>>,
     tx: &mpsc::Sender<Result<RowOutcome, String>>,
 ) -> Result<QueryDone, String> {
     let mut stream = query
         .open(source, None, interrupt)
         .await
         .map_err(|e| e.to_string())?;
+    stream.fingerprint_rows(recipe);
+    if let Some(known) = known {
+        stream.skip_known(known);
+    }
     while let Some(next) = stream.next().await {
         let outcome = match next.map_err(|e| e.to_string())? {
             rows::RowOutcome::Profile(p) => RowOutcome::Profile(Desired {
@@ -84,7 +102,15 @@ async fn produce(
                 attributes: serde_json::value::to_raw_value(&p.attributes)
                     .map_err(|e| e.to_string())?,
                 unset: p.unset.iter().map(|f| f.to_string()).collect(),
+                source: p.source,
             }),
+            rows::RowOutcome::Known {
+                row_number,
+                key_hash,
+            } => RowOutcome::Known {
+                row: row_number,
+                key_hash,
+            },
             rows::RowOutcome::Rejected(r) => RowOutcome::Reject(Rejected {
                 row: r.row_number,
                 key: r.key.unwrap_or_default(),

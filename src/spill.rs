@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::diff::{Action, Rejected};
+use crate::state::Fingerprint;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -31,6 +32,17 @@ pub struct ToSend {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unset: Vec<String>,
     pub attributes: Box<RawValue>,
+    /// The fingerprint of the row the payload was made from, recorded with the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex16_opt")]
+    pub source: Option<Fingerprint>,
+}
+
+/// An unchanged profile whose row fingerprint the state does not have yet.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Refresh {
+    pub key: String,
+    #[serde(with = "hex16")]
+    pub source: Fingerprint,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -39,6 +51,8 @@ enum Line {
     Send(ToSend),
     #[serde(rename = "r")]
     Reject(Rejected),
+    #[serde(rename = "f")]
+    Refresh(Refresh),
 }
 
 /// A spill file being written.
@@ -47,6 +61,7 @@ pub struct Spill {
     out: Option<BufWriter<File>>,
     pub sends: u64,
     pub rejects: u64,
+    pub refreshes: u64,
 }
 
 impl Spill {
@@ -62,6 +77,7 @@ impl Spill {
             out: Some(out),
             sends: 0,
             rejects: 0,
+            refreshes: 0,
         })
     }
 
@@ -73,6 +89,11 @@ impl Spill {
     pub fn reject(&mut self, r: &Rejected) -> std::io::Result<()> {
         self.rejects += 1;
         self.line(&Line::Reject(r.clone()))
+    }
+
+    pub fn refresh(&mut self, r: Refresh) -> std::io::Result<()> {
+        self.refreshes += 1;
+        self.line(&Line::Refresh(r))
     }
 
     fn line(&mut self, l: &Line) -> std::io::Result<()> {
@@ -100,6 +121,7 @@ impl Spill {
             match serde_json::from_str::<Line>(&line) {
                 Ok(Line::Send(s)) => Ok(Entry::Send(s)),
                 Ok(Line::Reject(r)) => Ok(Entry::Reject(r)),
+                Ok(Line::Refresh(r)) => Ok(Entry::Refresh(r)),
                 Err(e) => Err(std::io::Error::other(format!("spill file is damaged: {e}"))),
             }
         }))
@@ -110,6 +132,7 @@ impl Spill {
 pub enum Entry {
     Send(ToSend),
     Reject(Rejected),
+    Refresh(Refresh),
 }
 
 impl Drop for Spill {
@@ -139,6 +162,23 @@ mod hex16 {
     }
 }
 
+mod hex16_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
+        match h {
+            Some(h) => super::hex16::serialize(h, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 16]>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::hex16")] [u8; 16]);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +197,7 @@ mod tests {
                 adds: 1,
                 unset: vec![],
                 attributes: raw,
+                source: Some([9; 16]),
             })
             .unwrap();
         spill
@@ -171,7 +212,7 @@ mod tests {
         spill.close().unwrap();
         let lines: Vec<Entry> = spill.read().unwrap().map(Result::unwrap).collect();
         assert!(
-            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.attributes.get() == r#"{"email":"a@x.com"}"#)
+            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.source == Some([9; 16]) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
         );
         assert!(matches!(&lines[1], Entry::Reject(r) if r.row == 2));
         let path = spill.path.clone();
