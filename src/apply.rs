@@ -22,7 +22,7 @@ use crate::klaviyo::watch::Watcher;
 use crate::klaviyo::{BULK_MAX_BYTES, Client, KlaviyoError, Stats};
 use crate::plan::Plan;
 use crate::spill::{Entry, Spill};
-use crate::state::{Confirmed, Hash, State, StateError};
+use crate::state::{Confirmed, Fingerprint, Hash, State, StateError};
 
 /// A row that did not make it into Klaviyo (rejected before sending, or refused by Klaviyo).
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +92,7 @@ struct Item {
     attributes: Box<RawValue>,
     unset: Vec<String>,
     hash: Hash,
+    source: Option<Fingerprint>,
     action: Action,
     /// Lists this send adds the profile to.
     adds: u32,
@@ -150,6 +151,33 @@ pub async fn resolve_lists(
     Ok((ids, created))
 }
 
+/// Records the fingerprints of unchanged rows the state did not know (the spill's refresh
+/// lines), so the next run recognises them. Nothing is sent: Klaviyo already has these
+/// payloads, so this is safe before, after or without any send.
+pub async fn record_fingerprints(
+    job: &Job,
+    state: &State<'_>,
+    spill: &Spill,
+) -> Result<(), ApplyError> {
+    if spill.refreshes == 0 {
+        return Ok(());
+    }
+    let unreadable =
+        |e: std::io::Error| ApplyError::Source(format!("reading the plan's work file: {e}"));
+    let mut chunk: Vec<(String, Fingerprint)> = Vec::new();
+    for entry in spill.read().map_err(unreadable)? {
+        if let Entry::Refresh(r) = entry.map_err(unreadable)? {
+            chunk.push((r.key, r.source));
+            if chunk.len() >= REFRESH_CHUNK {
+                state.refresh_sources(job.name(), &chunk).await?;
+                chunk.clear();
+            }
+        }
+    }
+    state.refresh_sources(job.name(), &chunk).await?;
+    Ok(())
+}
+
 /// Sends what the plan found (its spill): profiles in bulk imports, then mirror removals.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
@@ -205,9 +233,11 @@ pub async fn apply(
         if settings.stop.load(Ordering::Relaxed) {
             break;
         }
-        seen += 1;
         match entry.map_err(unreadable)? {
+            // Recorded by `record_fingerprints`, sends or not.
+            Entry::Refresh(_) => continue,
             Entry::Reject(r) => {
+                seen += 1;
                 batches.totals.failures.push(Failure {
                     row: r.row,
                     key: r.key,
@@ -217,6 +247,7 @@ pub async fn apply(
                 });
             }
             Entry::Send(s) => {
+                seen += 1;
                 let size = s.attributes.get().len() + 32 + meta_len;
                 let bits = s.adds;
                 let bucket = buckets.entry(bits).or_default();
@@ -232,6 +263,7 @@ pub async fn apply(
                     attributes: s.attributes,
                     unset: s.unset,
                     hash: s.hash,
+                    source: s.source,
                     action: s.action,
                     adds: bits.count_ones(),
                     consent: s.consent,
@@ -312,6 +344,7 @@ async fn record(
             key: &i.key,
             hash: i.hash,
             payload: &i.attributes,
+            source: i.source,
         })
         .collect();
     let lists: Vec<String> = job.spec.lists.iter().map(|l| l.name.clone()).collect();
@@ -409,6 +442,9 @@ async fn change_consent(client: &Client, job: &Job, o: &mut BatchOutcome) {
 }
 
 /// How often the watcher asks Klaviyo about bulk jobs in flight.
+/// Unchanged rows' fingerprints recorded in one statement.
+const REFRESH_CHUNK: usize = 5_000;
+
 const POLL_INTERVAL: Duration = Duration::from_millis(750);
 
 /// Running totals of an apply.

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::plan::{FieldChange, ListChange, Plan, RejectCount, UpdateSample};
-use crate::state::{Hash, Snapshot, hash_payload, hex};
+use crate::state::{Fingerprint, Hash, Snapshot, hash_payload, hex};
 
 /// A profile as the job wants it.
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct Desired {
     pub attributes: Box<RawValue>,
     /// Fields to clear (`on_null: unset`), as field keys (`first_name`, `properties.plan`).
     pub unset: Vec<String>,
+    /// The fingerprint of the source row, when the source makes them.
+    pub source: Option<Fingerprint>,
 }
 
 /// A row that will not be sent, and why.
@@ -41,6 +43,12 @@ pub struct Rejected {
 pub enum RowOutcome {
     Profile(Desired),
     Reject(Rejected),
+    /// A row the state knows by its fingerprint (`KnownRows`): its profile is unchanged and
+    /// already in every list, so it was not transformed. `key_hash` is `Snapshot::key_hash`.
+    Known {
+        row: u64,
+        key_hash: u64,
+    },
 }
 
 /// What to do with a row's profile.
@@ -131,7 +139,7 @@ impl<'s> Differ<'s> {
             h.update(&self.salt);
             hash.copy_from_slice(&h.finalize()[..16]);
         }
-        self.mix(d.key.as_bytes(), &hash);
+        self.mix(Snapshot::key_hash(&d.key), &hash);
         self.plan.rows += 1;
         let (action, add_lists) = match self.snapshot.get_mut(&d.key) {
             None => (Action::Create, self.all_lists),
@@ -181,6 +189,21 @@ impl<'s> Differ<'s> {
         }
     }
 
+    /// Counts a row `KnownRows` recognised: unchanged, as if `observe` had said so. False
+    /// when the state has no such key (it cannot happen unless the state is inconsistent).
+    pub fn observe_known(&mut self, key_hash: u64) -> bool {
+        let Some(e) = self.snapshot.by_hash_mut(key_hash) else {
+            return false;
+        };
+        e.seen = true;
+        let hash = e.hash;
+        self.mix(key_hash, &hash);
+        self.plan.rows += 1;
+        self.plan.unchanged += 1;
+        self.plan.recognised += 1;
+        true
+    }
+
     /// Counts a rejected row.
     pub fn reject(&mut self, r: &Rejected) {
         self.plan.rows += 1;
@@ -191,7 +214,7 @@ impl<'s> Differ<'s> {
         let full = h.finalize();
         let mut hash = [0u8; 16];
         hash.copy_from_slice(&full[..16]);
-        self.mix(b"\0reject", &hash);
+        self.mix(0, &hash);
         match self
             .plan
             .reject_counts
@@ -210,9 +233,9 @@ impl<'s> Differ<'s> {
         }
     }
 
-    fn mix(&mut self, key: &[u8], hash: &Hash) {
+    fn mix(&mut self, key_hash: u64, hash: &Hash) {
         let mut h = Sha256::new();
-        h.update(key);
+        h.update(key_hash.to_le_bytes());
         h.update(hash);
         let full = h.finalize();
         let mut b = [0u8; 16];
@@ -351,6 +374,7 @@ mod tests {
             attributes: serde_json::value::to_raw_value(&json!({"email": key, "first_name": name}))
                 .unwrap(),
             unset: vec![],
+            source: None,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::diff::{Desired, Rejected, RowOutcome};
 use crate::rows::{self, JobQuery};
 use crate::source::{Interrupt, Source};
 use crate::spec::JobSpec;
+use crate::state::KnownRows;
 use crate::sync::{Feed, QueryDone, RowSource};
 
 /// Rows in flight between the query and the diff.
@@ -26,6 +27,8 @@ pub struct PgRows {
     interrupt: Option<Interrupt>,
     /// The job as written (rejects of hidden consent fields are named after its keys).
     spec: Arc<JobSpec>,
+    /// What besides a row's values decides its profile (for row fingerprints).
+    recipe: Arc<Vec<u8>>,
 }
 
 impl PgRows {
@@ -35,11 +38,21 @@ impl PgRows {
         // Consent columns ride along as hidden fields (see `consent`).
         let spec = crate::consent::with_carrier(&job.spec);
         let query = rows::prepare(&spec, &job.path, defaults).map_err(|e| e.to_string())?;
+        // The hidden consent fields are part of the recipe: adding consent columns to a job
+        // must not leave its rows "known".
+        let recipe = serde_json::to_vec(&(
+            &spec.profiles,
+            defaults,
+            &job.spec.query.columns,
+            crate::audience::profile_tags_salt(job),
+        ))
+        .map_err(|e| e.to_string())?;
         Ok(PgRows {
             source,
             query: Arc::new(query),
             interrupt,
             spec: Arc::new(job.spec.clone()),
+            recipe: Arc::new(recipe),
         })
     }
 }
@@ -54,14 +67,15 @@ impl RowSource for PgRows {
         }
     }
 
-    fn feed(&self) -> Feed {
+    fn feed(&self, known: Option<Arc<KnownRows>>) -> Feed {
         let (tx, rx) = mpsc::channel(CHANNEL_ROWS);
         let source = self.source.clone();
         let query = self.query.clone();
         let interrupt = self.interrupt.clone();
         let spec = self.spec.clone();
+        let recipe = self.recipe.clone();
         let task = tokio::spawn(async move {
-            let result = produce(&source, &query, &spec, interrupt, &tx).await;
+            let result = produce(&source, &query, &spec, interrupt, &recipe, known, &tx).await;
             if let Err(e) = &result {
                 // The consumer must learn the rows are incomplete (a mirror must not remove
                 // members just because the query failed half way).
@@ -78,6 +92,8 @@ async fn produce(
     query: &JobQuery,
     spec: &JobSpec,
     interrupt: Option<Interrupt>,
+    recipe: &[u8],
+    known: Option<Arc<KnownRows>>,
     tx: &mpsc::Sender<Result<RowOutcome, String>>,
 ) -> Result<QueryDone, String> {
     let mut stream = match query.open(source, None, interrupt).await {
@@ -93,6 +109,10 @@ async fn produce(
         }
         Err(e) => return Err(e.to_string()),
     };
+    stream.fingerprint_rows(recipe);
+    if let Some(known) = known {
+        stream.skip_known(known);
+    }
     while let Some(next) = stream.next().await {
         let outcome = match next.map_err(|e| e.to_string())? {
             rows::RowOutcome::Profile(p) => RowOutcome::Profile(Desired {
@@ -101,7 +121,15 @@ async fn produce(
                 attributes: serde_json::value::to_raw_value(&p.attributes)
                     .map_err(|e| e.to_string())?,
                 unset: p.unset.iter().map(|f| f.to_string()).collect(),
+                source: p.source,
             }),
+            rows::RowOutcome::Known {
+                row_number,
+                key_hash,
+            } => RowOutcome::Known {
+                row: row_number,
+                key_hash,
+            },
             rows::RowOutcome::Rejected(r) => RowOutcome::Reject(Rejected {
                 row: r.row_number,
                 key: r.key.unwrap_or_default(),

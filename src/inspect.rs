@@ -408,6 +408,8 @@ pub async fn preview_job(
         match r.map_err(RowsError::from)? {
             RowOutcome::Profile(p) => profiles.push(p),
             RowOutcome::Rejected(r) => rejects.push(r),
+            // Only a stream told to skip known rows yields these; a preview shows every row.
+            RowOutcome::Known { .. } => {}
         }
     }
     let totals = stream.finish().await?;

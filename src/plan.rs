@@ -28,6 +28,10 @@ pub struct Plan {
     pub creates: u64,
     pub updates: u64,
     pub unchanged: u64,
+    /// Of the unchanged, rows the state recognised by their fingerprint (the values exactly
+    /// as last sent, the mapping the same), so they were neither transformed nor hashed.
+    #[serde(default)]
+    pub recognised: u64,
     pub rejected: u64,
     pub create_samples: Vec<String>,
     pub update_samples: Vec<UpdateSample>,

@@ -14,11 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::query::{QueryError, RenderedQuery, StoredQuery};
-use crate::source::{Column, Interrupt, Rows, RunContext, Source, SourceError};
+use sha2::{Digest as _, Sha256};
+use tokio_postgres::Row;
+
+use crate::source::{
+    Column, Interrupt, Rows, RunContext, Source, SourceError, Undecodable, decode_row,
+    row_fingerprint,
+};
 use crate::spec::{Defaults, JobSpec, Threshold};
+use crate::state::KnownRows;
 use crate::transform::{
     ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, Transformer,
-    check_invalid,
+    check_invalid, par_map,
 };
 
 /// Why a job's rows cannot be produced.
@@ -135,6 +142,8 @@ impl JobQuery {
         Ok(ProfileStream {
             rows,
             transformer,
+            fingerprint: None,
+            known: None,
             ready: VecDeque::new(),
             failed: None,
             threads: std::thread::available_parallelism()
@@ -165,12 +174,29 @@ const BATCH: usize = 2048;
 pub enum RowOutcome {
     Profile(ProfileRow),
     Rejected(Reject),
+    /// A row whose fingerprint the state knows (see `ProfileStream::skip_known`): its profile
+    /// is unchanged, so it was not transformed. `key_hash` is `Snapshot::key_hash` of its key.
+    Known {
+        row_number: u64,
+        key_hash: u64,
+    },
+}
+
+/// What a worker thread made of a row.
+enum Built {
+    Done(Result<ProfileRow, Reject>),
+    /// Known to the state; the row is kept in case its key turns out to be a duplicate.
+    Known(u64, Row),
+    Unreadable(Undecodable),
 }
 
 /// Profiles (and rejects) of a running query, in row order.
 pub struct ProfileStream {
     rows: Rows,
     transformer: Transformer,
+    /// Fingerprints rows (see `fingerprint_rows`), and the rows the state knows.
+    fingerprint: Option<Sha256>,
+    known: Option<Arc<KnownRows>>,
     /// Outcomes of the current batch not yet handed out.
     ready: VecDeque<RowOutcome>,
     /// An error that ended the rows after a partial batch; reported after that batch.
@@ -203,8 +229,34 @@ impl ProfileStream {
         self.threads = threads.max(1);
     }
 
-    /// Rows are read in batches of `BATCH` and each batch is transformed on several threads;
-    /// outcomes still come out one at a time, in row order.
+    /// Fingerprints every row (`ProfileRow::source`): SHA-256 over `recipe` (what besides the
+    /// values decides the profile: the mapping and its settings), the columns' names and types,
+    /// and the values as PostgreSQL sent them.
+    pub fn fingerprint_rows(&mut self, recipe: &[u8]) {
+        let mut h = Sha256::new();
+        h.update(b"kdit row fingerprint 1\0");
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update((recipe.len() as u64).to_le_bytes());
+        h.update(recipe);
+        for c in self.rows.columns() {
+            h.update(c.name.as_bytes());
+            h.update(b"\0");
+            h.update(c.type_name.as_bytes());
+            h.update(b"\0");
+        }
+        self.fingerprint = Some(h);
+    }
+
+    /// Rows whose fingerprint is in `known` come out as `RowOutcome::Known`, untransformed
+    /// (needs `fingerprint_rows`).
+    pub fn skip_known(&mut self, known: Arc<KnownRows>) {
+        if !known.is_empty() {
+            self.known = Some(known);
+        }
+    }
+
+    /// Rows are read in batches of `BATCH`; each batch is decoded and transformed on several
+    /// threads; outcomes still come out one at a time, in row order.
     pub async fn next(&mut self) -> Option<Result<RowOutcome, SourceError>> {
         if let Some(o) = self.ready.pop_front() {
             return Some(Ok(o));
@@ -214,8 +266,8 @@ impl ProfileStream {
         }
         let mut batch = Vec::with_capacity(BATCH);
         while batch.len() < BATCH {
-            match self.rows.next().await {
-                Some(Ok(cells)) => batch.push(cells),
+            match self.rows.next_raw().await {
+                Some(Ok(row)) => batch.push(row),
                 Some(Err(e)) => {
                     if batch.is_empty() {
                         return Some(Err(e));
@@ -230,7 +282,58 @@ impl ProfileStream {
             return None;
         }
         let first = self.rows.count() + 1 - batch.len() as u64;
-        for outcome in self.transformer.rows(first, batch, self.threads) {
+        let built = {
+            let columns = self.rows.columns();
+            let transformer = &self.transformer;
+            let fingerprint = self.fingerprint.as_ref();
+            let known = self.known.as_deref();
+            par_map(batch, self.threads, |i, row| {
+                let source = fingerprint.map(|f| row_fingerprint(f, &row));
+                if let (Some(fp), Some(known)) = (&source, known)
+                    && let Some(key_hash) = known.get(fp)
+                {
+                    return Built::Known(key_hash, row);
+                }
+                match decode_row(&row, columns) {
+                    Ok(cells) => {
+                        Built::Done(transformer.build(first + i as u64, cells).map(|mut p| {
+                            p.source = source;
+                            p
+                        }))
+                    }
+                    Err(e) => Built::Unreadable(e),
+                }
+            })
+        };
+        for (i, b) in built.into_iter().enumerate() {
+            let row_number = first + i as u64;
+            let outcome = match b {
+                Built::Done(r) => self.transformer.dedup(r),
+                Built::Known(key_hash, _) if self.transformer.first_sight(key_hash) => {
+                    self.ready.push_back(RowOutcome::Known {
+                        row_number,
+                        key_hash,
+                    });
+                    self.profiles += 1;
+                    continue;
+                }
+                // A second row with a known row's key: build it to say why it is refused.
+                Built::Known(_, row) => match decode_row(&row, self.rows.columns()) {
+                    Ok(cells) => {
+                        let built = self.transformer.build(row_number, cells);
+                        self.transformer.dedup(built)
+                    }
+                    Err(e) => {
+                        self.failed = Some(self.rows.unreadable(row_number, e));
+                        break;
+                    }
+                },
+                Built::Unreadable(e) => {
+                    // The query ends here; what came before still counts.
+                    self.failed = Some(self.rows.unreadable(row_number, e));
+                    break;
+                }
+            };
             self.ready.push_back(match outcome {
                 Ok(p) => {
                     self.profiles += 1;
@@ -242,7 +345,10 @@ impl ProfileStream {
                 }
             });
         }
-        self.ready.pop_front().map(Ok)
+        match self.ready.pop_front() {
+            Some(o) => Some(Ok(o)),
+            None => self.failed.take().map(Err),
+        }
     }
 
     /// Ends the query's transaction; the counts and the `max_invalid` verdict.

@@ -21,7 +21,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use futures::StreamExt;
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::types::{FromSql, Kind, ToSql, Type};
-use tokio_postgres::{CancelToken, RowStream};
+use tokio_postgres::{CancelToken, Row, RowStream};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::query::{BindValue, ParamType, RenderedQuery};
@@ -1077,6 +1077,34 @@ impl Rows {
 
     /// The next row's values, one per column.
     pub async fn next(&mut self) -> Option<Result<Vec<Cell>, SourceError>> {
+        let row = match self.next_raw().await? {
+            Ok(row) => row,
+            Err(e) => return Some(Err(e)),
+        };
+        match decode_row(&row, &self.columns) {
+            Ok(cells) => Some(Ok(cells)),
+            Err(e) => {
+                self.done = true;
+                Some(Err(self.unreadable(self.rows, e)))
+            }
+        }
+    }
+
+    /// The error for a row `decode_row` could not read: it ends the query.
+    pub fn unreadable(&self, row_number: u64, e: Undecodable) -> SourceError {
+        SourceError::Columns {
+            context: self.mapper.context.clone(),
+            message: format!(
+                "cannot read column `{}` of row {row_number}: {}",
+                e.column, e.detail
+            ),
+            hint: None,
+        }
+    }
+
+    /// The next row as PostgreSQL sent it, not yet decoded (`decode_row` decodes it, on any
+    /// thread).
+    pub async fn next_raw(&mut self) -> Option<Result<Row, SourceError>> {
         if self.done {
             return None;
         }
@@ -1104,26 +1132,7 @@ impl Rows {
             }
             Some(Ok(row)) => {
                 self.rows += 1;
-                let mut cells = Vec::with_capacity(self.columns.len());
-                for i in 0..self.columns.len() {
-                    match row.try_get::<_, Cell>(i) {
-                        Ok(c) => cells.push(c),
-                        Err(e) => {
-                            self.done = true;
-                            return Some(Err(SourceError::Columns {
-                                context: self.mapper.context.clone(),
-                                message: format!(
-                                    "cannot read column `{}` of row {}: {}",
-                                    self.columns[i].name,
-                                    self.rows,
-                                    error_chain(&e)
-                                ),
-                                hint: None,
-                            }));
-                        }
-                    }
-                }
-                Some(Ok(cells))
+                Some(Ok(row))
             }
         }
     }
@@ -1562,6 +1571,66 @@ pub(crate) fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
         s.push_str(&frac);
     }
     Ok(s)
+}
+
+/// A value `decode_row` could not read: the column, and why.
+#[derive(Debug, Clone)]
+pub struct Undecodable {
+    pub column: String,
+    pub detail: String,
+}
+
+/// A row's values, one per column.
+pub fn decode_row(row: &Row, columns: &[Column]) -> Result<Vec<Cell>, Undecodable> {
+    let mut cells = Vec::with_capacity(columns.len());
+    for (i, column) in columns.iter().enumerate() {
+        match row.try_get::<_, Cell>(i) {
+            Ok(c) => cells.push(c),
+            Err(e) => {
+                return Err(Undecodable {
+                    column: column.name.clone(),
+                    detail: error_chain(&e),
+                });
+            }
+        }
+    }
+    Ok(cells)
+}
+
+/// A row's fingerprint: SHA-256 (first 16 bytes) over `prefix` (whatever must change the
+/// fingerprint besides the values: the mapping, the columns) and the row's values exactly as
+/// PostgreSQL sent them. Equal fingerprints mean equal values, so the same profile.
+pub fn row_fingerprint(prefix: &sha2::Sha256, row: &Row) -> [u8; 16] {
+    use sha2::Digest as _;
+    let mut h = prefix.clone();
+    for i in 0..row.len() {
+        match row.try_get::<_, RawValue>(i) {
+            Ok(RawValue(Some(raw))) => {
+                h.update((raw.len() as u32).to_le_bytes());
+                h.update(raw);
+            }
+            _ => h.update(u32::MAX.to_le_bytes()),
+        }
+    }
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// A value's bytes as sent (binary format), whatever its type; `None` for NULL.
+struct RawValue<'a>(Option<&'a [u8]>);
+
+impl<'a> FromSql<'a> for RawValue<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        Ok(RawValue(Some(raw)))
+    }
+    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
+        Ok(RawValue(None))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
 }
 
 impl<'a> FromSql<'a> for Cell {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::diff::{Action, Rejected};
+use crate::state::Fingerprint;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -34,6 +35,17 @@ pub struct ToSend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<crate::consent::ConsentAction>,
     pub attributes: Box<RawValue>,
+    /// The fingerprint of the row the payload was made from, recorded with the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex16_opt")]
+    pub source: Option<Fingerprint>,
+}
+
+/// An unchanged profile whose row fingerprint the state does not have yet.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Refresh {
+    pub key: String,
+    #[serde(with = "hex16")]
+    pub source: Fingerprint,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +54,8 @@ enum Line {
     Send(ToSend),
     #[serde(rename = "r")]
     Reject(Rejected),
+    #[serde(rename = "f")]
+    Refresh(Refresh),
 }
 
 /// A spill file being written.
@@ -50,6 +64,7 @@ pub struct Spill {
     out: Option<BufWriter<File>>,
     pub sends: u64,
     pub rejects: u64,
+    pub refreshes: u64,
 }
 
 impl Spill {
@@ -65,6 +80,7 @@ impl Spill {
             out: Some(out),
             sends: 0,
             rejects: 0,
+            refreshes: 0,
         })
     }
 
@@ -76,6 +92,11 @@ impl Spill {
     pub fn reject(&mut self, r: &Rejected) -> std::io::Result<()> {
         self.rejects += 1;
         self.line(&Line::Reject(r.clone()))
+    }
+
+    pub fn refresh(&mut self, r: Refresh) -> std::io::Result<()> {
+        self.refreshes += 1;
+        self.line(&Line::Refresh(r))
     }
 
     fn line(&mut self, l: &Line) -> std::io::Result<()> {
@@ -103,6 +124,7 @@ impl Spill {
             match serde_json::from_str::<Line>(&line) {
                 Ok(Line::Send(s)) => Ok(Entry::Send(s)),
                 Ok(Line::Reject(r)) => Ok(Entry::Reject(r)),
+                Ok(Line::Refresh(r)) => Ok(Entry::Refresh(r)),
                 Err(e) => Err(std::io::Error::other(format!("spill file is damaged: {e}"))),
             }
         }))
@@ -113,6 +135,7 @@ impl Spill {
 pub enum Entry {
     Send(ToSend),
     Reject(Rejected),
+    Refresh(Refresh),
 }
 
 impl Drop for Spill {
@@ -142,6 +165,23 @@ mod hex16 {
     }
 }
 
+mod hex16_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
+        match h {
+            Some(h) => super::hex16::serialize(h, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 16]>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::hex16")] [u8; 16]);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +201,7 @@ mod tests {
                 unset: vec![],
                 consent: Some(crate::consent::ConsentAction::Unsubscribe),
                 attributes: raw,
+                source: Some([9; 16]),
             })
             .unwrap();
         spill
@@ -175,7 +216,7 @@ mod tests {
         spill.close().unwrap();
         let lines: Vec<Entry> = spill.read().unwrap().map(Result::unwrap).collect();
         assert!(
-            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.consent == Some(crate::consent::ConsentAction::Unsubscribe) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
+            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.source == Some([9; 16]) && s.consent == Some(crate::consent::ConsentAction::Unsubscribe) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
         );
         assert!(matches!(&lines[1], Entry::Reject(r) if r.row == 2));
         let path = spill.path.clone();

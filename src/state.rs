@@ -70,7 +70,11 @@ const MIGRATIONS: &[&str] = &[
         primary key (run_id, seq)
     );
     "#,
-    // 2: what kdit did on the audience side per job: the catalog tags it put on lists and
+    // 2: the fingerprint of the source row each confirmed payload was made from.
+    r#"
+    alter table {schema}.profiles add column source bytea;
+    "#,
+    // 3: what kdit did on the audience side per job: the catalog tags it put on lists and
     // segments (so a tag a job drops is taken off again, and only those), and the segments
     // it manages (so one a job stops declaring is reported, never silently forgotten).
     r#"
@@ -150,10 +154,91 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     entries: Vec<(u64, Entry)>,
+    directory: Directory,
+    /// Fingerprints of the rows that made the confirmed payloads (complete members only).
+    pub known: std::sync::Arc<KnownRows>,
     /// The last finished run, if any: (id, finished at).
     pub last_run: Option<(i64, String)>,
     /// A fingerprint of the state as loaded, so a saved plan can tell it moved.
     pub version: String,
+}
+
+/// Where each run of equal top bits starts in a vector sorted by a uniformly spread 64-bit
+/// hash, so a lookup binary-searches a handful of neighbours instead of the whole vector
+/// (a million keys: one or two cache misses rather than twenty).
+#[derive(Debug, Default)]
+struct Directory {
+    shift: u32,
+    starts: Vec<u32>,
+}
+
+impl Directory {
+    fn build(sorted: impl ExactSizeIterator<Item = u64>) -> Directory {
+        let n = sorted.len();
+        // About eight entries a slot.
+        let bits = (usize::BITS - (n / 8).leading_zeros()).clamp(1, 24);
+        let shift = 64 - bits;
+        let mut starts = vec![0u32; (1 << bits) + 1];
+        for h in sorted {
+            starts[(h >> shift) as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        Directory { shift, starts }
+    }
+
+    /// The index range that can hold `h`.
+    fn range(&self, h: u64) -> std::ops::Range<usize> {
+        if self.starts.is_empty() {
+            return 0..0;
+        }
+        let slot = (h >> self.shift) as usize;
+        self.starts[slot] as usize..self.starts[slot + 1] as usize
+    }
+}
+
+/// A row fingerprint (`source::row_fingerprint`).
+pub type Fingerprint = [u8; 16];
+
+/// The rows whose profiles Klaviyo already has, by fingerprint: a row found here is unchanged
+/// and in every list of the job, so it needs no transform and no diff of its payload.
+#[derive(Debug, Default)]
+pub struct KnownRows {
+    /// (fingerprint, key hash), sorted.
+    entries: Vec<(Fingerprint, u64)>,
+    directory: Directory,
+}
+
+impl KnownRows {
+    fn top(fp: &Fingerprint) -> u64 {
+        u64::from_be_bytes(fp[..8].try_into().unwrap_or([0; 8]))
+    }
+
+    fn seal(&mut self) {
+        self.entries.sort_unstable();
+        self.entries.dedup_by(|a, b| a.0 == b.0);
+        self.entries.shrink_to_fit();
+        self.directory = Directory::build(self.entries.iter().map(|(fp, _)| KnownRows::top(fp)));
+    }
+
+    /// The key hash (`Snapshot::key_hash`) of the profile a row with this fingerprint made.
+    pub fn get(&self, fp: &Fingerprint) -> Option<u64> {
+        let range = self.directory.range(KnownRows::top(fp));
+        let slice = &self.entries[range];
+        slice
+            .binary_search_by(|(f, _)| f.cmp(fp))
+            .ok()
+            .map(|i| slice[i].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl Snapshot {
@@ -174,6 +259,20 @@ impl Snapshot {
     pub fn seal(&mut self) {
         self.entries.sort_unstable_by_key(|(h, _)| *h);
         self.entries.shrink_to_fit();
+        self.directory = Directory::build(self.entries.iter().map(|(h, _)| *h));
+    }
+
+    fn position(&self, h: u64) -> Option<usize> {
+        let range = self.directory.range(h);
+        let start = range.start;
+        let slice = &self.entries[range];
+        let i = slice.partition_point(|(k, _)| *k < h);
+        (slice.get(i).map(|(k, _)| *k) == Some(h)).then_some(start + i)
+    }
+
+    /// The entry of a key, by its `key_hash`.
+    pub fn by_hash_mut(&mut self, h: u64) -> Option<&mut Entry> {
+        self.position(h).map(|i| &mut self.entries[i].1)
     }
 
     pub fn len(&self) -> usize {
@@ -185,21 +284,12 @@ impl Snapshot {
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Entry> {
-        let h = Snapshot::key_hash(key);
-        let i = self.entries.partition_point(|(k, _)| *k < h);
-        match self.entries.get_mut(i) {
-            Some((k, e)) if *k == h => Some(e),
-            _ => None,
-        }
+        self.by_hash_mut(Snapshot::key_hash(key))
     }
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
-        let h = Snapshot::key_hash(key);
-        let i = self.entries.partition_point(|(k, _)| *k < h);
-        match self.entries.get(i) {
-            Some((k, e)) if *k == h => Some(e),
-            _ => None,
-        }
+        self.position(Snapshot::key_hash(key))
+            .map(|i| &self.entries[i].1)
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
@@ -406,13 +496,19 @@ impl<'a> State<'a> {
         let rows = self
             .db
             .query_raw(
-                &format!("select key, hash, lists from {s}.profiles where job = $1"),
+                &format!("select key, hash, lists, source from {s}.profiles where job = $1"),
                 [&job as &(dyn tokio_postgres::types::ToSql + Sync)],
             )
             .await?;
         futures::pin_mut!(rows);
         let mut snap = Snapshot::default();
         snap.entries.reserve_exact(count.max(0) as usize);
+        let all_lists = if lists.is_empty() {
+            0
+        } else {
+            u64::MAX >> (64 - lists.len().min(64))
+        };
+        let mut known = KnownRows::default();
         while let Some(row) = futures::StreamExt::next(&mut rows).await {
             let row = row?;
             let key: &str = row.get(0);
@@ -426,6 +522,12 @@ impl<'a> State<'a> {
                 if let Some(i) = index.get(l) {
                     bits |= 1 << i;
                 }
+            }
+            let source: Option<&[u8]> = row.get(3);
+            if let Some(fp) = source.and_then(|s| Fingerprint::try_from(s).ok())
+                && bits & all_lists == all_lists
+            {
+                known.entries.push((fp, Snapshot::key_hash(key)));
             }
             snap.insert(
                 key,
@@ -448,6 +550,8 @@ impl<'a> State<'a> {
             .await?;
         snap.last_run = last.map(|r| (r.get(0), r.get(1)));
         snap.seal();
+        known.seal();
+        snap.known = std::sync::Arc::new(known);
         snap.version = format!("{count}@{latest}");
         Ok(snap)
     }
@@ -692,17 +796,50 @@ impl<'a> State<'a> {
             .iter()
             .map(|c| tokio_postgres::types::Json(c.payload))
             .collect();
+        let sources: Vec<Option<&[u8]>> = confirmed
+            .iter()
+            .map(|c| c.source.as_ref().map(|f| f.as_slice()))
+            .collect();
         self.db
             .execute(
                 &format!(
-                    "insert into {s}.profiles (job, key, hash, payload, lists, run_id)
-                     select $1, k, h, p, $5, $6
-                     from unnest($2::text[], $3::bytea[], $4::jsonb[]) as t(k, h, p)
+                    "insert into {s}.profiles (job, key, hash, payload, lists, run_id, source)
+                     select $1, k, h, p, $5, $6, f
+                     from unnest($2::text[], $3::bytea[], $4::jsonb[], $7::bytea[]) as t(k, h, p, f)
                      on conflict (job, key) do update
                        set hash = excluded.hash, payload = excluded.payload,
-                           lists = excluded.lists, run_id = excluded.run_id, updated_at = now()"
+                           lists = excluded.lists, run_id = excluded.run_id,
+                           source = excluded.source, updated_at = now()"
                 ),
-                &[&job, &keys, &hashes, &payloads, &lists, &run],
+                &[&job, &keys, &hashes, &payloads, &lists, &run, &sources],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records the fingerprints of rows whose profiles were unchanged (the payload Klaviyo has
+    /// is the one the row makes), so the next run can skip them. Changes nothing else: the
+    /// state's version (`updated_at`) stays, so a saved plan is not made stale by it.
+    pub async fn refresh_sources(
+        &self,
+        job: &str,
+        rows: &[(String, Fingerprint)],
+    ) -> Result<(), StateError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let job = self.scope(job);
+        let s = &self.schema;
+        let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+        let sources: Vec<&[u8]> = rows.iter().map(|(_, f)| f.as_slice()).collect();
+        self.db
+            .execute(
+                &format!(
+                    "update {s}.profiles p set source = t.f
+                     from unnest($2::text[], $3::bytea[]) as t(k, f)
+                     where p.job = $1 and p.key = t.k"
+                ),
+                &[&job, &keys, &sources],
             )
             .await?;
         Ok(())
@@ -791,6 +928,8 @@ pub struct Confirmed<'a> {
     pub key: &'a str,
     pub hash: Hash,
     pub payload: &'a RawValue,
+    /// The fingerprint of the row the payload was made from, when known.
+    pub source: Option<Fingerprint>,
 }
 
 /// One run from the ledger.
@@ -828,5 +967,39 @@ mod tests {
             a,
             hash_payload(&raw(json!({"email": "a@x.com", "first_name": "A"})), &[])
         );
+    }
+
+    #[test]
+    fn lookups_find_every_key_and_nothing_else_at_any_size() {
+        for n in [0usize, 1, 7, 100, 5_000] {
+            let mut snap = Snapshot::default();
+            let mut known = KnownRows::default();
+            for i in 0..n {
+                let key = format!("k{i}@x.com");
+                let entry = Entry {
+                    hash: [i as u8; 16],
+                    lists: 0,
+                    seen: false,
+                };
+                snap.insert(&key, entry);
+                let fp: Fingerprint = Sha256::digest(key.as_bytes())[..16].try_into().unwrap();
+                known.entries.push((fp, Snapshot::key_hash(&key)));
+            }
+            snap.seal();
+            known.seal();
+            for i in 0..n {
+                let key = format!("k{i}@x.com");
+                assert_eq!(
+                    snap.get(&key).map(|e| e.hash),
+                    Some([i as u8; 16]),
+                    "{n}: {key}"
+                );
+                let fp: Fingerprint = Sha256::digest(key.as_bytes())[..16].try_into().unwrap();
+                assert_eq!(known.get(&fp), Some(Snapshot::key_hash(&key)), "{n}: {key}");
+            }
+            assert!(snap.get("absent@x.com").is_none());
+            assert_eq!(known.get(&[0xff; 16]), None);
+            assert_eq!(known.get(&[0; 16]), None);
+        }
     }
 }

@@ -14,7 +14,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::apply::{ApplyError, Failure, Report, Settings, apply, resolve_lists};
+use crate::apply::{
+    ApplyError, Failure, Report, Settings, apply, record_fingerprints, resolve_lists,
+};
 use crate::compile::Job;
 use crate::diff::{Differ, RowOutcome};
 use crate::exit::ExitStatus;
@@ -22,8 +24,8 @@ use crate::klaviyo::Client;
 use crate::plan::{FORMAT_VERSION, Plan};
 use crate::progress::Progress;
 use crate::render::{self, Options};
-use crate::spill::{Spill, ToSend};
-use crate::state::{State, StateError};
+use crate::spill::{Refresh, Spill, ToSend};
+use crate::state::{KnownRows, State, StateError};
 
 /// Rows flowing from the source: outcomes on a bounded channel, and the task producing them
 /// (which reports the row count and query time, or the error that stopped it).
@@ -41,7 +43,9 @@ pub struct QueryDone {
 
 /// Something that can run the job's query (again) and feed its rows.
 pub trait RowSource: Send + Sync {
-    fn feed(&self) -> Feed;
+    /// Starts the rows. Rows whose fingerprint is in `known` may come as
+    /// `RowOutcome::Known` (unchanged, not transformed).
+    fn feed(&self, known: Option<Arc<KnownRows>>) -> Feed;
     /// The query as shown in plans: file name (or "inline SQL") and parameters.
     fn label(&self) -> String;
 }
@@ -112,7 +116,7 @@ pub async fn make_plan(
             HashMap::new()
         },
     );
-    let (mut rx, task) = rows.feed();
+    let (mut rx, task) = rows.feed(Some(snapshot.known.clone()));
     let mut differ =
         Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
     let spill_error =
@@ -122,9 +126,10 @@ pub async fn make_plan(
             RowOutcome::Profile(d) => {
                 let decision = differ.observe(&d);
                 let consent = consent.decide(&d.key, decision.action, &d.attributes);
-                if let Some(spill) = spill.as_deref_mut()
-                    && decision.sends()
-                {
+                let Some(spill) = spill.as_deref_mut() else {
+                    continue;
+                };
+                if decision.sends() {
                     spill
                         .send(ToSend {
                             row: d.row,
@@ -135,8 +140,22 @@ pub async fn make_plan(
                             unset: d.unset,
                             consent,
                             attributes: d.attributes,
+                            source: d.source,
                         })
                         .map_err(spill_error)?;
+                } else if let Some(source) = d.source {
+                    // Unchanged, but the state lacks this row's fingerprint (the mapping
+                    // changed, or kdit did): record it so the next run can skip the row.
+                    spill
+                        .refresh(Refresh { key: d.key, source })
+                        .map_err(spill_error)?;
+                }
+            }
+            RowOutcome::Known { row, key_hash } => {
+                if !differ.observe_known(key_hash) {
+                    return Err(SyncError::Other(format!(
+                        "row {row}: the state changed while the plan was made; run again"
+                    )));
                 }
             }
             RowOutcome::Reject(r) => {
@@ -304,6 +323,7 @@ async fn run_locked(
         eprintln!("hint: if the change is intended, raise the guard in the job file for this run");
         return Ok((ExitStatus::GuardTripped, None));
     }
+    record_fingerprints(job, state, &spill).await?;
     if !plan.has_changes() {
         if let Some(path) = &out.rejects {
             write_rejects(path, &spilled_rejects(&spill)?)?;

@@ -28,7 +28,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -62,6 +62,9 @@ pub struct ProfileRow {
     /// Fields that were NULL under `on_null: unset`: to be cleared in Klaviyo.
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "paths")]
     pub unset: Vec<FieldPath>,
+    /// The fingerprint of the row (`source::row_fingerprint`), when the source made one.
+    #[serde(skip)]
+    pub source: Option<crate::state::Fingerprint>,
 }
 
 fn paths<S: serde::Serializer>(p: &[FieldPath], s: S) -> Result<S::Ok, S::Error> {
@@ -588,64 +591,23 @@ impl Transformer {
         batch: Vec<Vec<Cell>>,
         threads: usize,
     ) -> Vec<Result<ProfileRow, Reject>> {
-        let threads = threads.clamp(1, 16);
-        let built: Vec<Result<ProfileRow, Reject>> = if threads == 1 || batch.len() < 64 {
-            batch
-                .into_iter()
-                .enumerate()
-                .map(|(i, cells)| self.build(first_row_number + i as u64, cells))
-                .collect()
-        } else {
-            let chunk = batch.len().div_ceil(threads);
-            let mut chunks: Vec<(u64, Vec<Vec<Cell>>)> = Vec::with_capacity(threads);
-            let mut iter = batch.into_iter();
-            let mut start = first_row_number;
-            loop {
-                let part: Vec<Vec<Cell>> = iter.by_ref().take(chunk).collect();
-                if part.is_empty() {
-                    break;
-                }
-                let n = part.len() as u64;
-                chunks.push((start, part));
-                start += n;
-            }
-            let me = &*self;
-            let (first_start, first_part) = chunks.remove(0);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunks
-                    .into_iter()
-                    .map(|(start, part)| {
-                        scope.spawn(move || {
-                            part.into_iter()
-                                .enumerate()
-                                .map(|(i, cells)| me.build(start + i as u64, cells))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                // The first chunk runs on this thread meanwhile.
-                let mut out: Vec<_> = first_part
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, cells)| me.build(first_start + i as u64, cells))
-                    .collect();
-                for h in handles {
-                    match h.join() {
-                        Ok(part) => out.extend(part),
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    }
-                }
-                out
-            })
-        };
+        let me = &*self;
+        let built = par_map(batch, threads, |i, cells| {
+            me.build(first_row_number + i as u64, cells)
+        });
         built.into_iter().map(|b| self.dedup(b)).collect()
     }
 
-    fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
+    /// Whether a key (by `Snapshot::key_hash`) is new to this run; remembers it. A row whose
+    /// key was seen before is a duplicate (`dedup` says so with a reject).
+    pub fn first_sight(&mut self, key_hash: u64) -> bool {
+        self.seen.insert(key_hash)
+    }
+
+    /// Rejects a profile whose key an earlier row had (the first row wins).
+    pub fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
         let p = built?;
-        let mut h = std::hash::DefaultHasher::new();
-        p.key.hash(&mut h);
-        if !self.seen.insert(h.finish()) {
+        if !self.seen.insert(crate::state::Snapshot::key_hash(&p.key)) {
             let key_field = self.mapping.key.field();
             return Err(self.reject(
                 p.row_number,
@@ -662,7 +624,7 @@ impl Transformer {
     }
 
     /// Everything but the duplicate check: needs no mutable state, so it runs on any thread.
-    fn build(&self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
+    pub fn build(&self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
         let mut attributes = Map::new();
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
@@ -739,6 +701,7 @@ impl Transformer {
             key,
             attributes,
             unset,
+            source: None,
         })
     }
 
@@ -764,6 +727,63 @@ impl Transformer {
     pub fn distinct_keys(&self) -> usize {
         self.seen.len()
     }
+}
+
+/// `f(index, item)` for every item, in order, on up to `threads` threads (this one included).
+pub fn par_map<T: Send, U: Send>(
+    items: Vec<T>,
+    threads: usize,
+    f: impl Fn(usize, T) -> U + Sync,
+) -> Vec<U> {
+    let threads = threads.clamp(1, 16);
+    if threads == 1 || items.len() < 64 {
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| f(i, t))
+            .collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let mut chunks: Vec<(usize, Vec<T>)> = Vec::with_capacity(threads);
+    let mut iter = items.into_iter();
+    let mut start = 0;
+    loop {
+        let part: Vec<T> = iter.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        let n = part.len();
+        chunks.push((start, part));
+        start += n;
+    }
+    let f = &f;
+    let (first_start, first_part) = chunks.remove(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|(start, part)| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .enumerate()
+                        .map(|(i, t)| f(start + i, t))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // The first chunk runs on this thread meanwhile.
+        let mut out: Vec<U> = first_part
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| f(first_start + i, t))
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(part) => out.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 /// At least as many bytes as `v` takes serialised (strings counted as if every character

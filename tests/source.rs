@@ -607,6 +607,7 @@ async fn profiles_of(
         match r.unwrap() {
             RowOutcome::Profile(p) => ok.push(p),
             RowOutcome::Rejected(r) => bad.push(r),
+            RowOutcome::Known { .. } => panic!("no known rows were given"),
         }
     }
     let totals = stream.finish().await.unwrap();
@@ -908,6 +909,7 @@ async fn batches_on_several_threads_match_one_thread() {
                 assert!(!first, "row {n} should be a profile");
                 assert_eq!(r.rule, want, "row {n}");
             }
+            RowOutcome::Known { .. } => panic!("no known rows were given"),
         }
     }
 }

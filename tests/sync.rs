@@ -569,3 +569,81 @@ async fn a_mirror_keyed_by_external_id_removes_exactly_the_rows_that_left() {
             .contains("No changes.")
     );
 }
+
+/// The plan a `kdit plan --json` prints.
+async fn plan_json(w: &World, job: &str) -> Value {
+    let out = w.kdit(&["plan", job, "--json"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_rows_are_recognised_by_fingerprint_without_being_transformed() {
+    let w = world(300).await;
+    w.ok(&["run", "job.yaml", "-q"]).await;
+
+    // Every row is exactly as sent: recognised, none transformed.
+    let p = plan_json(&w, "job.yaml").await;
+    assert_eq!(
+        (p["unchanged"].as_u64(), p["recognised"].as_u64()),
+        (Some(300), Some(300)),
+        "{p}"
+    );
+
+    // A mapping change that leaves every payload as it was: no row is recognised (the
+    // fingerprints cover the mapping), nothing is sent, and the run records the new
+    // fingerprints so the next plan recognises every row again.
+    let trimmed = JOB.replace(
+        "first_name: first_name",
+        "first_name: { column: first_name, transform: trim }",
+    );
+    w.job(&trimmed);
+    let p = plan_json(&w, "job.yaml").await;
+    assert_eq!(
+        (p["unchanged"].as_u64(), p["recognised"].as_u64()),
+        (Some(300), Some(0)),
+        "{p}"
+    );
+    let bulk = w.calls("POST /api/profile-bulk-import-jobs");
+    let run = w.ok(&["run", "job.yaml"]).await;
+    assert!(run.stdout.contains("No changes."), "{}", run.stdout);
+    assert_eq!(w.calls("POST /api/profile-bulk-import-jobs"), bulk);
+    let p = plan_json(&w, "job.yaml").await;
+    assert_eq!(p["recognised"].as_u64(), Some(300), "{p}");
+
+    // A changed row is not recognised: it is transformed and sent, with its new value.
+    w.db.execute("update customers set first_name = 'Changed' where id = 7")
+        .await;
+    let p = plan_json(&w, "job.yaml").await;
+    assert_eq!(
+        (p["updates"].as_u64(), p["recognised"].as_u64()),
+        (Some(1), Some(299)),
+        "{p}"
+    );
+    w.ok(&["run", "job.yaml", "-q"]).await;
+    let seven =
+        w.sb.profile_by_email("customer7@example.com")
+            .expect("profile");
+    assert_eq!(seven.attributes["first_name"], "Changed");
+    let p = plan_json(&w, "job.yaml").await;
+    assert_eq!(
+        (p["updates"].as_u64(), p["recognised"].as_u64()),
+        (Some(0), Some(300)),
+        "{p}"
+    );
+
+    // A row repeated byte for byte: the first is recognised, the copy is still refused as a
+    // duplicate key (it is transformed to say so).
+    w.job(&trimmed.replace(
+        "from customers where not gone order by id",
+        "from customers where not gone union all select id, email, first_name, ltv, vip from customers where id = 1",
+    ));
+    let p = plan_json(&w, "job.yaml").await;
+    assert_eq!(
+        (p["rows"].as_u64(), p["rejected"].as_u64()),
+        (Some(301), Some(1)),
+        "{p}"
+    );
+    assert_eq!(p["reject_counts"][0]["rule"], "duplicate_key", "{p}");
+    assert_eq!(p["recognised"].as_u64(), Some(300), "{p}");
+}
