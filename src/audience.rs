@@ -284,11 +284,13 @@ async fn present_on(
 }
 
 /// Tags kdit put on lists/segments for this job that the job no longer asks for and that
-/// are still there: (record, the resource's `kind` path).
+/// are still there. `forget`: also drop the records of those already gone from Klaviyo
+/// (taken off by hand, or the resource deleted) — only when applying: a plan writes nothing.
 async fn dropped_tags(
     job: &Job,
     client: &Client,
     state: &State<'_>,
+    forget: bool,
 ) -> Result<Vec<Tagged>, AudienceError> {
     let mut out = Vec::new();
     for t in state.tagged(job.name()).await? {
@@ -306,7 +308,7 @@ async fn dropped_tags(
             .any(|p| p.id == t.tag_id)
         {
             out.push(t);
-        } else {
+        } else if forget {
             // Gone already (taken off by hand, or the resource deleted): nothing to do.
             state
                 .forget_tag(job.name(), &t.tag, &t.kind, &t.target)
@@ -356,7 +358,7 @@ pub async fn plan(
             .collect(),
         ..AudiencePlan::default()
     };
-    for t in dropped_tags(job, client, state).await? {
+    for t in dropped_tags(job, client, state, false).await? {
         out.tags.push(TagChange {
             tag: t.tag,
             on: t.kind,
@@ -497,7 +499,7 @@ pub async fn apply(
     }
     // Tags kdit put there for this job that the job dropped come off first (an exclusive
     // group's new tag may need the room).
-    for t in dropped_tags(job, client, state).await? {
+    for t in dropped_tags(job, client, state, true).await? {
         let kind = if t.kind == "list" {
             "lists"
         } else {
