@@ -483,7 +483,7 @@ impl Mapping {
         Ok(Transformer {
             mapping: self.clone(),
             fields: bound,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
         })
     }
 }
@@ -558,7 +558,26 @@ pub struct Transformer {
     mapping: Arc<Mapping>,
     /// Index into `mapping.fields`, and where the field's value comes from in a row.
     fields: Vec<(usize, BoundOrigin)>,
-    seen: HashSet<u64>,
+    /// Key hashes (`Snapshot::key_hash`, already well mixed: no second hashing).
+    seen: HashSet<u64, std::hash::BuildHasherDefault<PreHashed>>,
+}
+
+/// A hasher for keys that are hashes already: passes the `u64` through.
+#[derive(Default)]
+pub struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 struct FieldFailure {
@@ -877,8 +896,8 @@ fn scalar_text(v: &Cell) -> Option<String> {
 }
 
 fn apply_transform(t: Transform, v: Cell, f: &Field) -> Result<Cell, FieldFailure> {
-    let name = format!("{t:?}").to_lowercase();
     let Some(s) = scalar_text(&v) else {
+        let name = format!("{t:?}").to_lowercase();
         return Err(fail(
             Rule::Transform,
             format!("`{name}` applies to text, not to this value"),
