@@ -896,15 +896,24 @@ fn scalar_text(v: &Cell) -> Option<String> {
 }
 
 fn apply_transform(t: Transform, v: Cell, f: &Field) -> Result<Cell, FieldFailure> {
-    let Some(s) = scalar_text(&v) else {
-        let name = format!("{t:?}").to_lowercase();
-        return Err(fail(
-            Rule::Transform,
-            format!("`{name}` applies to text, not to this value"),
-            Some(&v),
-        ));
+    // Text, the common case, is taken rather than copied.
+    let text = match v {
+        Cell::Text(s) => Ok(s),
+        other => scalar_text(&other).ok_or(other),
+    };
+    let s = match text {
+        Ok(s) => s,
+        Err(v) => {
+            let name = format!("{t:?}").to_lowercase();
+            return Err(fail(
+                Rule::Transform,
+                format!("`{name}` applies to text, not to this value"),
+                Some(&v),
+            ));
+        }
     };
     Ok(match t {
+        Transform::Trim if s.trim().len() == s.len() => Cell::Text(s),
         Transform::Trim => Cell::Text(s.trim().to_string()),
         Transform::Lowercase => Cell::Text(s.to_lowercase()),
         Transform::Uppercase => Cell::Text(s.to_uppercase()),
@@ -1168,7 +1177,8 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
                     text().as_ref(),
                 ));
             }
-            if !valid_email(s) {
+            // After the `email` transform the address was already checked.
+            if !f.transforms.contains(&Transform::Email) && !valid_email(s) {
                 return Err(fail(
                     Rule::EmailSyntax,
                     "not a valid email address",
