@@ -509,6 +509,7 @@ impl<'a> State<'a> {
             u64::MAX >> (64 - lists.len().min(64))
         };
         let mut known = KnownRows::default();
+        known.entries.reserve_exact(count.max(0) as usize);
         while let Some(row) = futures::StreamExt::next(&mut rows).await {
             let row = row?;
             let key: &str = row.get(0);

@@ -483,7 +483,7 @@ impl Mapping {
         Ok(Transformer {
             mapping: self.clone(),
             fields: bound,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
         })
     }
 }
@@ -558,7 +558,26 @@ pub struct Transformer {
     mapping: Arc<Mapping>,
     /// Index into `mapping.fields`, and where the field's value comes from in a row.
     fields: Vec<(usize, BoundOrigin)>,
-    seen: HashSet<u64>,
+    /// Key hashes (`Snapshot::key_hash`, already well mixed: no second hashing).
+    seen: HashSet<u64, std::hash::BuildHasherDefault<PreHashed>>,
+}
+
+/// A hasher for keys that are hashes already: passes the `u64` through.
+#[derive(Default)]
+pub struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 struct FieldFailure {
@@ -877,15 +896,24 @@ fn scalar_text(v: &Cell) -> Option<String> {
 }
 
 fn apply_transform(t: Transform, v: Cell, f: &Field) -> Result<Cell, FieldFailure> {
-    let name = format!("{t:?}").to_lowercase();
-    let Some(s) = scalar_text(&v) else {
-        return Err(fail(
-            Rule::Transform,
-            format!("`{name}` applies to text, not to this value"),
-            Some(&v),
-        ));
+    // Text, the common case, is taken rather than copied.
+    let text = match v {
+        Cell::Text(s) => Ok(s),
+        other => scalar_text(&other).ok_or(other),
+    };
+    let s = match text {
+        Ok(s) => s,
+        Err(v) => {
+            let name = format!("{t:?}").to_lowercase();
+            return Err(fail(
+                Rule::Transform,
+                format!("`{name}` applies to text, not to this value"),
+                Some(&v),
+            ));
+        }
     };
     Ok(match t {
+        Transform::Trim if s.trim().len() == s.len() => Cell::Text(s),
         Transform::Trim => Cell::Text(s.trim().to_string()),
         Transform::Lowercase => Cell::Text(s.to_lowercase()),
         Transform::Uppercase => Cell::Text(s.to_uppercase()),
@@ -1149,7 +1177,8 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
                     text().as_ref(),
                 ));
             }
-            if !valid_email(s) {
+            // After the `email` transform the address was already checked.
+            if !f.transforms.contains(&Transform::Email) && !valid_email(s) {
                 return Err(fail(
                     Rule::EmailSyntax,
                     "not a valid email address",
