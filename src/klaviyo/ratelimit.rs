@@ -282,6 +282,23 @@ impl Bucket {
     }
 }
 
+/// The most requests Klaviyo's fixed windows let through between `a` and `b` (milliseconds
+/// since the epoch, both included): for each wall-clock minute the span touches, `steady`, or
+/// `burst` per wall-clock second touched when that is less. A client sending this many in the
+/// span used 100% of what it was allowed.
+pub fn allowed_by_fixed_windows(a: u64, b: u64, burst: u64, steady: u64) -> u64 {
+    let mut total = 0;
+    let mut minute = a / 60_000;
+    while minute * 60_000 <= b {
+        let start = (minute * 60_000).max(a);
+        let end = ((minute + 1) * 60_000 - 1).min(b);
+        let seconds = end / 1000 - start / 1000 + 1;
+        total += steady.min(burst * seconds);
+        minute += 1;
+    }
+    total
+}
+
 /// The process-wide limiter.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -424,21 +441,6 @@ mod tests {
         }
     }
 
-    /// What Klaviyo's fixed windows allow in `[a, b]` (ms since the epoch): per server
-    /// minute, `steady`, or `burst` per server second when the span covers fewer seconds.
-    pub(crate) fn allowed(a: u64, b: u64, burst: u64, steady: u64) -> u64 {
-        let mut total = 0;
-        let mut minute = a / 60_000;
-        while minute * 60_000 <= b {
-            let start = (minute * 60_000).max(a);
-            let end = ((minute + 1) * 60_000 - 1).min(b);
-            let seconds = end / 1000 - start / 1000 + 1;
-            total += steady.min(burst * seconds);
-            minute += 1;
-        }
-        total
-    }
-
     struct Run {
         sent: u64,
         limited: u64,
@@ -537,7 +539,7 @@ mod tests {
             let start = 29_000_000 * 60_000 + offset;
             let run = simulate(start, 125, true, 0, i as u64 + 1);
             assert_eq!(run.limited, 0, "429s at offset {offset}");
-            let allowed = allowed(run.first_ms, run.last_ms, 10, 150);
+            let allowed = allowed_by_fixed_windows(run.first_ms, run.last_ms, 10, 150);
             let share = run.sent as f64 / allowed as f64;
             assert!(share >= 0.9, "offset {offset}: {} of {allowed}", run.sent);
             assert!(share <= 1.0);
@@ -574,10 +576,10 @@ mod tests {
     #[test]
     fn allowed_counts_fixed_windows() {
         // A whole minute: the steady limit.
-        assert_eq!(allowed(0, 59_999, 10, 150), 150);
+        assert_eq!(allowed_by_fixed_windows(0, 59_999, 10, 150), 150);
         // 5 s: the burst binds.
-        assert_eq!(allowed(60_000, 64_999, 10, 150), 50);
+        assert_eq!(allowed_by_fixed_windows(60_000, 64_999, 10, 150), 50);
         // 90 s from the middle of a minute: two minutes touched.
-        assert_eq!(allowed(30_000, 119_999, 10, 150), 300);
+        assert_eq!(allowed_by_fixed_windows(30_000, 119_999, 10, 150), 300);
     }
 }
