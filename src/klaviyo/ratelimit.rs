@@ -262,8 +262,9 @@ impl Bucket {
                 let (first, _) = self.minutes(sent, lo, hi, slack);
                 let (_, last) = self.minutes(received, lo, hi, slack);
                 if first == last {
-                    // Requests the server counted that kdit did not send before this one.
-                    let ours = self.charged(first, lo, hi, slack, sent);
+                    // Requests the server counted that kdit did not send: any of kdit's own
+                    // reserved before this answer came may have overtaken this request.
+                    let ours = self.charged(first, lo, hi, slack, received);
                     let extra = used.saturating_sub(ours);
                     let n = match self.foreign {
                         Some((k, n)) if k == first => n.max(extra),
@@ -476,15 +477,13 @@ mod tests {
             last_ms: 0,
         };
         let at = |us: u64| t0 + Duration::from_micros(us);
+        // Requests on the wire: (arrival in µs from the start, reservation).
+        let mut wire: Vec<(u64, u64)> = Vec::new();
         while now < end {
-            answers.sort_by_key(|a| a.0);
-            while answers.first().is_some_and(|a| a.0 <= now) {
-                let (recv, sent, h) = answers.remove(0);
-                l.observe(Tier::M, BULK, at(sent), at(recv), h);
-            }
-            let wait = l.try_acquire(Tier::M, BULK, at(now));
-            if wait.is_zero() {
-                let arrive = now + 200 + rng.below(8_000);
+            // The server counts requests in the order they arrive, not as they were reserved.
+            wire.sort_by_key(|w| w.0);
+            while wire.first().is_some_and(|w| w.0 <= now) {
+                let (arrive, sent) = wire.remove(0);
                 let server_ms = start_ms + arrive / 1000;
                 let h = match server.check_at(
                     "POST",
@@ -515,15 +514,26 @@ mod tests {
                     Decision::Unlimited => unreachable!(),
                 };
                 let h = if headers { h } else { Headers::default() };
-                answers.push((arrive + 200 + rng.below(5_000), now, h));
+                answers.push((arrive + 200 + rng.below(5_000), sent, h));
+            }
+            answers.sort_by_key(|a| a.0);
+            while answers.first().is_some_and(|a| a.0 <= now) {
+                let (recv, sent, h) = answers.remove(0);
+                l.observe(Tier::M, BULK, at(sent), at(recv), h);
+            }
+            let wait = l.try_acquire(Tier::M, BULK, at(now));
+            if wait.is_zero() {
+                wire.push((now + 200 + rng.below(8_000), now));
+                // Tasks reserve at distinct moments; their requests may overtake each other.
+                now += 1 + rng.below(300);
             } else {
-                // Sleep until the wait is over or the next answer arrives.
+                // Sleep until the wait is over or the next arrival or answer.
                 let wake = now + (wait.as_micros() as u64).max(1);
                 now = answers
                     .iter()
                     .map(|a| a.0)
-                    .min()
-                    .map_or(wake, |a| a.min(wake));
+                    .chain(wire.iter().map(|w| w.0))
+                    .fold(wake, u64::min);
             }
         }
         run
@@ -541,7 +551,10 @@ mod tests {
             assert_eq!(run.limited, 0, "429s at offset {offset}");
             let allowed = allowed_by_fixed_windows(run.first_ms, run.last_ms, 10, 150);
             let share = run.sent as f64 / allowed as f64;
-            assert!(share >= 0.9, "offset {offset}: {} of {allowed}", run.sent);
+            // The target is 90%; this deterministic simulation reaches 97-100%, so less than
+            // 95% is a pacing regression (e.g. kdit's own overtaking requests taken for
+            // another client's, which cost 5-8 a minute).
+            assert!(share >= 0.95, "offset {offset}: {} of {allowed}", run.sent);
             assert!(share <= 1.0);
             eprintln!("offset {offset}: {} sent, {allowed} allowed", run.sent);
             // And against the plain per-minute rate over the same two minutes.
