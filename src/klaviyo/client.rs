@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::ratelimit::{RateLimiter, Tier};
+use super::ratelimit::{Headers, RateLimiter, Tier};
 
 /// The API revision every request asks for.
 pub const REVISION: &str = "2026-07-15";
@@ -212,7 +212,7 @@ impl Client {
             .to_string();
         let mut last = String::new();
         for attempt in 1..=MAX_ATTEMPTS {
-            self.limiter.acquire(tier).await;
+            let reserved = self.limiter.acquire(tier, template).await;
             self.count(|s| {
                 s.total_calls += 1;
                 *s.calls.entry(template.to_string()).or_default() += 1;
@@ -244,6 +244,23 @@ impl Client {
                 }
             };
             let status = resp.status();
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                let h = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .filter(|v| v.is_finite() && *v >= 0.0)
+                        .map(|v| v.ceil() as u32)
+                };
+                let headers = Headers {
+                    limit: h("RateLimit-Limit"),
+                    remaining: h("RateLimit-Remaining"),
+                    reset: h("RateLimit-Reset"),
+                };
+                self.limiter
+                    .observe(tier, template, reserved, Instant::now(), headers);
+            }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let wait = resp
                     .headers()
@@ -266,7 +283,7 @@ impl Client {
                         body: Box::new(Value::Null),
                     });
                 }
-                self.limiter.pause(tier, wait);
+                self.limiter.pause(tier, template, wait);
                 last = format!("429 rate limited (Retry-After {}s)", wait.as_secs_f64());
                 continue;
             }

@@ -4,7 +4,7 @@
 //! completed meanwhile, or cancelled) is asked about on its own.
 //!
 //! In: job ids from the batches in flight. Out: each job once it is done. Network I/O through
-//! the shared `Client`, budgeted against the same M tier as the imports themselves.
+//! the shared `Client`, budgeted against the list endpoint's own M-tier limit (not the imports').
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

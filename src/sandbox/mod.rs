@@ -15,7 +15,7 @@ mod http;
 mod inspect;
 mod lists;
 mod profiles;
-mod ratelimit;
+pub(crate) mod ratelimit;
 mod ratelimit_table;
 mod segments;
 mod server;
