@@ -120,18 +120,31 @@ pub fn load<T: DeserializeOwned>(path: &Path, kind: Kind) -> Loaded<T> {
         spec: None,
         diagnostics: d,
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            return empty(
-                String::new(),
-                vec![Diagnostic::error(
-                    "unreadable",
-                    path,
-                    format!("cannot read the file: {e}"),
-                )],
-            );
-        }
+    match std::fs::read(path) {
+        Ok(bytes) => load_bytes(path, bytes, kind),
+        Err(e) => empty(
+            String::new(),
+            vec![Diagnostic::error(
+                "unreadable",
+                path,
+                format!("cannot read the file: {e}"),
+            )],
+        ),
+    }
+}
+
+/// Checks a file's bytes as `load` read them: size limit, UTF-8, then `parse_text` (split
+/// from `load` for the fuzz targets, which feed arbitrary bytes). Never panics on any input.
+pub fn load_bytes<T: DeserializeOwned>(path: &Path, bytes: Vec<u8>, kind: Kind) -> Loaded<T> {
+    let empty = |text: String, d: Vec<Diagnostic>| Loaded {
+        file: SourceFile {
+            path: path.to_path_buf(),
+            text,
+        },
+        map: SourceMap::default(),
+        raw: None,
+        spec: None,
+        diagnostics: d,
     };
     if bytes.len() > MAX_FILE_BYTES {
         return empty(
