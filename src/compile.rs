@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::attributes::FieldPath;
 use crate::diagnostic::Diagnostic;
-use crate::load::{Loaded, pointer_join};
+use crate::load::{Loaded, MAX_FILE_BYTES, ReadQueryError, pointer_join, read_query};
 use crate::query::{QueryProblem, StoredQuery};
 use crate::spec::{
     FieldMapping, GuardsSpec, JobSpec, ListMode, NullPolicy, ProfileKey, ProjectSpec, Transform,
@@ -125,16 +125,35 @@ pub fn compile(
         ),
         (Some(file), None) => {
             let resolved = resolve_relative(path, file);
-            match std::fs::read_to_string(&resolved) {
+            match read_query(&resolved) {
                 Ok(text) => {
                     query_text = text;
                     query_file = Some(resolved);
                 }
+                Err(ReadQueryError::TooLarge(bytes)) => out.push(
+                    loaded.at_value(
+                        err(
+                            "file-too-large",
+                            format!(
+                                "query file `{file}` is {bytes} bytes or more; kdit reads \
+                                 stored queries of at most {MAX_FILE_BYTES} bytes"
+                            ),
+                        )
+                        .hint("is this really a stored query? Data belongs in PostgreSQL"),
+                        "/query/file",
+                    ),
+                ),
                 Err(e) => out.push(
                     loaded.at_value(
                         err(
                             "query-file-missing",
-                            format!("query file `{file}` cannot be read: {}", io_reason(&e)),
+                            format!(
+                                "query file `{file}` cannot be read: {}",
+                                match &e {
+                                    ReadQueryError::Io(e) => io_reason(e),
+                                    _ => "not a regular file".into(),
+                                }
+                            ),
                         )
                         .hint(format!(
                             "paths are relative to the job file; looked for {}",

@@ -120,18 +120,63 @@ pub fn load<T: DeserializeOwned>(path: &Path, kind: Kind) -> Loaded<T> {
         spec: None,
         diagnostics: d,
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            return empty(
-                String::new(),
-                vec![Diagnostic::error(
-                    "unreadable",
-                    path,
-                    format!("cannot read the file: {e}"),
-                )],
-            );
-        }
+    match std::fs::read(path) {
+        Ok(bytes) => load_bytes(path, bytes, kind),
+        Err(e) => empty(
+            String::new(),
+            vec![Diagnostic::error(
+                "unreadable",
+                path,
+                format!("cannot read the file: {e}"),
+            )],
+        ),
+    }
+}
+
+/// Why a stored query file could not be read.
+#[derive(Debug)]
+pub enum ReadQueryError {
+    Io(std::io::Error),
+    /// A folder, device, FIFO or socket: reading `/dev/zero` or a FIFO would never end.
+    NotAFile,
+    /// Larger than `MAX_FILE_BYTES` (the size in bytes, as far as it was read).
+    TooLarge(u64),
+}
+
+/// Reads a stored query file: a regular file of at most `MAX_FILE_BYTES`, as job files are,
+/// so that no job file can make validation wait forever or exhaust memory.
+pub fn read_query(path: &Path) -> Result<String, ReadQueryError> {
+    use std::io::Read;
+    // Checked before opening: opening a FIFO waits for a writer.
+    let meta = std::fs::metadata(path).map_err(ReadQueryError::Io)?;
+    if !meta.is_file() {
+        return Err(ReadQueryError::NotAFile);
+    }
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        return Err(ReadQueryError::TooLarge(meta.len()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_string(&mut text))
+        .map_err(ReadQueryError::Io)?;
+    if text.len() > MAX_FILE_BYTES {
+        return Err(ReadQueryError::TooLarge(text.len() as u64));
+    }
+    Ok(text)
+}
+
+/// Checks a file's bytes as `load` read them: size limit, UTF-8, then `parse_text` (split
+/// from `load` for the fuzz targets, which feed arbitrary bytes). Never panics on any input.
+pub fn load_bytes<T: DeserializeOwned>(path: &Path, bytes: Vec<u8>, kind: Kind) -> Loaded<T> {
+    let empty = |text: String, d: Vec<Diagnostic>| Loaded {
+        file: SourceFile {
+            path: path.to_path_buf(),
+            text,
+        },
+        map: SourceMap::default(),
+        raw: None,
+        spec: None,
+        diagnostics: d,
     };
     if bytes.len() > MAX_FILE_BYTES {
         return empty(

@@ -518,3 +518,42 @@ async fn jsonb_deeper_than_the_decoder_allows_rejects_only_its_row() {
     );
     assert_eq!(doc["profiles"].as_array().unwrap().len(), 2, "{doc}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Found by fuzzing (fuzz/job_file): a job's stored query named a device.
+
+/// `query.file: /dev/zero` made `kdit validate` read until it ran out of memory (a FIFO or
+/// `/dev/stdin` waited forever). Stored queries are now regular files of at most 1 MiB, as
+/// job files are; the device case is also in the corpus (`query-file-device.yaml`).
+#[test]
+fn a_query_file_that_is_a_device_or_huge_is_refused_not_read() {
+    use kdit::load::{MAX_FILE_BYTES, ReadQueryError, read_query};
+    assert!(matches!(
+        read_query(Path::new("/dev/zero")),
+        Err(ReadQueryError::NotAFile)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        read_query(dir.path()),
+        Err(ReadQueryError::NotAFile)
+    ));
+
+    let big = format!("select 1 as email -- {}\n", "x".repeat(MAX_FILE_BYTES));
+    let run = Kdit::new()
+        .file("jobs/queries/big.sql", &big)
+        .file(
+            "jobs/big.yaml",
+            "version: 1\nname: big\nquery: { file: queries/big.sql }\nprofiles:\n  key: email\n  fields:\n    email: email\n",
+        )
+        .args(&["validate", "jobs"])
+        .run();
+    assert_eq!(run.code, 65, "{}\n{}", run.stdout, run.stderr);
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        out.contains(&format!(
+            "error[file-too-large]: query file `queries/big.sql` is {} bytes or more",
+            big.len()
+        )),
+        "{out}"
+    );
+}
