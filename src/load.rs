@@ -108,9 +108,9 @@ fn validator(kind: Kind) -> &'static jsonschema::Validator {
     })
 }
 
-/// Reads and checks one file. Never panics on any input.
-pub fn load<T: DeserializeOwned>(path: &Path, kind: Kind) -> Loaded<T> {
-    let empty = |text: String, d: Vec<Diagnostic>| Loaded {
+/// A file that could not be parsed: its text (if any) and why.
+fn unloaded<T>(path: &Path, text: String, diagnostics: Vec<Diagnostic>) -> Loaded<T> {
+    Loaded {
         file: SourceFile {
             path: path.to_path_buf(),
             text,
@@ -118,8 +118,13 @@ pub fn load<T: DeserializeOwned>(path: &Path, kind: Kind) -> Loaded<T> {
         map: SourceMap::default(),
         raw: None,
         spec: None,
-        diagnostics: d,
-    };
+        diagnostics,
+    }
+}
+
+/// Reads and checks one file. Never panics on any input.
+pub fn load<T: DeserializeOwned>(path: &Path, kind: Kind) -> Loaded<T> {
+    let empty = |text: String, d: Vec<Diagnostic>| unloaded(path, text, d);
     match std::fs::read(path) {
         Ok(bytes) => load_bytes(path, bytes, kind),
         Err(e) => empty(
@@ -168,16 +173,7 @@ pub fn read_query(path: &Path) -> Result<String, ReadQueryError> {
 /// Checks a file's bytes as `load` read them: size limit, UTF-8, then `parse_text` (split
 /// from `load` for the fuzz targets, which feed arbitrary bytes). Never panics on any input.
 pub fn load_bytes<T: DeserializeOwned>(path: &Path, bytes: Vec<u8>, kind: Kind) -> Loaded<T> {
-    let empty = |text: String, d: Vec<Diagnostic>| Loaded {
-        file: SourceFile {
-            path: path.to_path_buf(),
-            text,
-        },
-        map: SourceMap::default(),
-        raw: None,
-        spec: None,
-        diagnostics: d,
-    };
+    let empty = |text: String, d: Vec<Diagnostic>| unloaded(path, text, d);
     if bytes.len() > MAX_FILE_BYTES {
         return empty(
             String::new(),

@@ -701,34 +701,50 @@ impl<'a> State<'a> {
         Ok(())
     }
 
-    /// The segments kdit manages for a job: (name, Klaviyo id).
-    pub async fn segments(&self, job: &str) -> Result<Vec<(String, String)>, StateError> {
+    /// The (name, Klaviyo id) pairs a job keeps in `table` (`lists` or `segments`).
+    async fn ids(&self, table: &str, job: &str) -> Result<Vec<(String, String)>, StateError> {
         let job = self.scope(job);
         let s = &self.schema;
         let rows = self
             .db
             .query(
-                &format!("select name, klaviyo_id from {s}.segments where job = $1 order by name"),
+                &format!("select name, klaviyo_id from {s}.{table} where job = $1 order by name"),
                 &[&job],
             )
             .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Records that kdit manages a segment for a job.
-    pub async fn save_segment(&self, job: &str, name: &str, id: &str) -> Result<(), StateError> {
+    /// Records a name's Klaviyo id for a job in `table` (`lists` or `segments`).
+    async fn save_id(
+        &self,
+        table: &str,
+        job: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<(), StateError> {
         let job = self.scope(job);
         let s = &self.schema;
         self.db
             .execute(
                 &format!(
-                    "insert into {s}.segments (job, name, klaviyo_id) values ($1, $2, $3)
+                    "insert into {s}.{table} (job, name, klaviyo_id) values ($1, $2, $3)
                      on conflict (job, name) do update set klaviyo_id = excluded.klaviyo_id"
                 ),
                 &[&job, &name, &id],
             )
             .await?;
         Ok(())
+    }
+
+    /// The segments kdit manages for a job: (name, Klaviyo id).
+    pub async fn segments(&self, job: &str) -> Result<Vec<(String, String)>, StateError> {
+        self.ids("segments", job).await
+    }
+
+    /// Records that kdit manages a segment for a job.
+    pub async fn save_segment(&self, job: &str, name: &str, id: &str) -> Result<(), StateError> {
+        self.save_id("segments", job, name, id).await
     }
 
     /// Stops managing a segment for a job (it stays in Klaviyo).
@@ -746,36 +762,13 @@ impl<'a> State<'a> {
 
     /// Klaviyo ids of the job's lists that kdit resolved before.
     pub async fn list_ids(&self, job: &str) -> Result<HashMap<String, String>, StateError> {
-        let job = self.scope(job);
-        let job = job.as_str();
-        let s = &self.schema;
-        let rows = self
-            .db
-            .query(
-                &format!("select name, klaviyo_id from {s}.lists where job = $1"),
-                &[&job],
-            )
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(self.ids("lists", job).await?.into_iter().collect())
     }
 
     pub async fn save_list_id(&self, job: &str, name: &str, id: &str) -> Result<(), StateError> {
-        let job = self.scope(job);
-        let job = job.as_str();
-        let s = &self.schema;
-        self.db
-            .execute(
-                &format!(
-                    "insert into {s}.lists (job, name, klaviyo_id) values ($1, $2, $3)
-                     on conflict (job, name) do update set klaviyo_id = excluded.klaviyo_id"
-                ),
-                &[&job, &name, &id],
-            )
-            .await?;
-        Ok(())
+        self.save_id("lists", job, name, id).await
     }
 
-    /// Records profiles Klaviyo confirmed: their payloads, hashes and list memberships.
     /// Records profiles Klaviyo confirmed: their payloads and hashes, and that they are now
     /// members of `lists` (the job's lists).
     pub async fn confirm_profiles(
