@@ -118,8 +118,7 @@ async fn produce(
             rows::RowOutcome::Profile(p) => RowOutcome::Profile(Desired {
                 row: p.row_number,
                 key: p.key,
-                attributes: serde_json::value::to_raw_value(&p.attributes)
-                    .map_err(|e| e.to_string())?,
+                attributes: p.attributes,
                 unset: p.unset.iter().map(|f| f.to_string()).collect(),
                 source: p.source,
             }),

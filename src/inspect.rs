@@ -447,8 +447,9 @@ pub fn write_preview(
                 .iter()
                 .map(|p| {
                     let mut r = vec![p.row_number.to_string()];
+                    let attributes = p.attribute_map();
                     for key in fields.keys() {
-                        let v = lookup(&p.attributes, key);
+                        let v = lookup(&attributes, key);
                         let unset = p.unset.iter().any(|u| &u.to_string() == key);
                         r.push(match v {
                             Some(Value::String(s)) => s.clone(),

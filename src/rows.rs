@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::query::{QueryError, RenderedQuery, StoredQuery};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
 use crate::source::{
@@ -24,8 +25,8 @@ use crate::source::{
 use crate::spec::{Defaults, JobSpec, Threshold};
 use crate::state::KnownRows;
 use crate::transform::{
-    ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, Transformer,
-    check_invalid, par_map,
+    ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, RowBuilder,
+    Transformer, check_invalid,
 };
 
 /// Why a job's rows cannot be produced.
@@ -146,6 +147,9 @@ impl JobQuery {
             known: None,
             ready: VecDeque::new(),
             failed: None,
+            exhausted: false,
+            pool: None,
+            in_flight: VecDeque::new(),
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -182,7 +186,7 @@ pub enum RowOutcome {
     },
 }
 
-/// What a worker thread made of a row.
+/// What a transform thread made of a row.
 enum Built {
     Done(Result<ProfileRow, Reject>),
     /// Known to the state; the row is kept in case its key turns out to be a duplicate.
@@ -199,9 +203,15 @@ pub struct ProfileStream {
     known: Option<Arc<KnownRows>>,
     /// Outcomes of the current batch not yet handed out.
     ready: VecDeque<RowOutcome>,
-    /// An error that ended the rows after a partial batch; reported after that batch.
+    /// The error that ended the rows; reported after the outcomes of the rows before it.
     failed: Option<SourceError>,
-    /// Threads transforming a batch.
+    /// No more rows will be read (the query ended, failed or a row could not be read).
+    exhausted: bool,
+    /// The transform threads, started with the first batch.
+    pool: Option<Pool>,
+    /// Batches handed to the threads, oldest first: the first row's number and the result.
+    in_flight: VecDeque<(u64, oneshot::Receiver<std::thread::Result<Vec<Built>>>)>,
+    /// Threads transforming batches.
     threads: usize,
     rejected: u64,
     profiles: u64,
@@ -255,56 +265,75 @@ impl ProfileStream {
         }
     }
 
-    /// Rows are read in batches of `BATCH`; each batch is decoded and transformed on several
-    /// threads; outcomes still come out one at a time, in row order.
+    /// Rows are read in batches of `BATCH` and handed to the transform threads, which
+    /// fingerprint, decode and build them while the next batches are read; outcomes still
+    /// come out one at a time, in row order. `fingerprint_rows` and `skip_known` must be
+    /// called before the first `next`.
     pub async fn next(&mut self) -> Option<Result<RowOutcome, SourceError>> {
-        if let Some(o) = self.ready.pop_front() {
-            return Some(Ok(o));
+        loop {
+            if let Some(o) = self.ready.pop_front() {
+                return Some(Ok(o));
+            }
+            // Keep every thread busy, with one batch more waiting, while reading goes on.
+            while !self.exhausted && self.in_flight.len() < self.threads + 1 {
+                self.read_batch().await;
+            }
+            let Some((first, result)) = self.in_flight.pop_front() else {
+                return self.failed.take().map(Err);
+            };
+            match result.await {
+                Ok(Ok(built)) => self.absorb(first, built),
+                // A panic on a transform thread is a bug: surface it here, as before threads.
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => {
+                    self.exhausted = true;
+                    self.in_flight.clear();
+                    return Some(Err(SourceError::Config {
+                        message: "a transform thread stopped without an answer".into(),
+                        hint: "this is a bug in kdit: please report it with the job file".into(),
+                    }));
+                }
+            }
         }
-        if let Some(e) = self.failed.take() {
-            return Some(Err(e));
-        }
+    }
+
+    /// Reads up to `BATCH` rows and hands them to the threads.
+    async fn read_batch(&mut self) {
         let mut batch = Vec::with_capacity(BATCH);
         while batch.len() < BATCH {
             match self.rows.next_raw().await {
                 Some(Ok(row)) => batch.push(row),
                 Some(Err(e)) => {
-                    if batch.is_empty() {
-                        return Some(Err(e));
-                    }
                     self.failed = Some(e);
+                    self.exhausted = true;
                     break;
                 }
-                None => break,
+                None => {
+                    self.exhausted = true;
+                    break;
+                }
             }
         }
         if batch.is_empty() {
-            return None;
+            return;
         }
         let first = self.rows.count() + 1 - batch.len() as u64;
-        let built = {
-            let columns = self.rows.columns();
-            let transformer = &self.transformer;
-            let fingerprint = self.fingerprint.as_ref();
-            let known = self.known.as_deref();
-            par_map(batch, self.threads, |i, row| {
-                let source = fingerprint.map(|f| row_fingerprint(f, &row));
-                if let (Some(fp), Some(known)) = (&source, known)
-                    && let Some(key_hash) = known.get(fp)
-                {
-                    return Built::Known(key_hash, row);
-                }
-                match decode_row(&row, columns) {
-                    Ok(cells) => {
-                        Built::Done(transformer.build(first + i as u64, cells).map(|mut p| {
-                            p.source = source;
-                            p
-                        }))
-                    }
-                    Err(e) => Built::Unreadable(e),
-                }
-            })
-        };
+        let pool = self.pool.get_or_insert_with(|| {
+            Pool::start(
+                self.threads,
+                Arc::new(Work {
+                    builder: self.transformer.builder(),
+                    columns: self.rows.columns().to_vec(),
+                    fingerprint: self.fingerprint.clone(),
+                    known: self.known.clone(),
+                }),
+            )
+        });
+        self.in_flight.push_back((first, pool.submit(first, batch)));
+    }
+
+    /// Turns a transformed batch into outcomes: duplicate keys are settled here, in row order.
+    fn absorb(&mut self, first: u64, built: Vec<Built>) {
         for (i, b) in built.into_iter().enumerate() {
             let row_number = first + i as u64;
             let outcome = match b {
@@ -323,16 +352,9 @@ impl ProfileStream {
                         let built = self.transformer.build(row_number, cells);
                         self.transformer.dedup(built)
                     }
-                    Err(e) => {
-                        self.failed = Some(self.rows.unreadable(row_number, e));
-                        break;
-                    }
+                    Err(e) => return self.stop_at(row_number, e),
                 },
-                Built::Unreadable(e) => {
-                    // The query ends here; what came before still counts.
-                    self.failed = Some(self.rows.unreadable(row_number, e));
-                    break;
-                }
+                Built::Unreadable(e) => return self.stop_at(row_number, e),
             };
             self.ready.push_back(match outcome {
                 Ok(p) => {
@@ -345,10 +367,14 @@ impl ProfileStream {
                 }
             });
         }
-        match self.ready.pop_front() {
-            Some(o) => Some(Ok(o)),
-            None => self.failed.take().map(Err),
-        }
+    }
+
+    /// A row that cannot be read ends the query there; what came before still counts, and
+    /// the batches read after it are dropped.
+    fn stop_at(&mut self, row_number: u64, e: Undecodable) {
+        self.failed = Some(self.rows.unreadable(row_number, e));
+        self.exhausted = true;
+        self.in_flight.clear();
     }
 
     /// Ends the query's transaction; the counts and the `max_invalid` verdict.
@@ -361,5 +387,86 @@ impl ProfileStream {
             elapsed: self.started.elapsed(),
             invalid_guard: check_invalid(self.max_invalid, self.rejected, rows),
         })
+    }
+}
+
+/// What every transform thread needs, shared.
+struct Work {
+    builder: Arc<RowBuilder>,
+    columns: Vec<Column>,
+    fingerprint: Option<Sha256>,
+    known: Option<Arc<KnownRows>>,
+}
+
+impl Work {
+    fn build(&self, row_number: u64, row: Row) -> Built {
+        let source = self.fingerprint.as_ref().map(|f| row_fingerprint(f, &row));
+        if let (Some(fp), Some(known)) = (&source, self.known.as_deref())
+            && let Some(key_hash) = known.get(fp)
+        {
+            return Built::Known(key_hash, row);
+        }
+        match decode_row(&row, &self.columns) {
+            Ok(cells) => Built::Done(self.builder.build(row_number, cells).map(|mut p| {
+                p.source = source;
+                p
+            })),
+            Err(e) => Built::Unreadable(e),
+        }
+    }
+}
+
+/// A batch for the threads: its first row's number, its rows, where the result goes.
+type Job = (
+    u64,
+    Vec<Row>,
+    oneshot::Sender<std::thread::Result<Vec<Built>>>,
+);
+
+/// Threads that transform batches of rows; they end when the pool is dropped.
+struct Pool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Pool {
+    fn start(threads: usize, work: Arc<Work>) -> Pool {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for _ in 0..threads.max(1) {
+            let queue = queue.clone();
+            let work = work.clone();
+            std::thread::spawn(move || {
+                loop {
+                    // The lock is held only while taking a job, never while working.
+                    let next = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((first, rows, done)) = next else {
+                        return;
+                    };
+                    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        rows.into_iter()
+                            .enumerate()
+                            .map(|(i, row)| work.build(first + i as u64, row))
+                            .collect::<Vec<_>>()
+                    }));
+                    // The stream may have stopped waiting (dropped, or a row failed before).
+                    let _ = done.send(built);
+                }
+            });
+        }
+        Pool { jobs }
+    }
+
+    fn submit(
+        &self,
+        first: u64,
+        rows: Vec<Row>,
+    ) -> oneshot::Receiver<std::thread::Result<Vec<Built>>> {
+        let (done, result) = oneshot::channel();
+        // The threads live as long as the pool: sending cannot fail while it exists.
+        let _ = self.jobs.send((first, rows, done));
+        result
     }
 }

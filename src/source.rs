@@ -1543,32 +1543,46 @@ pub(crate) fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
             digits.get(k as usize).copied().unwrap_or(0)
         }
     };
-    let mut s = String::with_capacity(ndigits * 4 + dscale + 2);
+    let mut s = String::with_capacity((weight.max(0) as usize + 1) * 4 + dscale + 2);
     if sign == 0x4000 {
         s.push('-');
     }
-    use std::fmt::Write as _;
+    // Base-10000 digits as four decimal digits each, without `fmt` (this runs per value).
+    let push4 = |s: &mut String, d: u16| {
+        let d = d.min(9999);
+        for div in [1000, 100, 10, 1] {
+            s.push(char::from(b'0' + (d / div % 10) as u8));
+        }
+    };
     if weight < 0 {
         s.push('0');
     } else {
         for k in 0..=weight {
+            let d = digit(k);
             if k == 0 {
-                let _ = write!(s, "{}", digit(k));
+                // The leading group without its leading zeros.
+                let mut started = false;
+                for div in [1000, 100, 10, 1] {
+                    let x = (d.min(9999) / div % 10) as u8;
+                    if x != 0 || started || div == 1 {
+                        started = true;
+                        s.push(char::from(b'0' + x));
+                    }
+                }
             } else {
-                let _ = write!(s, "{:04}", digit(k));
+                push4(&mut s, d);
             }
         }
     }
     if dscale > 0 {
         s.push('.');
-        let mut frac = String::with_capacity(dscale + 4);
+        let start = s.len();
         let mut j = 1;
-        while frac.len() < dscale {
-            let _ = write!(frac, "{:04}", digit(weight + j));
+        while s.len() - start < dscale {
+            push4(&mut s, digit(weight + j));
             j += 1;
         }
-        frac.truncate(dscale);
-        s.push_str(&frac);
+        s.truncate(start + dscale);
     }
     Ok(s)
 }

@@ -35,6 +35,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use minijinja::Environment;
 use minijinja::value::{Serde, Value as JValue};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::attributes::{FieldPath, MAX_PROPERTY_NAME};
@@ -42,6 +43,7 @@ use crate::source::{Cell, Column, format_datetime};
 use crate::spec::{
     Defaults, NullPolicy, ProfileKey, ProfilesSpec, Threshold, Transform, ValueType,
 };
+use crate::template::SimpleTemplate;
 
 /// Longest email Klaviyo accepts.
 pub const MAX_EMAIL: usize = 100;
@@ -51,20 +53,41 @@ pub const MAX_PROFILE_BYTES: usize = 100 * 1024;
 pub const MAX_PROPERTY_DEPTH: usize = 10;
 
 /// A row turned into a profile.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ProfileRow {
     /// 1-based position of the row in the query's result.
     pub row_number: u64,
     /// The value of the job's key field (normalised, unmasked).
     pub key: String,
-    /// The profile's `attributes`: standard attributes, `location`, `properties`.
-    pub attributes: Map<String, Value>,
+    /// The profile's `attributes` (standard attributes, `location`, `properties`), serialised
+    /// once, on the thread that built them, in the order the job file maps its fields.
+    pub attributes: Box<RawValue>,
     /// Fields that were NULL under `on_null: unset`: to be cleared in Klaviyo.
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "paths")]
     pub unset: Vec<FieldPath>,
     /// The fingerprint of the row (`source::row_fingerprint`), when the source made one.
     #[serde(skip)]
     pub source: Option<crate::state::Fingerprint>,
+    /// `Snapshot::key_hash` of `key`, worked out on the thread that built the row.
+    #[serde(skip)]
+    pub key_hash: u64,
+}
+
+impl PartialEq for ProfileRow {
+    fn eq(&self, other: &ProfileRow) -> bool {
+        self.row_number == other.row_number
+            && self.key == other.key
+            && self.attributes.get() == other.attributes.get()
+            && self.unset == other.unset
+            && self.source == other.source
+    }
+}
+
+impl ProfileRow {
+    /// The attributes as a JSON object (for previews and tests; the payload is `attributes`).
+    pub fn attribute_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.attributes.get()).unwrap_or_default()
+    }
 }
 
 fn paths<S: serde::Serializer>(p: &[FieldPath], s: S) -> Result<S::Ok, S::Error> {
@@ -198,8 +221,9 @@ impl fmt::Display for ColumnProblem {
 #[derive(Debug, Clone)]
 enum Origin {
     Column(String),
-    /// Template name in the environment, and the columns it reads.
-    Template(String, Vec<String>),
+    /// Template name in the environment, the columns it reads, and the template when it
+    /// is simple enough to render without minijinja.
+    Template(String, Vec<String>, Option<Arc<SimpleTemplate>>),
     Constant(Cell),
 }
 
@@ -309,7 +333,9 @@ impl Mapping {
             } else if let Some(t) = &m.template {
                 let name = format!("profiles.fields.{key}");
                 match crate::template::add_field_template(&mut env, &name, t) {
-                    Ok(cols) => Origin::Template(name, cols),
+                    Ok(cols) => {
+                        Origin::Template(name, cols, SimpleTemplate::parse(t).map(Arc::new))
+                    }
                     Err(message) => {
                         errors.push(err(message, None));
                         continue;
@@ -387,7 +413,7 @@ impl Mapping {
         for f in &self.fields {
             match &f.origin {
                 Origin::Column(c) => add(c),
-                Origin::Template(_, cols) => cols.iter().for_each(&mut add),
+                Origin::Template(_, cols, _) => cols.iter().for_each(&mut add),
                 Origin::Constant(_) => {}
             }
         }
@@ -408,7 +434,7 @@ impl Mapping {
                         .iter()
                         .find(|f| match &f.origin {
                             Origin::Column(col) => *col == c,
-                            Origin::Template(_, cols) => cols.contains(&c),
+                            Origin::Template(_, cols, _) => cols.contains(&c),
                             Origin::Constant(_) => false,
                         })
                         .map(|f| f.key.clone())
@@ -436,7 +462,7 @@ impl Mapping {
         for f in &self.fields {
             match &f.origin {
                 Origin::Column(c) => index(c).into_iter().for_each(|i| uses[i] += 1),
-                Origin::Template(_, cols) => cols
+                Origin::Template(_, cols, _) => cols
                     .iter()
                     .filter_map(|c| index(c))
                     .for_each(|i| uses[i] += 1),
@@ -458,7 +484,7 @@ impl Mapping {
                         continue;
                     }
                 },
-                Origin::Template(name, cols) => {
+                Origin::Template(name, cols, simple) => {
                     let mut idx = Vec::new();
                     for c in cols {
                         match index(c) {
@@ -466,7 +492,15 @@ impl Mapping {
                             None => problems.push(missing(&f.key, c)),
                         }
                     }
-                    BoundOrigin::Template(name.clone(), idx)
+                    let simple = simple.as_ref().and_then(|t| {
+                        let at = t
+                            .names()
+                            .iter()
+                            .map(|n| index(n))
+                            .collect::<Option<Vec<_>>>()?;
+                        Some((t.clone(), at))
+                    });
+                    BoundOrigin::Template(name.clone(), idx, simple)
                 }
                 Origin::Constant(c) => BoundOrigin::Constant(c.clone()),
             };
@@ -481,8 +515,10 @@ impl Mapping {
             return Err(problems);
         }
         Ok(Transformer {
-            mapping: self.clone(),
-            fields: bound,
+            builder: Arc::new(RowBuilder {
+                mapping: self.clone(),
+                fields: bound,
+            }),
             seen: HashSet::default(),
         })
     }
@@ -549,15 +585,19 @@ fn unusable(f: &Field, col: &Column) -> Option<ColumnProblem> {
 enum BoundOrigin {
     /// Column index, and whether this field is its only reader (so it can take the value).
     Column(usize, bool),
-    Template(String, Vec<(String, usize)>),
+    /// Template name, the columns it reads by name and index, and a simple template with
+    /// the column index of each of its uses.
+    Template(
+        String,
+        Vec<(String, usize)>,
+        Option<(Arc<SimpleTemplate>, Vec<usize>)>,
+    ),
     Constant(Cell),
 }
 
 /// Turns rows into profiles for one run; remembers keys to reject duplicates.
 pub struct Transformer {
-    mapping: Arc<Mapping>,
-    /// Index into `mapping.fields`, and where the field's value comes from in a row.
-    fields: Vec<(usize, BoundOrigin)>,
+    builder: Arc<RowBuilder>,
     /// Key hashes (`Snapshot::key_hash`, already well mixed: no second hashing).
     seen: HashSet<u64, std::hash::BuildHasherDefault<PreHashed>>,
 }
@@ -626,9 +666,9 @@ impl Transformer {
     /// Rejects a profile whose key an earlier row had (the first row wins).
     pub fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
         let p = built?;
-        if !self.seen.insert(crate::state::Snapshot::key_hash(&p.key)) {
-            let key_field = self.mapping.key.field();
-            return Err(self.reject(
+        if !self.seen.insert(p.key_hash) {
+            let key_field = self.builder.mapping.key.field();
+            return Err(self.builder.reject(
                 p.row_number,
                 Some(&p.key),
                 Some(key_field),
@@ -642,9 +682,34 @@ impl Transformer {
         Ok(p)
     }
 
+    /// Everything but the duplicate check (see `RowBuilder::build`).
+    pub fn build(&self, row_number: u64, cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
+        self.builder.build(row_number, cells)
+    }
+
+    /// The half of the transformer that needs no mutable state, for threads of their own.
+    pub fn builder(&self) -> Arc<RowBuilder> {
+        self.builder.clone()
+    }
+
+    /// Rows seen so far with distinct keys.
+    pub fn distinct_keys(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// A mapping bound to a query's columns: turns one row into a profile or a reject, on any
+/// thread. The duplicate check, which needs every key seen so far, is `Transformer::dedup`.
+pub struct RowBuilder {
+    mapping: Arc<Mapping>,
+    /// Index into `mapping.fields`, and where the field's value comes from in a row.
+    fields: Vec<(usize, BoundOrigin)>,
+}
+
+impl RowBuilder {
     /// Everything but the duplicate check: needs no mutable state, so it runs on any thread.
     pub fn build(&self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
-        let mut attributes = Map::new();
+        let mut attributes = Object(Vec::with_capacity(self.fields.len()));
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
         let key_field = self.mapping.key.field();
@@ -656,7 +721,7 @@ impl Transformer {
                     if f.key == key_field {
                         key = v.as_str().map(str::to_string);
                     }
-                    insert(&mut attributes, &f.path, v);
+                    attributes.insert(&f.path, v);
                 }
                 Ok(None) => {
                     if f.on_null == NullPolicy::Unset && f.key != key_field {
@@ -687,18 +752,18 @@ impl Transformer {
         if let Some((field, e)) = pending {
             return Err(self.reject(row_number, Some(&key), Some(&field), e));
         }
-        // Serialise only when a cheap upper bound says the profile might be too large.
-        let bound: usize = attributes
-            .iter()
-            .map(|(k, v)| k.len() + 4 + size_bound(v))
-            .sum();
-        let size = if bound > MAX_PROFILE_BYTES {
-            serde_json::to_vec(&attributes)
-                .map(|v| v.len())
-                .unwrap_or(0)
-        } else {
-            0
+        let attributes = match serde_json::value::to_raw_value(&attributes) {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(self.reject(
+                    row_number,
+                    Some(&key),
+                    None,
+                    fail(Rule::TypeCast, format!("cannot be sent as JSON: {e}"), None),
+                ));
+            }
         };
+        let size = attributes.get().len();
         if size > MAX_PROFILE_BYTES {
             return Err(self.reject(
                 row_number,
@@ -717,6 +782,7 @@ impl Transformer {
         }
         Ok(ProfileRow {
             row_number,
+            key_hash: crate::state::Snapshot::key_hash(&key),
             key,
             attributes,
             unset,
@@ -740,11 +806,6 @@ impl Transformer {
             message: e.message,
             value: e.value.map(|v| mask(field.unwrap_or(""), &v)),
         }
-    }
-
-    /// Rows seen so far with distinct keys.
-    pub fn distinct_keys(&self) -> usize {
-        self.seen.len()
     }
 }
 
@@ -805,23 +866,6 @@ pub fn par_map<T: Send, U: Send>(
     })
 }
 
-/// At least as many bytes as `v` takes serialised (strings counted as if every character
-/// needed a `\uXXXX` escape).
-fn size_bound(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Bool(_) => 5,
-        Value::Number(_) => 32,
-        Value::String(s) => s.len() * 6 + 2,
-        Value::Array(items) => 2 + items.iter().map(|i| size_bound(i) + 1).sum::<usize>(),
-        Value::Object(m) => {
-            2 + m
-                .iter()
-                .map(|(k, v)| k.len() * 6 + 4 + size_bound(v))
-                .sum::<usize>()
-        }
-    }
-}
-
 /// A field's final JSON value; `None` for NULL.
 fn field_value(
     env: &Environment<'static>,
@@ -836,23 +880,34 @@ fn field_value(
             .unwrap_or(Cell::Null),
         BoundOrigin::Column(i, false) => cells.get(*i).cloned().unwrap_or(Cell::Null),
         BoundOrigin::Constant(c) => c.clone(),
-        BoundOrigin::Template(name, cols) => {
-            let ctx = JValue::from_pairs(cols.iter().map(|(n, i)| {
-                (
-                    n.as_str(),
-                    cell_to_template(cells.get(*i).unwrap_or(&Cell::Null)),
-                )
-            }));
-            let out = env
-                .get_template(name)
-                .and_then(|t| t.render(ctx))
-                .map_err(|e| {
-                    fail(
-                        Rule::Template,
-                        format!("template failed: {}", e.detail().unwrap_or("error")),
-                        None,
-                    )
-                })?;
+        BoundOrigin::Template(name, cols, simple) => {
+            let text = |i: usize| match cells.get(i) {
+                Some(Cell::Text(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            let quick = simple
+                .as_ref()
+                .and_then(|(t, at)| t.render(|k| at.get(k).and_then(|i| text(*i))));
+            let out = match quick {
+                Some(out) => out,
+                None => {
+                    let ctx = JValue::from_pairs(cols.iter().map(|(n, i)| {
+                        (
+                            n.as_str(),
+                            cell_to_template(cells.get(*i).unwrap_or(&Cell::Null)),
+                        )
+                    }));
+                    env.get_template(name)
+                        .and_then(|t| t.render(ctx))
+                        .map_err(|e| {
+                            fail(
+                                Rule::Template,
+                                format!("template failed: {}", e.detail().unwrap_or("error")),
+                                None,
+                            )
+                        })?
+                }
+            };
             if out.trim().is_empty() {
                 Cell::Null
             } else {
@@ -917,11 +972,11 @@ fn apply_transform(t: Transform, v: Cell, f: &Field) -> Result<Cell, FieldFailur
         Transform::Trim => Cell::Text(s.trim().to_string()),
         Transform::Lowercase => Cell::Text(s.to_lowercase()),
         Transform::Uppercase => Cell::Text(s.to_uppercase()),
-        Transform::Email => Cell::Text(normalise_email(&s).ok_or_else(|| {
+        Transform::Email => Cell::Text(normalise_email_owned(s).map_err(|s| {
             fail(
                 Rule::EmailSyntax,
                 "not a valid email address",
-                Some(&Cell::Text(s.clone())),
+                Some(&Cell::Text(s)),
             )
         })?),
         Transform::E164 => Cell::Text(
@@ -939,8 +994,49 @@ pub fn normalise_email(s: &str) -> Option<String> {
     valid_email(&e).then_some(e)
 }
 
+/// `normalise_email` taking the text: an address already trimmed with a lowercase domain is
+/// checked and kept as it is, with no copy. `Err` gives the text back as it came.
+fn normalise_email_owned(s: String) -> Result<String, String> {
+    let plain = s.trim().len() == s.len()
+        && s.rsplit_once('@')
+            .is_some_and(|(_, d)| !d.bytes().any(|b| b.is_ascii_uppercase()) && d.is_ascii());
+    if plain {
+        return if valid_email(&s) { Ok(s) } else { Err(s) };
+    }
+    normalise_email(&s).ok_or(s)
+}
+
+/// The common shape of an address, checked in one pass: ASCII dot-atoms before the `@`,
+/// letter/digit/hyphen labels after it, within RFC 5321's lengths. Whatever it accepts the
+/// full check (`valid_email`) accepts too; it only spares that check's cost.
+fn plain_email(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b);
+    let label = |l: &[u8]| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l[0].is_ascii_alphanumeric()
+            && l[l.len() - 1].is_ascii_alphanumeric()
+            && l.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+    };
+    (1..=64).contains(&local.len())
+        && local
+            .as_bytes()
+            .split(|b| *b == b'.')
+            .all(|a| !a.is_empty() && a.iter().all(|b| atext(*b)))
+        && domain.len() <= 253
+        && domain.contains('.')
+        && domain.as_bytes().split(|b| *b == b'.').all(label)
+}
+
 /// Email syntax as Klaviyo accepts it: RFC 5322 address, and a domain with a dot.
 pub fn valid_email(s: &str) -> bool {
+    plain_email(s) || full_email_check(s)
+}
+
+fn full_email_check(s: &str) -> bool {
     if !email_address::EmailAddress::is_valid(s) || s.chars().any(char::is_whitespace) {
         return false;
     }
@@ -1212,37 +1308,86 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
     Ok(())
 }
 
-/// Sets `attributes.<path>`, creating `location` / nested property objects.
-fn insert(attributes: &mut Map<String, Value>, path: &FieldPath, v: Value) {
-    match path {
-        FieldPath::Standard(name) => {
-            attributes.insert((*name).to_string(), v);
+/// A profile's attributes while its row is built. Insertion-ordered with the semantics of
+/// `serde_json::Map` under `preserve_order` (a key set again keeps its place), so it
+/// serialises to the same bytes, but keys are borrowed from the mapping and nothing is hashed:
+/// a profile has a handful of keys, and a linear scan beats hashing them.
+#[derive(Default)]
+struct Object<'m>(Vec<(&'m str, Node<'m>)>);
+
+enum Node<'m> {
+    Leaf(Value),
+    Object(Object<'m>),
+}
+
+impl<'m> Object<'m> {
+    fn slot(&mut self, key: &'m str) -> Option<usize> {
+        self.0.iter().position(|(k, _)| *k == key)
+    }
+
+    /// Sets `key`, keeping its place when it was set before.
+    fn set(&mut self, key: &'m str, node: Node<'m>) {
+        match self.slot(key) {
+            Some(i) => self.0[i].1 = node,
+            None => self.0.push((key, node)),
         }
-        FieldPath::Location(name) => {
-            let loc = attributes
-                .entry("location")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(m) = loc {
-                m.insert((*name).to_string(), v);
+    }
+
+    /// The node at `key`, an empty object put there first when the key is new.
+    fn entry(&mut self, key: &'m str) -> &mut Node<'m> {
+        let i = match self.slot(key) {
+            Some(i) => i,
+            None => {
+                self.0.push((key, Node::Object(Object::default())));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    /// Sets `attributes.<path>`, creating `location` / nested property objects.
+    fn insert(&mut self, path: &'m FieldPath, v: Value) {
+        match path {
+            FieldPath::Standard(name) => self.set(name, Node::Leaf(v)),
+            FieldPath::Location(name) => {
+                if let Node::Object(m) = self.entry("location") {
+                    m.set(name, Node::Leaf(v));
+                }
+            }
+            FieldPath::Property(parts) => {
+                let mut cur = self.entry("properties");
+                for (i, p) in parts.iter().enumerate() {
+                    let Node::Object(m) = cur else { return };
+                    if i + 1 == parts.len() {
+                        m.set(p, Node::Leaf(v));
+                        return;
+                    }
+                    cur = m.entry(p);
+                    if !matches!(cur, Node::Object(_)) {
+                        *cur = Node::Object(Object::default());
+                    }
+                }
             }
         }
-        FieldPath::Property(parts) => {
-            let mut cur = attributes
-                .entry("properties")
-                .or_insert_with(|| Value::Object(Map::new()));
-            for (i, p) in parts.iter().enumerate() {
-                let Value::Object(m) = cur else { return };
-                if i + 1 == parts.len() {
-                    m.insert(p.clone(), v);
-                    return;
-                }
-                cur = m
-                    .entry(p.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if !cur.is_object() {
-                    *cur = Value::Object(Map::new());
-                }
-            }
+    }
+}
+
+impl Serialize for Object<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for Node<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Node::Leaf(v) => v.serialize(s),
+            Node::Object(o) => o.serialize(s),
         }
     }
 }
@@ -1275,6 +1420,21 @@ pub fn decimal_to_json(s: &str) -> Option<Value> {
         } else {
             int.parse::<u64>().ok().map(Value::from)
         };
+    }
+    // Up to 15 significant digits always survive a double (DBL_DIG), and `m / 10^k` with both
+    // exact is the correctly rounded double, the same `parse` gives: no need to print it back.
+    let significant = if int.is_empty() {
+        frac.trim_start_matches('0').len()
+    } else {
+        int.len() + frac.len()
+    };
+    if significant <= 15 && frac.len() <= 22 {
+        let m = int
+            .bytes()
+            .chain(frac.bytes())
+            .fold(0u64, |m, d| m * 10 + u64::from(d - b'0'));
+        let x = m as f64 / 10f64.powi(frac.len() as i32);
+        return serde_json::Number::from_f64(if neg { -x } else { x }).map(Value::Number);
     }
     let x: f64 = t.parse().ok()?;
     if !x.is_finite() {
@@ -1504,6 +1664,92 @@ mod tests {
         assert_eq!(decimal_to_json("25.00"), Some(serde_json::json!(25)));
         assert_eq!(decimal_to_json("-0.00"), Some(serde_json::json!(0)));
         assert_eq!(decimal_to_json("-7.0"), Some(serde_json::json!(-7)));
+    }
+
+    /// The quick email check never accepts what the full one refuses, and accepts the usual
+    /// addresses.
+    #[test]
+    fn the_quick_email_check_accepts_only_what_the_full_one_does() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces = [
+            "ab", "Z9", ".", "-", "@", "+", "x.com", "é", " ", "..", "\"", "a-", "-b", "[1]", "co",
+            "_", "!#", "<", "\\", "東", "@a.b", "\t", "1", "q.", ".r", "(c)", "%", "~", "`",
+        ];
+        let mut accepted = 0;
+        for _ in 0..300_000 {
+            let n = 1 + next() % 8;
+            let s: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            if plain_email(&s) {
+                accepted += 1;
+                assert!(full_email_check(&s), "{s:?} passed the quick check only");
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the random addresses never took the quick path"
+        );
+        for ok in [
+            "ana@example.com",
+            "a.b+c@mail.example.co.uk",
+            "x_y-z@a-b.io",
+        ] {
+            assert!(plain_email(ok) && full_email_check(ok), "{ok}");
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        for bad in [
+            "a..b@x.com",
+            ".a@x.com",
+            "a@x",
+            "a@-x.com",
+            "a@x-.com",
+            "a@x..com",
+            &long_local,
+        ] {
+            assert!(!plain_email(bad), "{bad}");
+        }
+        assert!(!valid_email(&long_local));
+    }
+
+    /// Decimals of up to 15 significant digits take a shortcut; it must give exactly the
+    /// double that parsing gives, for every length, scale and sign.
+    #[test]
+    fn short_decimals_become_the_double_parsing_gives() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200_000 {
+            let digits = 1 + next() % 15;
+            let m = next() % 10u64.pow(digits as u32);
+            let scale = next() % 20;
+            let text = format!("{m:0width$}", width = scale as usize + 1);
+            let (int, frac) = text.split_at(text.len() - scale as usize);
+            let sign = if next() % 2 == 0 { "-" } else { "" };
+            let s = if frac.is_empty() {
+                format!("{sign}{int}.5")
+            } else {
+                format!("{sign}{int}.{frac}7")
+            };
+            let expected = s.parse::<f64>().unwrap();
+            let significant = s.trim_start_matches('-').replace('.', "");
+            let significant = significant.trim_start_matches('0').trim_end_matches('0');
+            match decimal_to_json(&s) {
+                Some(Value::Number(n)) => assert_eq!(n.as_f64(), Some(expected), "{s}"),
+                None => assert!(significant.len() > 15, "{s} was refused"),
+                other => panic!("{s} gave {other:?}"),
+            }
+        }
     }
 
     #[test]
