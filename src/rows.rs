@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
 use crate::source::{
-    Column, Interrupt, Rows, RunContext, Source, SourceError, Undecodable, decode_row,
-    row_fingerprint,
+    Cell, Column, Interrupt, RowDecoder, Rows, RunContext, Source, SourceError, Undecodable,
+    decode_row, row_fingerprint,
 };
 use crate::spec::{Defaults, JobSpec, Threshold};
 use crate::state::KnownRows;
@@ -189,8 +189,9 @@ pub enum RowOutcome {
 /// What a transform thread made of a row.
 enum Built {
     Done(Result<ProfileRow, Reject>),
-    /// Known to the state; the row is kept in case its key turns out to be a duplicate.
-    Known(u64, Row),
+    /// Known to the state (its key hash); its row is built after all if the key turns out to
+    /// be a duplicate.
+    Known(u64),
     Unreadable(Undecodable),
 }
 
@@ -210,7 +211,7 @@ pub struct ProfileStream {
     /// The transform threads, started with the first batch.
     pool: Option<Pool>,
     /// Batches handed to the threads, oldest first: the first row's number and the result.
-    in_flight: VecDeque<(u64, oneshot::Receiver<std::thread::Result<Vec<Built>>>)>,
+    in_flight: VecDeque<(u64, oneshot::Receiver<std::thread::Result<Done>>)>,
     /// Threads transforming batches.
     threads: usize,
     rejected: u64,
@@ -282,7 +283,7 @@ impl ProfileStream {
                 return self.failed.take().map(Err);
             };
             match result.await {
-                Ok(Ok(built)) => self.absorb(first, built),
+                Ok(Ok((built, rows))) => self.absorb(first, built, &rows),
                 // A panic on a transform thread is a bug: surface it here, as before threads.
                 Ok(Err(panic)) => std::panic::resume_unwind(panic),
                 Err(_) => {
@@ -324,6 +325,7 @@ impl ProfileStream {
                 Arc::new(Work {
                     builder: self.transformer.builder(),
                     columns: self.rows.columns().to_vec(),
+                    decoder: RowDecoder::of(&batch[0]),
                     fingerprint: self.fingerprint.clone(),
                     known: self.known.clone(),
                 }),
@@ -333,12 +335,12 @@ impl ProfileStream {
     }
 
     /// Turns a transformed batch into outcomes: duplicate keys are settled here, in row order.
-    fn absorb(&mut self, first: u64, built: Vec<Built>) {
+    fn absorb(&mut self, first: u64, built: Vec<Built>, rows: &[Row]) {
         for (i, b) in built.into_iter().enumerate() {
             let row_number = first + i as u64;
             let outcome = match b {
                 Built::Done(r) => self.transformer.dedup(r),
-                Built::Known(key_hash, _) if self.transformer.first_sight(key_hash) => {
+                Built::Known(key_hash) if self.transformer.first_sight(key_hash) => {
                     self.ready.push_back(RowOutcome::Known {
                         row_number,
                         key_hash,
@@ -347,7 +349,7 @@ impl ProfileStream {
                     continue;
                 }
                 // A second row with a known row's key: build it to say why it is refused.
-                Built::Known(_, row) => match decode_row(&row, self.rows.columns()) {
+                Built::Known(_) => match decode_row(&rows[i], self.rows.columns()) {
                     Ok(cells) => {
                         let built = self.transformer.build(row_number, cells);
                         self.transformer.dedup(built)
@@ -394,20 +396,22 @@ impl ProfileStream {
 struct Work {
     builder: Arc<RowBuilder>,
     columns: Vec<Column>,
+    decoder: RowDecoder,
     fingerprint: Option<Sha256>,
     known: Option<Arc<KnownRows>>,
 }
 
 impl Work {
-    fn build(&self, row_number: u64, row: Row) -> Built {
-        let source = self.fingerprint.as_ref().map(|f| row_fingerprint(f, &row));
+    /// `cells` is scratch space, reused from row to row.
+    fn build(&self, row_number: u64, row: &Row, cells: &mut Vec<Cell>) -> Built {
+        let source = self.fingerprint.as_ref().map(|f| row_fingerprint(f, row));
         if let (Some(fp), Some(known)) = (&source, self.known.as_deref())
             && let Some(key_hash) = known.get(fp)
         {
-            return Built::Known(key_hash, row);
+            return Built::Known(key_hash);
         }
-        match decode_row(&row, &self.columns) {
-            Ok(cells) => Built::Done(self.builder.build(row_number, cells).map(|mut p| {
+        match self.decoder.decode_into(row, &self.columns, cells) {
+            Ok(()) => Built::Done(self.builder.build_in(row_number, cells).map(|mut p| {
                 p.source = source;
                 p
             })),
@@ -416,12 +420,12 @@ impl Work {
     }
 }
 
+/// A transformed batch: what became of each row, and the rows themselves, handed back so they
+/// are dropped on the thread that read them (their buffers' reference counts stay on one core).
+type Done = (Vec<Built>, Vec<Row>);
+
 /// A batch for the threads: its first row's number, its rows, where the result goes.
-type Job = (
-    u64,
-    Vec<Row>,
-    oneshot::Sender<std::thread::Result<Vec<Built>>>,
-);
+type Job = (u64, Vec<Row>, oneshot::Sender<std::thread::Result<Done>>);
 
 /// Threads that transform batches of rows; they end when the pool is dropped.
 struct Pool {
@@ -435,38 +439,57 @@ impl Pool {
         for _ in 0..threads.max(1) {
             let queue = queue.clone();
             let work = work.clone();
-            std::thread::spawn(move || {
-                loop {
-                    // The lock is held only while taking a job, never while working.
-                    let next = match queue.lock() {
-                        Ok(q) => q.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((first, rows, done)) = next else {
-                        return;
-                    };
-                    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        rows.into_iter()
-                            .enumerate()
-                            .map(|(i, row)| work.build(first + i as u64, row))
-                            .collect::<Vec<_>>()
-                    }));
-                    // The stream may have stopped waiting (dropped, or a row failed before).
-                    let _ = done.send(built);
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name("kdit-transform".into())
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        // The lock is held only while taking a job, never while working.
+                        let next = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok((first, rows, done)) = next else {
+                            return;
+                        };
+                        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let mut cells = Vec::new();
+                            let built = rows
+                                .iter()
+                                .enumerate()
+                                .map(|(i, row)| work.build(first + i as u64, row, &mut cells))
+                                .collect::<Vec<_>>();
+                            (built, rows)
+                        }));
+                        // The stream may have stopped waiting (dropped, or a row failed before).
+                        let _ = done.send(built);
+                    }
+                });
+            if let Err(e) = spawned {
+                // With no thread at all, `next` reports the batch as unanswered.
+                tracing::warn!("cannot start a transform thread: {e}");
+            }
         }
         Pool { jobs }
     }
 
-    fn submit(
-        &self,
-        first: u64,
-        rows: Vec<Row>,
-    ) -> oneshot::Receiver<std::thread::Result<Vec<Built>>> {
+    fn submit(&self, first: u64, rows: Vec<Row>) -> oneshot::Receiver<std::thread::Result<Done>> {
         let (done, result) = oneshot::channel();
         // The threads live as long as the pool: sending cannot fail while it exists.
         let _ = self.jobs.send((first, rows, done));
         result
+    }
+}
+
+/// Transform threads yield to the thread reading rows (and to PostgreSQL, when it runs on
+/// this machine): reading is the one step that cannot be spread over cores, and batches
+/// already read keep the transform threads busy whenever a core is free.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread; no memory is shared with them.
+    unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + 5).min(19));
     }
 }

@@ -982,6 +982,7 @@ impl Source {
         };
         Ok(Rows {
             columns,
+            decoder: None,
             stream: Box::pin(stream),
             client: Some(client),
             mapper,
@@ -1050,6 +1051,8 @@ impl CancelHandle {
 /// The rows of a running query, in order, one at a time.
 pub struct Rows {
     columns: Vec<Column>,
+    /// How `next` reads the columns, chosen at the first row.
+    decoder: Option<RowDecoder>,
     stream: Pin<Box<RowStream>>,
     /// Held for the transaction's lifetime. `None` once finished.
     client: Option<Object>,
@@ -1081,8 +1084,10 @@ impl Rows {
             Ok(row) => row,
             Err(e) => return Some(Err(e)),
         };
-        match decode_row(&row, &self.columns) {
-            Ok(cells) => Some(Ok(cells)),
+        let decoder = self.decoder.get_or_insert_with(|| RowDecoder::of(&row));
+        let mut cells = Vec::with_capacity(self.columns.len());
+        match decoder.decode_into(&row, &self.columns, &mut cells) {
+            Ok(()) => Some(Ok(cells)),
             Err(e) => {
                 self.done = true;
                 Some(Err(self.unreadable(self.rows, e)))
@@ -1417,31 +1422,86 @@ fn take<const N: usize>(raw: &[u8]) -> Result<[u8; N], BoxError> {
 
 const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120; // 2000-01-01
 
+/// How a column's values are read, chosen once per column from its type (matching a type
+/// against every case for each value costs more than reading most values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decoder {
+    Bool,
+    Int2,
+    Int4,
+    Oid,
+    Int8,
+    Float4,
+    Float8,
+    Numeric,
+    Char,
+    Date,
+    Timestamp,
+    Timestamptz,
+    Uuid,
+    Void,
+    Json,
+    Jsonb,
+    /// text, varchar, bpchar, name, unknown, citext, enums: UTF-8 text on the wire.
+    Text,
+    /// Domains and arrays: worked out from the type for each value.
+    ByType,
+}
+
+impl Decoder {
+    pub fn of(ty: &Type) -> Decoder {
+        match ty.kind() {
+            Kind::Domain(_) | Kind::Array(_) => return Decoder::ByType,
+            Kind::Enum(_) => return Decoder::Text,
+            _ => {}
+        }
+        match *ty {
+            Type::BOOL => Decoder::Bool,
+            Type::INT2 => Decoder::Int2,
+            Type::INT4 => Decoder::Int4,
+            Type::OID => Decoder::Oid,
+            Type::INT8 => Decoder::Int8,
+            Type::FLOAT4 => Decoder::Float4,
+            Type::FLOAT8 => Decoder::Float8,
+            Type::NUMERIC => Decoder::Numeric,
+            Type::CHAR => Decoder::Char,
+            Type::DATE => Decoder::Date,
+            Type::TIMESTAMP => Decoder::Timestamp,
+            Type::TIMESTAMPTZ => Decoder::Timestamptz,
+            Type::UUID => Decoder::Uuid,
+            Type::VOID => Decoder::Void,
+            Type::JSON => Decoder::Json,
+            Type::JSONB => Decoder::Jsonb,
+            _ => Decoder::Text,
+        }
+    }
+}
+
 fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
-    if let Kind::Domain(inner) = ty.kind() {
-        return decode(inner, raw);
-    }
-    if let Kind::Array(inner) = ty.kind() {
-        return decode_array(inner, raw);
-    }
-    if let Kind::Enum(_) = ty.kind() {
-        return Ok(Cell::Text(std::str::from_utf8(raw)?.to_string()));
-    }
-    Ok(match *ty {
-        Type::BOOL => Cell::Bool(take::<1>(raw)?[0] != 0),
-        Type::INT2 => Cell::Int(i16::from_be_bytes(take(raw)?) as i64),
-        Type::INT4 => Cell::Int(i32::from_be_bytes(take(raw)?) as i64),
-        Type::OID => Cell::Int(u32::from_be_bytes(take(raw)?) as i64),
-        Type::INT8 => Cell::Int(i64::from_be_bytes(take(raw)?)),
+    decode_as(Decoder::of(ty), ty, raw)
+}
+
+fn decode_as(d: Decoder, ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
+    Ok(match d {
+        Decoder::ByType => match ty.kind() {
+            Kind::Domain(inner) => return decode(inner, raw),
+            Kind::Array(inner) => return decode_array(inner, raw),
+            _ => Cell::Text(std::str::from_utf8(raw)?.to_string()),
+        },
+        Decoder::Bool => Cell::Bool(take::<1>(raw)?[0] != 0),
+        Decoder::Int2 => Cell::Int(i16::from_be_bytes(take(raw)?) as i64),
+        Decoder::Int4 => Cell::Int(i32::from_be_bytes(take(raw)?) as i64),
+        Decoder::Oid => Cell::Int(u32::from_be_bytes(take(raw)?) as i64),
+        Decoder::Int8 => Cell::Int(i64::from_be_bytes(take(raw)?)),
         // Through the shortest decimal of the f32, so `1.1::float4` is 1.1, not 1.100000023841858.
-        Type::FLOAT4 => {
+        Decoder::Float4 => {
             let x = f32::from_be_bytes(take(raw)?);
             Cell::Float(x.to_string().parse::<f64>().unwrap_or(x as f64))
         }
-        Type::FLOAT8 => Cell::Float(f64::from_be_bytes(take(raw)?)),
-        Type::NUMERIC => Cell::Numeric(decode_numeric(raw)?),
-        Type::CHAR => Cell::Text((take::<1>(raw)?[0] as char).to_string()),
-        Type::DATE => {
+        Decoder::Float8 => Cell::Float(f64::from_be_bytes(take(raw)?)),
+        Decoder::Numeric => Cell::Numeric(decode_numeric(raw)?),
+        Decoder::Char => Cell::Text((take::<1>(raw)?[0] as char).to_string()),
+        Decoder::Date => {
             let days = i32::from_be_bytes(take(raw)?);
             match days {
                 i32::MAX => Cell::Text("infinity".into()),
@@ -1452,7 +1512,7 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
                 ),
             }
         }
-        Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+        Decoder::Timestamp | Decoder::Timestamptz => {
             let micros = i64::from_be_bytes(take(raw)?);
             match micros {
                 i64::MAX => Cell::Text("infinity".into()),
@@ -1460,7 +1520,7 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
                 m => {
                     let t = DateTime::from_timestamp_micros(m + 946_684_800_000_000)
                         .ok_or("timestamp out of range")?;
-                    if *ty == Type::TIMESTAMP {
+                    if d == Decoder::Timestamp {
                         Cell::Timestamp(t.naive_utc())
                     } else {
                         Cell::Timestamptz(t)
@@ -1468,18 +1528,17 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
                 }
             }
         }
-        Type::UUID => Cell::Uuid(uuid::Uuid::from_slice(raw)?),
-        Type::VOID => Cell::Null,
-        Type::JSON => json_cell(raw)?,
-        Type::JSONB => {
+        Decoder::Uuid => Cell::Uuid(uuid::Uuid::from_slice(raw)?),
+        Decoder::Void => Cell::Null,
+        Decoder::Json => json_cell(raw)?,
+        Decoder::Jsonb => {
             let (version, rest) = raw.split_first().ok_or("empty jsonb")?;
             if *version != 1 {
                 return Err(format!("unsupported jsonb version {version}").into());
             }
             json_cell(rest)?
         }
-        // text, varchar, bpchar, name, unknown, citext: UTF-8 text on the wire.
-        _ => Cell::Text(std::str::from_utf8(raw)?.to_string()),
+        Decoder::Text => Cell::Text(std::str::from_utf8(raw)?.to_string()),
     })
 }
 
@@ -1597,18 +1656,55 @@ pub struct Undecodable {
 /// A row's values, one per column.
 pub fn decode_row(row: &Row, columns: &[Column]) -> Result<Vec<Cell>, Undecodable> {
     let mut cells = Vec::with_capacity(columns.len());
-    for (i, column) in columns.iter().enumerate() {
-        match row.try_get::<_, Cell>(i) {
-            Ok(c) => cells.push(c),
-            Err(e) => {
-                return Err(Undecodable {
-                    column: column.name.clone(),
-                    detail: error_chain(&e),
-                });
+    RowDecoder::of(row).decode_into(row, columns, &mut cells)?;
+    Ok(cells)
+}
+
+/// Reads rows of one query: each column's `Decoder`, chosen once.
+#[derive(Debug, Clone)]
+pub struct RowDecoder(Vec<Decoder>);
+
+impl RowDecoder {
+    /// The decoders for rows shaped like `row` (every row of a query has the same columns).
+    pub fn of(row: &Row) -> RowDecoder {
+        RowDecoder(
+            row.columns()
+                .iter()
+                .map(|c| Decoder::of(c.type_()))
+                .collect(),
+        )
+    }
+
+    /// Replaces `cells` with the row's values, one per column.
+    pub fn decode_into(
+        &self,
+        row: &Row,
+        columns: &[Column],
+        cells: &mut Vec<Cell>,
+    ) -> Result<(), Undecodable> {
+        cells.clear();
+        let types = row.columns();
+        for (i, d) in self.0.iter().enumerate() {
+            let cell = match row.try_get::<_, RawValue>(i) {
+                Ok(RawValue(None)) => Ok(Cell::Null),
+                Ok(RawValue(Some(raw))) => decode_as(*d, types[i].type_(), raw),
+                Err(e) => Err(e.into()),
+            };
+            match cell {
+                Ok(c) => cells.push(c),
+                Err(e) => {
+                    return Err(Undecodable {
+                        column: columns
+                            .get(i)
+                            .map(|c| c.name.clone())
+                            .unwrap_or_else(|| format!("column {}", i + 1)),
+                        detail: error_chain(&*e),
+                    });
+                }
             }
         }
+        Ok(())
     }
-    Ok(cells)
 }
 
 /// A row's fingerprint: SHA-256 (first 16 bytes) over `prefix` (whatever must change the

@@ -709,6 +709,11 @@ pub struct RowBuilder {
 impl RowBuilder {
     /// Everything but the duplicate check: needs no mutable state, so it runs on any thread.
     pub fn build(&self, row_number: u64, mut cells: Vec<Cell>) -> Result<ProfileRow, Reject> {
+        self.build_in(row_number, &mut cells)
+    }
+
+    /// `build` from cells the caller keeps (values may be taken out of them).
+    pub fn build_in(&self, row_number: u64, cells: &mut [Cell]) -> Result<ProfileRow, Reject> {
         let mut attributes = Object(Vec::with_capacity(self.fields.len()));
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
@@ -716,7 +721,7 @@ impl RowBuilder {
         let mut pending: Option<(String, FieldFailure)> = None;
         for (i, origin) in &self.fields {
             let f = &self.mapping.fields[*i];
-            match field_value(&self.mapping.env, f, origin, &mut cells) {
+            match field_value(&self.mapping.env, f, origin, cells) {
                 Ok(Some(v)) => {
                     if f.key == key_field {
                         key = v.as_str().map(str::to_string);

@@ -786,6 +786,45 @@ fields:
     );
 }
 
+/// Many batches in flight on several threads still come out in row order, and a duplicate
+/// is refused whichever batch the first row with its key was in.
+#[tokio::test]
+async fn rows_in_many_batches_come_out_in_order_with_duplicates_across_batches() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: email\nfields:\n  email: { column: email, transform: email }\n  properties.n: n",
+        "select g as n, 'u' || (g % 7000) || '@example.com' as email from generate_series(1, 20000) g",
+    );
+    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    for threads in [1, 3] {
+        let mut stream = jq.open(&src, None, None).await.unwrap();
+        stream.set_threads(threads);
+        let mut row = 0u64;
+        while let Some(r) = stream.next().await {
+            row += 1;
+            match r.unwrap() {
+                RowOutcome::Profile(p) => {
+                    assert!(row <= 7000, "row {row} should be a duplicate");
+                    assert_eq!(p.row_number, row);
+                    assert_eq!(p.key, format!("u{}@example.com", row % 7000));
+                    assert_eq!(p.attribute_map()["properties"]["n"], row);
+                }
+                RowOutcome::Rejected(r) => {
+                    assert!(row > 7000, "row {row} was refused: {r}");
+                    assert_eq!((r.row_number, r.rule), (row, Rule::DuplicateKey));
+                }
+                RowOutcome::Known { .. } => panic!("no known rows were given"),
+            }
+        }
+        let totals = stream.finish().await.unwrap();
+        assert_eq!(
+            (totals.rows, totals.profiles, totals.rejected),
+            (20000, 7000, 13000)
+        );
+    }
+}
+
 #[tokio::test]
 async fn phone_keys_and_guards() {
     let db = TestDb::new().await;
