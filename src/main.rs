@@ -165,8 +165,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Tags { command } => Ok(block_on(async {
             match command {
                 kdit::tags::TagsCommand::Show(a) => kdit::tags::show(&a).await,
-                kdit::tags::TagsCommand::Add(a) => kdit::tags::bulk(&a, true).await,
-                kdit::tags::TagsCommand::Remove(a) => kdit::tags::bulk(&a, false).await,
+                kdit::tags::TagsCommand::Add(mut a) => {
+                    a.quiet = cli.quiet;
+                    kdit::tags::bulk(&a, true).await
+                }
+                kdit::tags::TagsCommand::Remove(mut a) => {
+                    a.quiet = cli.quiet;
+                    kdit::tags::bulk(&a, false).await
+                }
             }
         })?),
         Command::Preview(args) => Ok(block_on(async {

@@ -79,6 +79,9 @@ pub struct BulkArgs {
     pub project: Option<PathBuf>,
     #[command(flatten)]
     pub klaviyo: crate::commands::KlaviyoArgs,
+    /// The global `-q`: no `hint:` / `done:` lines on stderr (errors still show).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 /// Whether `name` matches the glob `pattern` (`*`: any text, `?`: one character; the rest
@@ -334,7 +337,7 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
         .count();
     let refused = steps.iter().any(|s| matches!(s, Step::Refused(_)));
     if !args.apply {
-        if changes > 0 {
+        if changes > 0 && !args.quiet {
             eprintln!(
                 "hint: nothing was changed; run again with --apply to {} the tag",
                 if add { "add" } else { "remove" }
@@ -348,6 +351,7 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
     }
     if changes > 0 {
         match carry_out(client, catalog, &args.tag, tag_id, &resources, &steps).await {
+            Ok(()) if args.quiet => {}
             Ok(()) => eprintln!(
                 "done: tag \"{}\" {} {}",
                 args.tag,

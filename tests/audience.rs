@@ -808,6 +808,12 @@ tags:
         .kdit(&[&args[..], &["--detailed-exitcode"]].concat())
         .await;
     assert_eq!(pending.code, 2);
+    // `-q`: the same plan on stdout, no hint on stderr.
+    let quiet = w.ok(&[&["-q"], &args[..]].concat()).await;
+    assert_eq!(
+        (quiet.stdout.as_str(), quiet.stderr.as_str()),
+        (plan.stdout.as_str(), "")
+    );
 
     // --apply lands it; a second --apply is a no-op.
     let applied = w.ok(&[&args[..], &["--apply"]].concat()).await;
