@@ -620,18 +620,21 @@ impl std::hash::Hasher for PreHashed {
     }
 }
 
-struct FieldFailure {
+struct Failure {
     rule: Rule,
     message: String,
     value: Option<String>,
 }
 
+/// Boxed: a field's `Result` stays as small as its value, and failures are rare.
+type FieldFailure = Box<Failure>;
+
 fn fail(rule: Rule, message: impl Into<String>, value: Option<&Cell>) -> FieldFailure {
-    FieldFailure {
+    Box::new(Failure {
         rule,
         message: message.into(),
         value: value.and_then(Cell::to_text),
-    }
+    })
 }
 
 impl Transformer {
@@ -672,7 +675,7 @@ impl Transformer {
                 p.row_number,
                 Some(&p.key),
                 Some(key_field),
-                fail(
+                *fail(
                     Rule::DuplicateKey,
                     format!("an earlier row has the same {key_field}; the first row wins"),
                     None,
@@ -736,7 +739,7 @@ impl RowBuilder {
                 Err(e) => {
                     if f.key == key_field {
                         // The key itself is bad: report that, unmasked key unknown.
-                        return Err(self.reject(row_number, None, Some(&f.key), e));
+                        return Err(self.reject(row_number, None, Some(&f.key), *e));
                     }
                     if pending.is_none() {
                         pending = Some((f.key.clone(), e));
@@ -755,7 +758,7 @@ impl RowBuilder {
             });
         };
         if let Some((field, e)) = pending {
-            return Err(self.reject(row_number, Some(&key), Some(&field), e));
+            return Err(self.reject(row_number, Some(&key), Some(&field), *e));
         }
         let attributes = match serde_json::value::to_raw_value(&attributes) {
             Ok(a) => a,
@@ -764,7 +767,7 @@ impl RowBuilder {
                     row_number,
                     Some(&key),
                     None,
-                    fail(Rule::TypeCast, format!("cannot be sent as JSON: {e}"), None),
+                    *fail(Rule::TypeCast, format!("cannot be sent as JSON: {e}"), None),
                 ));
             }
         };
@@ -774,7 +777,7 @@ impl RowBuilder {
                 row_number,
                 Some(&key),
                 None,
-                fail(
+                *fail(
                     Rule::PayloadTooLarge,
                     format!(
                         "the profile is {} KB; Klaviyo accepts at most {} KB",
@@ -800,7 +803,7 @@ impl RowBuilder {
         row_number: u64,
         key: Option<&str>,
         field: Option<&str>,
-        e: FieldFailure,
+        e: Failure,
     ) -> Reject {
         let key_field = self.mapping.key.field();
         Reject {
@@ -1271,7 +1274,8 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
     match f.path {
         FieldPath::Standard("email") => {
             let s = v.as_str().unwrap_or_default();
-            if s.chars().count() > MAX_EMAIL {
+            // A character is at least a byte: count characters only when the bytes exceed.
+            if s.len() > MAX_EMAIL && s.chars().count() > MAX_EMAIL {
                 return Err(fail(
                     Rule::EmailTooLong,
                     format!("longer than Klaviyo's {MAX_EMAIL} characters"),
@@ -1327,7 +1331,10 @@ enum Node<'m> {
 
 impl<'m> Object<'m> {
     fn slot(&mut self, key: &'m str) -> Option<usize> {
-        self.0.iter().position(|(k, _)| *k == key)
+        // Keys come from the mapping, so the same key is mostly the same memory.
+        self.0
+            .iter()
+            .position(|(k, _)| std::ptr::eq(*k, key) || *k == key)
     }
 
     /// Sets `key`, keeping its place when it was set before.
