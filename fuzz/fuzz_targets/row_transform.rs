@@ -423,8 +423,7 @@ fn check(first: u64, outcomes: &[Result<ProfileRow, Reject>]) {
                 assert_eq!(p.row_number, row_number);
                 assert!(!p.key.trim().is_empty(), "a profile without a key: {p:?}");
                 let json = p.attributes.get().as_bytes();
-                serde_json::from_slice::<serde_json::Value>(json)
-                    .expect("a profile is valid JSON");
+                serde_json::from_slice::<serde_json::Value>(json).expect("a profile is valid JSON");
                 assert!(
                     json.len() <= MAX_PROFILE_BYTES,
                     "a profile of {} bytes passed the 100 KB limit",
