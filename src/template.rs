@@ -136,6 +136,12 @@ impl SimpleTemplate {
     /// Renders with `value(i)` for the i-th use of a name (see `names`); `None` when a value
     /// is not text, for minijinja to render instead.
     pub fn render<'a>(&self, value: impl Fn(usize) -> Option<&'a str>) -> Option<String> {
+        // One name with one filter, the usual shape: the filter's result is the output.
+        if let [Part::Name(_, filters)] = self.parts.as_slice()
+            && let [f] = filters.as_slice()
+        {
+            return Some(apply(*f, value(0)?));
+        }
         let mut out = String::new();
         let mut i = 0;
         for p in &self.parts {

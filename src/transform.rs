@@ -1350,7 +1350,8 @@ impl<'m> Object<'m> {
         let i = match self.slot(key) {
             Some(i) => i,
             None => {
-                self.0.push((key, Node::Object(Object::default())));
+                self.0
+                    .push((key, Node::Object(Object(Vec::with_capacity(8)))));
                 self.0.len() - 1
             }
         };
