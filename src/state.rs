@@ -330,19 +330,19 @@ pub struct Entry {
     pub hash: Hash,
     /// Bits (by index into the job's lists) of the lists kdit added this key to.
     pub lists: u64,
-    /// Set by the diff when the key shows up in this run's rows.
-    pub seen: bool,
 }
 
 /// Everything the diff needs from the state, for one job.
 ///
-/// Entries are kept by a 64-bit hash of the key in one sorted vector — about 40 bytes a
-/// key, against 130 in a map of owned strings — because a million-key job must diff in well
-/// under 150 MB. The keys themselves stay in PostgreSQL; `State::removal_keys` reads them back
-/// for the few that leave a mirrored list.
+/// Entries are kept by a 64-bit hash of the key in one sorted vector — 32 bytes a key, plus
+/// a bit for whether this run's rows showed it, against 130 in a map of owned strings —
+/// because a million-key job must diff in well under 150 MB. The keys themselves stay in
+/// PostgreSQL; `State::removal_keys` reads them back for the few that leave a mirrored list.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     entries: Vec<(u64, Entry)>,
+    /// One bit an entry (by index): set by the diff when the key shows up in this run's rows.
+    seen: Vec<u64>,
     directory: Directory,
     /// Fingerprints of the rows that made the confirmed payloads (complete members only).
     pub known: std::sync::Arc<KnownRows>,
@@ -364,8 +364,8 @@ struct Directory {
 impl Directory {
     fn build(sorted: impl ExactSizeIterator<Item = u64>) -> Directory {
         let n = sorted.len();
-        // About eight entries a slot.
-        let bits = (usize::BITS - (n / 8).leading_zeros()).clamp(1, 24);
+        // About two entries a slot: a lookup then reads one or two cache lines of entries.
+        let bits = (usize::BITS - (n / 2).leading_zeros()).clamp(1, 24);
         let shift = 64 - bits;
         let mut starts = vec![0u32; (1 << bits) + 1];
         for h in sorted {
@@ -449,6 +449,7 @@ impl Snapshot {
         self.entries.sort_unstable_by_key(|(h, _)| *h);
         self.entries.shrink_to_fit();
         self.directory = Directory::build(self.entries.iter().map(|(h, _)| *h));
+        self.seen = vec![0; self.entries.len().div_ceil(64)];
     }
 
     fn position(&self, h: u64) -> Option<usize> {
@@ -459,9 +460,22 @@ impl Snapshot {
         (slice.get(i).map(|(k, _)| *k) == Some(h)).then_some(start + i)
     }
 
-    /// The entry of a key, by its `key_hash`.
-    pub fn by_hash_mut(&mut self, h: u64) -> Option<&mut Entry> {
-        self.position(h).map(|i| &mut self.entries[i].1)
+    /// Marks a key (by its `key_hash`) seen in this run's rows; its entry, if it has one.
+    pub fn see_hash(&mut self, h: u64) -> Option<&Entry> {
+        let i = self.position(h)?;
+        self.seen[i / 64] |= 1 << (i % 64);
+        Some(&self.entries[i].1)
+    }
+
+    /// Marks a key seen in this run's rows; its entry, if it has one.
+    pub fn see(&mut self, key: &str) -> Option<&Entry> {
+        self.see_hash(Snapshot::key_hash(key))
+    }
+
+    /// Whether the diff saw a key in this run's rows (false for a key the state lacks).
+    pub fn seen(&self, key: &str) -> bool {
+        self.position(Snapshot::key_hash(key))
+            .is_some_and(|i| self.seen[i / 64] & (1 << (i % 64)) != 0)
     }
 
     pub fn len(&self) -> usize {
@@ -470,10 +484,6 @@ impl Snapshot {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Entry> {
-        self.by_hash_mut(Snapshot::key_hash(key))
     }
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
@@ -485,10 +495,17 @@ impl Snapshot {
         self.entries.iter().map(|(_, e)| e)
     }
 
+    /// The entries of keys the diff did not see in this run's rows.
+    pub fn unseen(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.seen[i / 64] & (1 << (i % 64)) == 0)
+            .map(|(_, (_, e))| e)
+    }
+
     pub fn reset_seen(&mut self) {
-        for (_, e) in &mut self.entries {
-            e.seen = false;
-        }
+        self.seen.iter_mut().for_each(|w| *w = 0);
     }
 }
 
@@ -723,14 +740,7 @@ impl<'a> State<'a> {
             {
                 known.entries.push((fp, h));
             }
-            snap.entries.push((
-                h,
-                Entry {
-                    hash,
-                    lists: bits,
-                    seen: false,
-                },
-            ));
+            snap.entries.push((h, Entry { hash, lists: bits }));
             Ok(())
         };
         while let Some(chunk) = futures::StreamExt::next(&mut copy).await {
@@ -781,7 +791,7 @@ impl<'a> State<'a> {
             let row = row?;
             let key: &str = row.get(0);
             if let Some(e) = snapshot.get(key)
-                && !e.seen
+                && !snapshot.seen(key)
             {
                 let gone = e.lists & mirrored;
                 for (i, keys) in out.iter_mut().enumerate() {
@@ -1181,7 +1191,6 @@ mod tests {
                 let entry = Entry {
                     hash: [i as u8; 16],
                     lists: 0,
-                    seen: false,
                 };
                 snap.insert(&key, entry);
                 let fp: Fingerprint = Sha256::digest(key.as_bytes())[..16].try_into().unwrap();
