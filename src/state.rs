@@ -143,10 +143,10 @@ fn literal(text: &str) -> String {
     out
 }
 
-/// Decodes the rows of a binary `COPY … TO STDOUT` of four columns as its data arrives, in
+/// Decodes the rows of a binary `COPY … TO STDOUT` of `N` columns as its data arrives, in
 /// chunks that need not end on a row's end.
 #[derive(Default)]
-struct CopyReader {
+struct CopyReader<const N: usize> {
     /// Bytes of a row (or of the header) not complete yet.
     pending: Vec<u8>,
     header_done: bool,
@@ -156,12 +156,12 @@ struct CopyReader {
 /// The binary COPY signature.
 const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
-impl CopyReader {
+impl<const N: usize> CopyReader<N> {
     /// Decodes every complete row in `pending` + `chunk`, keeping the rest.
     fn feed(
         &mut self,
         chunk: &[u8],
-        row: &mut impl FnMut([Option<&[u8]>; 4]) -> Result<(), String>,
+        row: &mut impl FnMut([Option<&[u8]>; N]) -> Result<(), String>,
     ) -> Result<(), String> {
         if self.pending.is_empty() {
             let used = self.rows(chunk, row)?;
@@ -180,7 +180,7 @@ impl CopyReader {
     fn rows(
         &mut self,
         data: &[u8],
-        row: &mut impl FnMut([Option<&[u8]>; 4]) -> Result<(), String>,
+        row: &mut impl FnMut([Option<&[u8]>; N]) -> Result<(), String>,
     ) -> Result<usize, String> {
         let mut at = 0;
         if !self.header_done {
@@ -205,11 +205,11 @@ impl CopyReader {
                 at += 2;
                 break;
             }
-            if fields != 4 {
-                return Err(format!("a row of {fields} columns, not 4"));
+            if fields as usize != N {
+                return Err(format!("a row of {fields} columns, not {N}"));
             }
             let mut p = at + 2;
-            let mut values: [Option<&[u8]>; 4] = [None; 4];
+            let mut values: [Option<&[u8]>; N] = [None; N];
             let mut complete = true;
             for v in &mut values {
                 if data.len() < p + 4 {
@@ -687,43 +687,47 @@ impl<'a> State<'a> {
             .collect();
         // Streamed: a million keys must not sit in memory twice (rows, then the map).
         // Every write kdit makes to a job's state sets `updated_at`, so count and latest write
-        // fingerprint the state for telling a saved plan it is stale.
-        let head = self
-            .db
-            .query_one(
-                &format!(
-                    "select count(*), coalesce(max(updated_at)::text, '') from {s}.profiles where job = $1"
-                ),
-                &[&job],
-            )
-            .await?;
-        let count: i64 = head.get(0);
-        let latest: String = head.get(1);
+        // (counted as the rows go by: no second scan) fingerprint the state for telling a
+        // saved plan it is stale.
         // Binary COPY: no per-row message parsing into `Row`s, and rows decoded in place.
         // COPY takes no parameters, so the job goes in as an escaped literal.
         let copy = self
             .db
             .copy_out(&format!(
-                "copy (select key, hash, lists, source from {s}.profiles where job = {})
+                "copy (select key, hash, lists, source, updated_at from {s}.profiles where job = {})
                  to stdout (format binary)",
                 literal(job)
             ))
             .await?;
         futures::pin_mut!(copy);
         let mut snap = Snapshot::default();
-        snap.entries.reserve_exact(count.max(0) as usize);
         let all_lists = if lists.is_empty() {
             0
         } else {
             u64::MAX >> (64 - lists.len().min(64))
         };
         let mut known = KnownRows::default();
-        known.entries.reserve_exact(count.max(0) as usize);
-        let mut reader = CopyReader::default();
-        let mut add = |row: [Option<&[u8]>; 4]| -> Result<(), String> {
-            let [Some(key), Some(hash_bytes), Some(member_of), source] = row else {
-                return Err("a NULL key, hash or lists".into());
+        let mut count = 0u64;
+        // The latest `updated_at`, in microseconds since 2000 (binary timestamptz).
+        let mut latest: Option<i64> = None;
+        let mut reader = CopyReader::<5>::default();
+        let mut add = |row: [Option<&[u8]>; 5]| -> Result<(), String> {
+            let [
+                Some(key),
+                Some(hash_bytes),
+                Some(member_of),
+                source,
+                Some(updated_at),
+            ] = row
+            else {
+                return Err("a NULL key, hash, lists or updated_at".into());
             };
+            let updated_at: [u8; 8] = updated_at
+                .try_into()
+                .map_err(|_| "a malformed updated_at".to_string())?;
+            let updated_at = i64::from_be_bytes(updated_at);
+            latest = latest.max(Some(updated_at));
+            count += 1;
             let key = std::str::from_utf8(key).map_err(|e| e.to_string())?;
             let mut hash = [0u8; 16];
             let n = hash_bytes.len().min(16);
@@ -763,7 +767,10 @@ impl<'a> State<'a> {
         snap.seal();
         known.seal();
         snap.known = std::sync::Arc::new(known);
-        snap.version = format!("{count}@{latest}");
+        snap.version = match latest {
+            Some(at) => format!("{count}@{at}"),
+            None => format!("{count}@"),
+        };
         Ok(snap)
     }
 
@@ -1262,7 +1269,7 @@ mod tests {
         ];
         let bytes = copy_bytes(rows);
         for size in [1, 2, 3, 7, 64, bytes.len()] {
-            let mut reader = CopyReader::default();
+            let mut reader = CopyReader::<4>::default();
             let mut seen = Vec::new();
             let mut add = |row: [Option<&[u8]>; 4]| -> Result<(), String> {
                 let mut lists = Vec::new();
@@ -1295,7 +1302,7 @@ mod tests {
             assert_eq!(seen, expected, "chunks of {size}");
         }
         // Cut short: refused, never taken for the whole state.
-        let mut reader = CopyReader::default();
+        let mut reader = CopyReader::<4>::default();
         reader
             .feed(&bytes[..bytes.len() - 5], &mut |_| Ok(()))
             .unwrap();

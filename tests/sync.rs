@@ -731,3 +731,36 @@ async fn a_state_with_payloads_inline_migrates_and_still_diffs_fields() {
             .contains("No changes.")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_is_stale_after_a_run_that_only_updated_profiles() {
+    let w = world(30).await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    let plan = w.kdit(&["plan", "job.yaml", "-o", "plan.json"]).await;
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+    // Two runs in between: one updates a profile, one puts it back. The rows are as they
+    // were when the plan was made and the state holds as many profiles; only the latest
+    // write tells the state moved.
+    w.db.execute("update customers set first_name = 'Briefly' where id = 4")
+        .await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    w.db.execute("update customers set first_name = 'Name4' where id = 4")
+        .await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    let stale = w.kdit(&["apply", "plan.json"]).await;
+    assert_eq!(stale.code, 1, "{}\n{}", stale.stdout, stale.stderr);
+    assert!(
+        stale
+            .stderr
+            .contains("the saved plan is stale: the state moved"),
+        "{}",
+        stale.stderr
+    );
+    // A fresh plan applies.
+    assert_eq!(
+        w.kdit(&["plan", "job.yaml", "-o", "plan2.json"]).await.code,
+        0
+    );
+    let applied = w.kdit(&["apply", "plan2.json"]).await;
+    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
+}
