@@ -191,7 +191,7 @@ impl<const N: usize> CopyReader<N> {
             if &data[..COPY_SIGNATURE.len()] != COPY_SIGNATURE {
                 return Err("not a binary COPY".into());
             }
-            let ext = be_i32(&data[COPY_SIGNATURE.len() + 4..]) as usize;
+            let ext = be_i32(&data[COPY_SIGNATURE.len() + 4..]).max(0) as usize;
             if data.len() < fixed + ext {
                 return Ok(0);
             }
