@@ -141,10 +141,9 @@ impl<'s> Differ<'s> {
         }
         self.mix(Snapshot::key_hash(&d.key), &hash);
         self.plan.rows += 1;
-        let (action, add_lists) = match self.snapshot.get_mut(&d.key) {
+        let (action, add_lists) = match self.snapshot.see(&d.key) {
             None => (Action::Create, self.all_lists),
             Some(e) => {
-                e.seen = true;
                 let missing = self.all_lists & !e.lists;
                 if e.hash != hash {
                     (Action::Update, missing)
@@ -192,10 +191,9 @@ impl<'s> Differ<'s> {
     /// Counts a row `KnownRows` recognised: unchanged, as if `observe` had said so. False
     /// when the state has no such key (it cannot happen unless the state is inconsistent).
     pub fn observe_known(&mut self, key_hash: u64) -> bool {
-        let Some(e) = self.snapshot.by_hash_mut(key_hash) else {
+        let Some(e) = self.snapshot.see_hash(key_hash) else {
             return false;
         };
-        e.seen = true;
         let hash = e.hash;
         self.mix(key_hash, &hash);
         self.plan.rows += 1;
@@ -257,7 +255,7 @@ impl<'s> Differ<'s> {
     /// (only mirrored lists lose members).
     fn removal_counts(&self) -> Vec<u64> {
         let mut out = vec![0; self.list_names.len()];
-        for e in self.snapshot.entries().filter(|e| !e.seen) {
+        for e in self.snapshot.unseen() {
             let gone = e.lists & self.mirrored;
             for (i, n) in out.iter_mut().enumerate() {
                 if gone & (1 << i) != 0 {
@@ -387,7 +385,6 @@ mod tests {
             Entry {
                 hash: hash_payload(&same.attributes, &[]),
                 lists: 1,
-                seen: false,
             },
         );
         snap.insert(
@@ -395,7 +392,6 @@ mod tests {
             Entry {
                 hash: [0; 16],
                 lists: 1,
-                seen: false,
             },
         );
         snap.insert(
@@ -403,7 +399,6 @@ mod tests {
             Entry {
                 hash: [0; 16],
                 lists: 1,
-                seen: false,
             },
         );
         snap.seal();
@@ -418,8 +413,10 @@ mod tests {
         assert_eq!((c.action, c.add_lists), (Action::Create, 1));
         let plan = d.finish(&Default::default(), &[true]);
         assert_eq!((plan.creates, plan.updates, plan.unchanged), (1, 1, 1));
-        assert!(!snap.get("gone@x.com").unwrap().seen);
-        assert!(snap.get("b@x.com").unwrap().seen);
+        assert!(!snap.seen("gone@x.com"));
+        assert!(snap.seen("b@x.com"));
+        assert!(snap.seen("a@x.com"));
+        assert_eq!(snap.unseen().count(), 1);
         assert_eq!(plan.lists[0].adds, 1);
         assert_eq!(plan.lists[0].removes, 1);
     }

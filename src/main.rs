@@ -8,6 +8,7 @@ use kdit::cli::{Cli, Command, LogFormat, QueryCommand};
 use kdit::exit::ExitStatus;
 
 fn main() {
+    tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -226,3 +227,20 @@ fn report<T>(r: anyhow::Result<T>) -> ExitStatus {
 /// threads, where glibc's allocator spent a fifth of the time.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc (v3) keeps freed memory for a second before handing it back to the OS. Rows are
+/// transformed on short-lived threads and a run frees its snapshot and row batches in bulk,
+/// so that second kept 15–25 MB more resident at a million rows than the run ever used at
+/// once. 10 ms (mimalloc v2's default) hands it back promptly, at no measured cost in time.
+/// `MIMALLOC_PURGE_DELAY`, when set, still wins.
+fn tune_allocator() {
+    /// `mi_option_purge_delay` in mimalloc's `mi_option_t` (the same in v2 and v3).
+    const PURGE_DELAY: std::ffi::c_int = 15;
+    unsafe extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain option value; mimalloc reads it at its next purge decision.
+        unsafe { mi_option_set(PURGE_DELAY, 10) };
+    }
+}

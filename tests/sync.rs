@@ -647,3 +647,120 @@ async fn unchanged_rows_are_recognised_by_fingerprint_without_being_transformed(
     assert_eq!(p["reject_counts"][0]["rule"], "duplicate_key", "{p}");
     assert_eq!(p["recognised"].as_u64(), Some(300), "{p}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_with_payloads_inline_migrates_and_still_diffs_fields() {
+    let w = world(120).await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    // Put the state back as migration 3 left it: each confirmed payload inline in `profiles`.
+    w.db.execute(
+        "alter table kdit.profiles add column payload jsonb;
+         update kdit.profiles p set payload = l.payload
+           from kdit.payloads l where l.job = p.job and l.key = p.key;
+         alter table kdit.profiles alter column payload set not null;
+         drop table kdit.payloads;
+         delete from kdit.migrations where version = 4;",
+    )
+    .await;
+    let db = w.db.client().await;
+    let inline: i64 = db
+        .query_one(
+            "select count(*) from kdit.profiles where payload->>'email' is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inline, 120);
+
+    // The next run migrates, and finds nothing to do.
+    let again = w.kdit(&["plan", "job.yaml"]).await;
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    let payload_column: i64 = db
+        .query_one(
+            "select count(*) from information_schema.columns
+             where table_schema = 'kdit' and table_name = 'profiles' and column_name = 'payload'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payload_column, 0, "profiles still has the payload column");
+    let moved: i64 = db
+        .query_one(
+            "select count(*) from kdit.payloads where job like 'shop-sync@%'
+             and payload->'properties' ? 'ltv'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, 120);
+
+    // The payloads moved with the profiles: a change shows old → new field by field.
+    w.db.execute("update customers set first_name = 'Renamed' where id = 7;")
+        .await;
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(
+        plan.stdout.contains("  ~   1 to update\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("first_name  \"Name7\" → \"Renamed\""),
+        "{}",
+        plan.stdout
+    );
+    let run = w.kdit(&["run", "job.yaml", "-q"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let confirmed: String = db
+        .query_one(
+            "select payload->>'first_name' from kdit.payloads
+             where job like 'shop-sync@%' and key = 'customer7@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(confirmed, "Renamed");
+    assert!(
+        w.kdit(&["plan", "job.yaml"])
+            .await
+            .stdout
+            .contains("No changes.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_is_stale_after_a_run_that_only_updated_profiles() {
+    let w = world(30).await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    let plan = w.kdit(&["plan", "job.yaml", "-o", "plan.json"]).await;
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+    // Two runs in between: one updates a profile, one puts it back. The rows are as they
+    // were when the plan was made and the state holds as many profiles; only the latest
+    // write tells the state moved.
+    w.db.execute("update customers set first_name = 'Briefly' where id = 4")
+        .await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    w.db.execute("update customers set first_name = 'Name4' where id = 4")
+        .await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    let stale = w.kdit(&["apply", "plan.json"]).await;
+    assert_eq!(stale.code, 1, "{}\n{}", stale.stdout, stale.stderr);
+    assert!(
+        stale
+            .stderr
+            .contains("the saved plan is stale: the state moved"),
+        "{}",
+        stale.stderr
+    );
+    // A fresh plan applies.
+    assert_eq!(
+        w.kdit(&["plan", "job.yaml", "-o", "plan2.json"]).await.code,
+        0
+    );
+    let applied = w.kdit(&["apply", "plan2.json"]).await;
+    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
+}
