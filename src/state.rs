@@ -650,6 +650,18 @@ impl<'a> State<'a> {
         Ok(row.get(0))
     }
 
+    /// Refreshes PostgreSQL's statistics of the profile tables. After a run that wrote many
+    /// rows (a first sync), the next run's snapshot would otherwise be planned for the table as
+    /// it was before (autovacuum catches up only after a while): an index scan over a million
+    /// rows instead of one sequential read.
+    pub async fn analyze(&self) -> Result<(), StateError> {
+        let s = &self.schema;
+        self.db
+            .batch_execute(&format!("analyze {s}.profiles; analyze {s}.payloads"))
+            .await?;
+        Ok(())
+    }
+
     /// Closes a ledger entry and releases the job's lock.
     pub async fn finish_run(
         &self,

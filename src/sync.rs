@@ -87,7 +87,13 @@ pub async fn make_plan(
     mut spill: Option<&mut Spill>,
 ) -> Result<(Plan, Vec<Vec<String>>), SyncError> {
     let list_names: Vec<String> = job.spec.lists.iter().map(|l| l.name.clone()).collect();
+    let started = std::time::Instant::now();
     let mut snapshot = state.snapshot(job.name(), &list_names).await?;
+    tracing::debug!(
+        "state: read the snapshot of job {} in {:.2} s",
+        job.name(),
+        started.elapsed().as_secs_f64()
+    );
     let mut existing = Vec::new();
     for name in &list_names {
         existing.push(client.find_list(name).await?.is_some());
@@ -116,6 +122,7 @@ pub async fn make_plan(
             HashMap::new()
         },
     );
+    let feeding = std::time::Instant::now();
     let (mut rx, task) = rows.feed(Some(snapshot.known.clone()));
     let mut differ =
         Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
@@ -173,6 +180,10 @@ pub async fn make_plan(
         .await
         .map_err(|e| SyncError::Other(format!("the query task failed: {e}")))?
         .map_err(SyncError::Other)?;
+    tracing::debug!(
+        "rows: read, matched and diffed in {:.2} s",
+        feeding.elapsed().as_secs_f64()
+    );
     // Old payloads of the update samples, for field-level diffs.
     let sample_keys = differ.update_sample_keys();
     let old = if sample_keys.is_empty() {
@@ -261,6 +272,9 @@ pub fn stale_reason(saved: &Plan, fresh: &Plan) -> Option<String> {
     }
     None
 }
+
+/// Profiles written by one run from which the state's statistics are refreshed at its end.
+const ANALYZE_AFTER: u64 = 1_000;
 
 /// Plans and applies one job under its run lock. `saved`: a plan to hold the run to.
 #[allow(clippy::too_many_arguments)]
@@ -396,6 +410,11 @@ async fn run_locked(
         Err(e) => return Err(e.into()),
     };
     report.lists_created = created;
+    if report.created + report.updated >= ANALYZE_AFTER
+        && let Err(e) = state.analyze().await
+    {
+        tracing::warn!("could not refresh the state's statistics: {e}");
+    }
     if let Some(a) = audience {
         report.segments_created = a.segments_created;
         report.segments_updated = a.segments_updated;

@@ -106,6 +106,36 @@ async fn first_sync_creates_everything_and_a_rerun_changes_nothing() {
     assert!(history.stdout.contains("250 created"), "{}", history.stdout);
 }
 
+/// A run that writes many profiles refreshes the state's statistics, so the next run reads
+/// the state as the table now is; a run writing a few does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_run_refreshes_the_state_statistics() {
+    // What the planner believes `kdit.profiles` holds (-1 or 0 until analysed with rows).
+    async fn believed_rows(w: &World) -> f32 {
+        w.db.client()
+            .await
+            .query_one(
+                "select reltuples from pg_class where oid = 'kdit.profiles'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+    let w = world(1_200).await;
+    let run = w.kdit(&["run", "job.yaml"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(believed_rows(&w).await, 1_200.0);
+
+    let small = world(10).await;
+    let run = small.kdit(&["run", "job.yaml"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        believed_rows(&small).await <= 0.0,
+        "10 writes do not call for an analyze"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mirror() {
     let w = world(200).await;
