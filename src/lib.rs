@@ -36,5 +36,7 @@ pub mod state;
 pub mod sync;
 pub mod tags;
 pub mod template;
+#[cfg(test)]
+mod testing;
 pub mod transform;
 pub mod validate;

@@ -1857,13 +1857,7 @@ mod tests {
 
     #[test]
     fn datetimes_print_as_chrono_prints_them() {
-        let mut seed = 0x853C_49E6_748F_EA9Bu64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::xorshift(0x853C_49E6_748F_EA9Bu64);
         for i in 0..100_000 {
             let secs = (next() % 400_000_000_000) as i64 - 62_000_000_000;
             let nanos = match i % 4 {

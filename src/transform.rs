@@ -1683,13 +1683,7 @@ mod tests {
     /// addresses.
     #[test]
     fn the_quick_email_check_accepts_only_what_the_full_one_does() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::xorshift(0x2545_F491_4F6C_DD1Du64);
         let pieces = [
             "ab", "Z9", ".", "-", "@", "+", "x.com", "é", " ", "..", "\"", "a-", "-b", "[1]", "co",
             "_", "!#", "<", "\\", "東", "@a.b", "\t", "1", "q.", ".r", "(c)", "%", "~", "`",
@@ -1735,13 +1729,7 @@ mod tests {
     /// double that parsing gives, for every length, scale and sign.
     #[test]
     fn short_decimals_become_the_double_parsing_gives() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15u64);
         for _ in 0..200_000 {
             let digits = 1 + next() % 15;
             let m = next() % 10u64.pow(digits as u32);
