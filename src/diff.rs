@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::plan::{FieldChange, ListChange, Plan, RejectCount, UpdateSample};
-use crate::state::{Fingerprint, Hash, Snapshot, hash_payload, hex};
+use crate::state::{Fingerprint, Hash, Snapshot, hash_payload, hex, row_mix};
 
 /// A profile as the job wants it.
 #[derive(Debug, Clone)]
@@ -44,10 +44,12 @@ pub enum RowOutcome {
     Profile(Desired),
     Reject(Rejected),
     /// A row the state knows by its fingerprint (`KnownRows`): its profile is unchanged and
-    /// already in every list, so it was not transformed. `key_hash` is `Snapshot::key_hash`.
+    /// already in every list, so it was not transformed. `index` is its entry's
+    /// (`Snapshot::see_index`), `mix` its share of the rows digest (`state::row_mix`).
     Known {
         row: u64,
-        key_hash: u64,
+        index: u32,
+        mix: u128,
     },
 }
 
@@ -190,12 +192,11 @@ impl<'s> Differ<'s> {
 
     /// Counts a row `KnownRows` recognised: unchanged, as if `observe` had said so. False
     /// when the state has no such key (it cannot happen unless the state is inconsistent).
-    pub fn observe_known(&mut self, key_hash: u64) -> bool {
-        let Some(e) = self.snapshot.see_hash(key_hash) else {
+    pub fn observe_known(&mut self, index: u32, mix: u128) -> bool {
+        if !self.snapshot.see_index(index) {
             return false;
-        };
-        let hash = e.hash;
-        self.mix(key_hash, &hash);
+        }
+        self.digest = self.digest.wrapping_add(mix);
         self.plan.rows += 1;
         self.plan.unchanged += 1;
         self.plan.recognised += 1;
@@ -232,13 +233,7 @@ impl<'s> Differ<'s> {
     }
 
     fn mix(&mut self, key_hash: u64, hash: &Hash) {
-        let mut h = Sha256::new();
-        h.update(key_hash.to_le_bytes());
-        h.update(hash);
-        let full = h.finalize();
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&full[..16]);
-        self.digest = self.digest.wrapping_add(u128::from_le_bytes(b));
+        self.digest = self.digest.wrapping_add(row_mix(key_hash, hash));
     }
 
     /// Keys of the update samples, whose old payloads `finish` wants.
@@ -434,6 +429,38 @@ mod tests {
         };
         assert_eq!(digest(&[0, 1]), digest(&[1, 0]));
         assert_ne!(digest(&[0, 1]), digest(&[0]));
+    }
+
+    #[test]
+    fn a_recognised_row_counts_in_the_digest_as_the_transformed_row_does() {
+        // A plan saved when the state lacked the rows' fingerprints must still match the
+        // rows once a run has recorded them: both paths give the same digest.
+        let row = desired(1, "a@x.com", "A");
+        let mut snap = Snapshot::default();
+        let entry = Entry {
+            hash: hash_payload(&row.attributes, &[]),
+            lists: 1,
+        };
+        snap.insert("a@x.com", entry);
+        snap.insert_known([9; 16], "a@x.com");
+        snap.seal();
+        let lists = vec![("VIP".to_string(), true)];
+        let known = snap.known.get(&[9; 16]).expect("known");
+        let by_known = {
+            let mut d = Differ::new(&mut snap, &lists, Plan::default());
+            assert!(d.observe_known(known.index, known.mix));
+            assert!(!d.observe_known(7, 0), "no entry has index 7");
+            d.finish(&Default::default(), &[true])
+        };
+        assert!(snap.seen("a@x.com"));
+        let by_row = {
+            let mut d = Differ::new(&mut snap, &lists, Plan::default());
+            assert_eq!(d.observe(&row).action, Action::Unchanged);
+            d.finish(&Default::default(), &[true])
+        };
+        assert_eq!(by_known.rows_digest, by_row.rows_digest);
+        assert_eq!((by_known.unchanged, by_known.recognised), (1, 1));
+        assert_eq!(by_known.lists[0].removes, 0);
     }
 
     #[test]

@@ -122,12 +122,10 @@ async fn produce(
                 unset: p.unset.iter().map(|f| f.to_string()).collect(),
                 source: p.source,
             }),
-            rows::RowOutcome::Known {
-                row_number,
-                key_hash,
-            } => RowOutcome::Known {
+            rows::RowOutcome::Known { row_number, known } => RowOutcome::Known {
                 row: row_number,
-                key_hash,
+                index: known.index,
+                mix: known.mix,
             },
             rows::RowOutcome::Rejected(r) => RowOutcome::Reject(Rejected {
                 row: r.row_number,

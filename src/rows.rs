@@ -23,7 +23,7 @@ use crate::source::{
     decode_row, row_fingerprint,
 };
 use crate::spec::{Defaults, JobSpec, Threshold};
-use crate::state::KnownRows;
+use crate::state::{Fingerprint, KnownRows, Recognised};
 use crate::transform::{
     ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, RowBuilder,
     Transformer, check_invalid,
@@ -182,19 +182,18 @@ pub enum RowOutcome {
     Profile(ProfileRow),
     Rejected(Reject),
     /// A row whose fingerprint the state knows (see `ProfileStream::skip_known`): its profile
-    /// is unchanged, so it was not transformed. `key_hash` is `Snapshot::key_hash` of its key.
+    /// is unchanged, so it was not transformed.
     Known {
         row_number: u64,
-        key_hash: u64,
+        known: Recognised,
     },
 }
 
 /// What a transform thread made of a row.
 enum Built {
     Done(Result<ProfileRow, Reject>),
-    /// Known to the state (its key hash); its row is built after all if the key turns out to
-    /// be a duplicate.
-    Known(u64),
+    /// Known to the state; its row is built after all if the key turns out to be a duplicate.
+    Known(Recognised),
     Unreadable(Undecodable),
 }
 
@@ -343,11 +342,9 @@ impl ProfileStream {
             let row_number = first + i as u64;
             let outcome = match b {
                 Built::Done(r) => self.transformer.dedup(r),
-                Built::Known(key_hash) if self.transformer.first_sight(key_hash) => {
-                    self.ready.push_back(RowOutcome::Known {
-                        row_number,
-                        key_hash,
-                    });
+                Built::Known(known) if self.transformer.first_sight(known.key_hash) => {
+                    self.ready
+                        .push_back(RowOutcome::Known { row_number, known });
                     self.profiles += 1;
                     continue;
                 }
@@ -405,14 +402,41 @@ struct Work {
 }
 
 impl Work {
+    /// What became of a batch of rows, the first numbered `first`. Fingerprints come first,
+    /// so the state's lookups of the whole batch overlap (`KnownRows::get_all`).
+    fn build_all(&self, first: u64, rows: &[Row]) -> Vec<Built> {
+        let mut cells = Vec::new();
+        let Some(f) = &self.fingerprint else {
+            return rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| self.build(first + i as u64, row, None, &mut cells))
+                .collect();
+        };
+        let fps: Vec<Fingerprint> = rows.iter().map(|row| row_fingerprint(f, row)).collect();
+        let known = match self.known.as_deref() {
+            Some(known) => known.get_all(&fps),
+            None => vec![None; fps.len()],
+        };
+        rows.iter()
+            .zip(fps)
+            .zip(known)
+            .enumerate()
+            .map(|(i, ((row, fp), known))| match known {
+                Some(k) => Built::Known(k),
+                None => self.build(first + i as u64, row, Some(fp), &mut cells),
+            })
+            .collect()
+    }
+
     /// `cells` is scratch space, reused from row to row.
-    fn build(&self, row_number: u64, row: &Row, cells: &mut Vec<Cell>) -> Built {
-        let source = self.fingerprint.as_ref().map(|f| row_fingerprint(f, row));
-        if let (Some(fp), Some(known)) = (&source, self.known.as_deref())
-            && let Some(key_hash) = known.get(fp)
-        {
-            return Built::Known(key_hash);
-        }
+    fn build(
+        &self,
+        row_number: u64,
+        row: &Row,
+        source: Option<Fingerprint>,
+        cells: &mut Vec<Cell>,
+    ) -> Built {
         match self.decoder.decode_into(row, &self.columns, cells) {
             Ok(()) => Built::Done(self.builder.build_in(row_number, cells).map(|mut p| {
                 p.source = source;
@@ -456,13 +480,7 @@ impl Pool {
                             return;
                         };
                         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            let mut cells = Vec::new();
-                            let built = rows
-                                .iter()
-                                .enumerate()
-                                .map(|(i, row)| work.build(first + i as u64, row, &mut cells))
-                                .collect::<Vec<_>>();
-                            (built, rows)
+                            (work.build_all(first, &rows), rows)
                         }));
                         // The stream may have stopped waiting (dropped, or a row failed before).
                         let _ = done.send(built);

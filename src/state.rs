@@ -6,6 +6,7 @@
 //! `MIGRATIONS`; kdit creates its schema on first use.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -340,16 +341,37 @@ pub struct Entry {
 /// PostgreSQL; `State::removal_keys` reads them back for the few that leave a mirrored list.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    entries: Vec<(u64, Entry)>,
+    /// Entries added by `insert`, until `seal` sorts them into `keys`.
+    pending: Vec<(u64, Entry)>,
+    /// Row fingerprints added by `insert_known` (with their key hash), until `seal`.
+    pending_known: Vec<(Fingerprint, u64)>,
+    keys: Arc<Keys>,
     /// One bit an entry (by index): set by the diff when the key shows up in this run's rows.
     seen: Vec<u64>,
-    directory: Directory,
     /// Fingerprints of the rows that made the confirmed payloads (complete members only).
-    pub known: std::sync::Arc<KnownRows>,
+    pub known: Arc<KnownRows>,
     /// The last finished run, if any: (id, finished at).
     pub last_run: Option<(i64, String)>,
     /// A fingerprint of the state as loaded, so a saved plan can tell it moved.
     pub version: String,
+}
+
+/// The state's entries sorted by key hash, shared read-only by the diff and the transform
+/// threads (which find a known row's entry by its index).
+#[derive(Debug, Default)]
+pub struct Keys {
+    entries: Vec<(u64, Entry)>,
+    directory: Directory,
+}
+
+impl Keys {
+    fn position(&self, h: u64) -> Option<usize> {
+        let range = self.directory.range(h);
+        let start = range.start;
+        let slice = &self.entries[range];
+        let i = slice.partition_point(|(k, _)| *k < h);
+        (slice.get(i).map(|(k, _)| *k) == Some(h)).then_some(start + i)
+    }
 }
 
 /// Where each run of equal top bits starts in a vector sorted by a uniformly spread 64-bit
@@ -377,26 +399,68 @@ impl Directory {
         Directory { shift, starts }
     }
 
+    fn slot(&self, h: u64) -> usize {
+        (h >> self.shift) as usize
+    }
+
     /// The index range that can hold `h`.
     fn range(&self, h: u64) -> std::ops::Range<usize> {
         if self.starts.is_empty() {
             return 0..0;
         }
-        let slot = (h >> self.shift) as usize;
+        let slot = self.slot(h);
         self.starts[slot] as usize..self.starts[slot + 1] as usize
     }
+}
+
+/// Asks the CPU to start loading the cache line holding `item`. Lookups of a batch are issued
+/// in stages, each prefetching what the next reads: a million-entry table lives in main memory,
+/// and a hundred misses waited on together cost little more than one waited on alone.
+#[inline(always)]
+fn prefetch<T>(item: Option<&T>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(item) = item {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of x86_64's baseline; a prefetch is a hint that reads nothing the
+        // program sees and cannot fault, and the pointer comes from a live reference anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((item as *const T).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = item;
 }
 
 /// A row fingerprint (`source::row_fingerprint`).
 pub type Fingerprint = [u8; 16];
 
+/// What a row's contribution to a plan's rows digest is: a hash of its key and payload hash
+/// (see `diff::Differ`), the same whether the row was recognised or transformed.
+pub fn row_mix(key_hash: u64, hash: &Hash) -> u128 {
+    let mut h = Sha256::new();
+    h.update(key_hash.to_le_bytes());
+    h.update(hash);
+    let full = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&full[..16]);
+    u128::from_le_bytes(b)
+}
+
+/// A row `KnownRows` recognised: its state entry's index (`Snapshot::see_index`), its key
+/// hash, and its contribution to the rows digest (`row_mix`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recognised {
+    pub index: u32,
+    pub key_hash: u64,
+    pub mix: u128,
+}
+
 /// The rows whose profiles Klaviyo already has, by fingerprint: a row found here is unchanged
 /// and in every list of the job, so it needs no transform and no diff of its payload.
 #[derive(Debug, Default)]
 pub struct KnownRows {
-    /// (fingerprint, key hash), sorted.
-    entries: Vec<(Fingerprint, u64)>,
+    /// (fingerprint, index of the entry in `keys`), sorted.
+    entries: Vec<(Fingerprint, u32)>,
     directory: Directory,
+    keys: Arc<Keys>,
 }
 
 impl KnownRows {
@@ -404,21 +468,69 @@ impl KnownRows {
         u64::from_be_bytes(fp[..8].try_into().unwrap_or([0; 8]))
     }
 
-    fn seal(&mut self) {
-        self.entries.sort_unstable();
-        self.entries.dedup_by(|a, b| a.0 == b.0);
-        self.entries.shrink_to_fit();
-        self.directory = Directory::build(self.entries.iter().map(|(fp, _)| KnownRows::top(fp)));
+    /// The entry a row with this fingerprint made, if the state knows the row.
+    pub fn get(&self, fp: &Fingerprint) -> Option<Recognised> {
+        let range = self.directory.range(KnownRows::top(fp));
+        self.find(fp, range)
     }
 
-    /// The key hash (`Snapshot::key_hash`) of the profile a row with this fingerprint made.
-    pub fn get(&self, fp: &Fingerprint) -> Option<u64> {
-        let range = self.directory.range(KnownRows::top(fp));
+    fn find(&self, fp: &Fingerprint, range: std::ops::Range<usize>) -> Option<Recognised> {
         let slice = &self.entries[range];
-        slice
-            .binary_search_by(|(f, _)| f.cmp(fp))
-            .ok()
-            .map(|i| slice[i].1)
+        let i = slice.binary_search_by(|(f, _)| f.cmp(fp)).ok()?;
+        self.recognised(slice[i].1)
+    }
+
+    fn recognised(&self, index: u32) -> Option<Recognised> {
+        let (key_hash, entry) = self.keys.entries.get(index as usize)?;
+        Some(Recognised {
+            index,
+            key_hash: *key_hash,
+            mix: row_mix(*key_hash, &entry.hash),
+        })
+    }
+
+    /// `get` for a batch of fingerprints, with the memory reads of all of them overlapped:
+    /// the same answers, in order, at a fraction of the waiting.
+    pub fn get_all(&self, fps: &[Fingerprint]) -> Vec<Option<Recognised>> {
+        if self.entries.is_empty() {
+            return vec![None; fps.len()];
+        }
+        let starts = &self.directory.starts;
+        let slots: Vec<usize> = fps
+            .iter()
+            .map(|fp| {
+                let slot = self.directory.slot(KnownRows::top(fp));
+                prefetch(starts.get(slot));
+                slot
+            })
+            .collect();
+        let ranges: Vec<std::ops::Range<usize>> = slots
+            .iter()
+            .map(|&slot| {
+                let range = starts[slot] as usize..starts[slot + 1] as usize;
+                prefetch(self.entries.get(range.start));
+                range
+            })
+            .collect();
+        let found: Vec<Option<u32>> = fps
+            .iter()
+            .zip(ranges)
+            .map(|(fp, range)| {
+                let slice = &self.entries[range];
+                let index = slice
+                    .binary_search_by(|(f, _)| f.cmp(fp))
+                    .ok()
+                    .map(|i| slice[i].1);
+                if let Some(index) = index {
+                    prefetch(self.keys.entries.get(index as usize));
+                }
+                index
+            })
+            .collect();
+        found
+            .into_iter()
+            .map(|index| index.and_then(|i| self.recognised(i)))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -439,32 +551,77 @@ impl Snapshot {
         h.finish()
     }
 
+    /// Room for `entries` entries (and as many known rows), so loading a large state does
+    /// not copy its vectors as they grow.
+    pub fn reserve(&mut self, entries: usize) {
+        self.pending.reserve_exact(entries);
+        self.pending_known.reserve_exact(entries);
+    }
+
     /// Adds an entry; call `seal` once all are in.
     pub fn insert(&mut self, key: &str, entry: Entry) {
-        self.entries.push((Snapshot::key_hash(key), entry));
+        self.insert_hashed(Snapshot::key_hash(key), entry);
     }
 
-    /// Sorts the entries for lookups.
+    fn insert_hashed(&mut self, key_hash: u64, entry: Entry) {
+        self.pending.push((key_hash, entry));
+    }
+
+    /// Adds the fingerprint of the row that made a key's confirmed payload (a key added with
+    /// `insert`); call `seal` once all are in.
+    pub fn insert_known(&mut self, fp: Fingerprint, key: &str) {
+        self.pending_known.push((fp, Snapshot::key_hash(key)));
+    }
+
+    /// Sorts the entries and known rows for lookups.
     pub fn seal(&mut self) {
-        self.entries.sort_unstable_by_key(|(h, _)| *h);
-        self.entries.shrink_to_fit();
-        self.directory = Directory::build(self.entries.iter().map(|(h, _)| *h));
-        self.seen = vec![0; self.entries.len().div_ceil(64)];
-    }
-
-    fn position(&self, h: u64) -> Option<usize> {
-        let range = self.directory.range(h);
-        let start = range.start;
-        let slice = &self.entries[range];
-        let i = slice.partition_point(|(k, _)| *k < h);
-        (slice.get(i).map(|(k, _)| *k) == Some(h)).then_some(start + i)
+        let mut entries = std::mem::take(&mut self.pending);
+        entries.sort_unstable_by_key(|(h, _)| *h);
+        entries.shrink_to_fit();
+        let directory = Directory::build(entries.iter().map(|(h, _)| *h));
+        self.seen = vec![0; entries.len().div_ceil(64)];
+        self.keys = Arc::new(Keys { entries, directory });
+        // Known rows point at their entry by index: sorted by key hash like the entries, one
+        // walk along both finds every index without a lookup.
+        let mut pending = std::mem::take(&mut self.pending_known);
+        pending.sort_unstable_by_key(|(_, h)| *h);
+        let mut known = Vec::with_capacity(pending.len());
+        let mut at = 0;
+        for (fp, h) in pending {
+            let entries = &self.keys.entries;
+            while at < entries.len() && entries[at].0 < h {
+                at += 1;
+            }
+            if entries.get(at).is_some_and(|(k, _)| *k == h) {
+                known.push((fp, at as u32));
+            }
+        }
+        known.sort_unstable();
+        known.dedup_by(|a, b| a.0 == b.0);
+        known.shrink_to_fit();
+        let directory = Directory::build(known.iter().map(|(fp, _)| KnownRows::top(fp)));
+        self.known = Arc::new(KnownRows {
+            entries: known,
+            directory,
+            keys: self.keys.clone(),
+        });
     }
 
     /// Marks a key (by its `key_hash`) seen in this run's rows; its entry, if it has one.
     pub fn see_hash(&mut self, h: u64) -> Option<&Entry> {
-        let i = self.position(h)?;
+        let i = self.keys.position(h)?;
         self.seen[i / 64] |= 1 << (i % 64);
-        Some(&self.entries[i].1)
+        Some(&self.keys.entries[i].1)
+    }
+
+    /// Marks the entry at `index` (`Recognised::index`) seen; false if there is none.
+    pub fn see_index(&mut self, index: u32) -> bool {
+        let i = index as usize;
+        if i >= self.keys.entries.len() {
+            return false;
+        }
+        self.seen[i / 64] |= 1 << (i % 64);
+        true
     }
 
     /// Marks a key seen in this run's rows; its entry, if it has one.
@@ -474,30 +631,33 @@ impl Snapshot {
 
     /// Whether the diff saw a key in this run's rows (false for a key the state lacks).
     pub fn seen(&self, key: &str) -> bool {
-        self.position(Snapshot::key_hash(key))
+        self.keys
+            .position(Snapshot::key_hash(key))
             .is_some_and(|i| self.seen[i / 64] & (1 << (i % 64)) != 0)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.keys.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.keys.entries.is_empty()
     }
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.position(Snapshot::key_hash(key))
-            .map(|i| &self.entries[i].1)
+        self.keys
+            .position(Snapshot::key_hash(key))
+            .map(|i| &self.keys.entries[i].1)
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().map(|(_, e)| e)
+        self.keys.entries.iter().map(|(_, e)| e)
     }
 
     /// The entries of keys the diff did not see in this run's rows.
     pub fn unseen(&self) -> impl Iterator<Item = &Entry> {
-        self.entries
+        self.keys
+            .entries
             .iter()
             .enumerate()
             .filter(|(i, _)| self.seen[i / 64] & (1 << (i % 64)) == 0)
@@ -703,6 +863,25 @@ impl<'a> State<'a> {
         // saved plan it is stale.
         // Binary COPY: no per-row message parsing into `Row`s, and rows decoded in place.
         // COPY takes no parameters, so the job goes in as an escaped literal.
+        // The last finished run: shown in the plan, and its row count sizes the vectors.
+        let last = self
+            .db
+            .query_opt(
+                &format!(
+                    "select id, to_char(finished_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"'),
+                            coalesce((summary->>'rows')::bigint, 0)
+                     from {s}.runs where job = $1 and status in ('ok', 'partial') order by id desc limit 1"
+                ),
+                &[&name],
+            )
+            .await?;
+        let mut snap = Snapshot::default();
+        if let Some(r) = &last {
+            let rows: i64 = r.get(2);
+            let rows = usize::try_from(rows).unwrap_or(0).min(1 << 28);
+            snap.reserve(rows + rows / 16);
+        }
+        snap.last_run = last.map(|r| (r.get(0), r.get(1)));
         let copy = self
             .db
             .copy_out(&format!(
@@ -712,13 +891,11 @@ impl<'a> State<'a> {
             ))
             .await?;
         futures::pin_mut!(copy);
-        let mut snap = Snapshot::default();
         let all_lists = if lists.is_empty() {
             0
         } else {
             u64::MAX >> (64 - lists.len().min(64))
         };
-        let mut known = KnownRows::default();
         let mut count = 0u64;
         // The latest `updated_at`, in microseconds since 2000 (binary timestamptz).
         let mut latest: Option<i64> = None;
@@ -754,9 +931,9 @@ impl<'a> State<'a> {
             if let Some(fp) = source.and_then(|s| Fingerprint::try_from(s).ok())
                 && bits & all_lists == all_lists
             {
-                known.entries.push((fp, h));
+                snap.pending_known.push((fp, h));
             }
-            snap.entries.push((h, Entry { hash, lists: bits }));
+            snap.insert_hashed(h, Entry { hash, lists: bits });
             Ok(())
         };
         while let Some(chunk) = futures::StreamExt::next(&mut copy).await {
@@ -765,20 +942,7 @@ impl<'a> State<'a> {
                 .map_err(StateError::Snapshot)?;
         }
         reader.finish().map_err(StateError::Snapshot)?;
-        let last = self
-            .db
-            .query_opt(
-                &format!(
-                    "select id, to_char(finished_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"')
-                     from {s}.runs where job = $1 and status in ('ok', 'partial') order by id desc limit 1"
-                ),
-                &[&name],
-            )
-            .await?;
-        snap.last_run = last.map(|r| (r.get(0), r.get(1)));
         snap.seal();
-        known.seal();
-        snap.known = std::sync::Arc::new(known);
         snap.version = match latest {
             Some(at) => format!("{count}@{at}"),
             None => format!("{count}@"),
@@ -1204,7 +1368,6 @@ mod tests {
     fn lookups_find_every_key_and_nothing_else_at_any_size() {
         for n in [0usize, 1, 7, 100, 5_000] {
             let mut snap = Snapshot::default();
-            let mut known = KnownRows::default();
             for i in 0..n {
                 let key = format!("k{i}@x.com");
                 let entry = Entry {
@@ -1213,10 +1376,13 @@ mod tests {
                 };
                 snap.insert(&key, entry);
                 let fp: Fingerprint = Sha256::digest(key.as_bytes())[..16].try_into().unwrap();
-                known.entries.push((fp, Snapshot::key_hash(&key)));
+                snap.insert_known(fp, &key);
             }
+            // A fingerprint whose key the state lacks is no known row.
+            snap.insert_known([7; 16], "absent@x.com");
             snap.seal();
-            known.seal();
+            let known = snap.known.clone();
+            let mut fps = Vec::new();
             for i in 0..n {
                 let key = format!("k{i}@x.com");
                 assert_eq!(
@@ -1225,8 +1391,20 @@ mod tests {
                     "{n}: {key}"
                 );
                 let fp: Fingerprint = Sha256::digest(key.as_bytes())[..16].try_into().unwrap();
-                assert_eq!(known.get(&fp), Some(Snapshot::key_hash(&key)), "{n}: {key}");
+                let found = known.get(&fp).expect("a known row");
+                assert_eq!(found.key_hash, Snapshot::key_hash(&key), "{n}: {key}");
+                assert_eq!(found.mix, row_mix(found.key_hash, &[i as u8; 16]));
+                assert!(snap.see_index(found.index));
+                assert!(snap.seen(&key), "{n}: {key}");
+                fps.push(fp);
+                fps.push([0xee; 16]);
             }
+            // The batch lookup answers as one lookup at a time does.
+            let one_by_one: Vec<_> = fps.iter().map(|fp| known.get(fp)).collect();
+            assert_eq!(known.get_all(&fps), one_by_one);
+            assert_eq!(one_by_one.iter().flatten().count(), n);
+            assert_eq!(known.get(&[7; 16]), None);
+            assert_eq!(snap.unseen().count(), 0);
             assert!(snap.get("absent@x.com").is_none());
             assert_eq!(known.get(&[0xff; 16]), None);
             assert_eq!(known.get(&[0; 16]), None);

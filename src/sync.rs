@@ -158,8 +158,8 @@ pub async fn make_plan(
                         .map_err(spill_error)?;
                 }
             }
-            RowOutcome::Known { row, key_hash } => {
-                if !differ.observe_known(key_hash) {
+            RowOutcome::Known { row, index, mix } => {
+                if !differ.observe_known(index, mix) {
                     return Err(SyncError::Other(format!(
                         "row {row}: the state changed while the plan was made; run again"
                     )));
