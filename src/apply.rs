@@ -349,7 +349,7 @@ async fn record(
         .collect();
     let lists: Vec<String> = job.spec.lists.iter().map(|l| l.name.clone()).collect();
     state
-        .confirm_profiles(job.name(), run_id, &confirmed, &lists)
+        .confirm_profiles(job.name(), &confirmed, &lists)
         .await?;
     let status = if o.failures.is_empty() {
         "confirmed"

@@ -126,7 +126,61 @@ const MIGRATIONS: &[&str] = &[
     analyze {schema}.profiles;
     analyze {schema}.payloads;
     "#,
+    // 5: `profiles` narrows to what every run's snapshot reads, in fixed-size types: the
+    // hashes as `uuid` (16 bytes, no length header), list memberships as a bitmask whose bits
+    // `list_bits` names per job (a `text[]` cost as much to send as the rest of the row), and
+    // no `run_id` or `updated_at` (never read back). A job's state version is now a counter
+    // every write bumps, in `versions`.
+    r#"
+    create table {schema}.list_bits (
+        job text not null,
+        name text not null,
+        bit smallint not null check (bit between 0 and 63),
+        primary key (job, name),
+        unique (job, bit)
+    );
+    insert into {schema}.list_bits (job, name, bit)
+        select job, name, bit from (
+            select job, name, row_number() over (partition by job order by name) - 1 as bit
+            from (select distinct job, unnest(lists) as name from {schema}.profiles) n
+        ) b where bit < 64;
+    create table {schema}.versions (
+        job text primary key,
+        generation bigint not null
+    );
+    insert into {schema}.versions (job, generation)
+        select distinct job, 1 from {schema}.profiles;
+    alter table {schema}.profiles rename to profiles_v4;
+    alter index {schema}.profiles_pkey rename to profiles_v4_pkey;
+    create table {schema}.profiles (
+        job text not null,
+        key text not null,
+        hash uuid not null,
+        source uuid,
+        lists bigint not null default 0,
+        primary key (job, key)
+    );
+    insert into {schema}.profiles (job, key, hash, source, lists)
+        select p.job, p.key,
+               -- Hashes were always 16 bytes; anything else could match nothing anyway.
+               case when length(p.hash) = 16 then encode(p.hash, 'hex') else md5(p.hash) end::uuid,
+               case when length(p.source) = 16 then encode(p.source, 'hex')::uuid end,
+               coalesce((select bit_or(1::bigint << b.bit) from {schema}.list_bits b
+                         where b.job = p.job and b.name = any(p.lists)), 0)
+        from {schema}.profiles_v4 p;
+    drop table {schema}.profiles_v4;
+    analyze {schema}.profiles;
+    "#,
 ];
+
+/// The statement (or, in a `with`, the clause) that bumps the generation of the job in `$1`:
+/// part of every statement that changes a job's profiles, so the two never disagree.
+fn bump_sql(schema: &str) -> String {
+    format!(
+        "insert into {schema}.versions (job, generation) values ($1, 1)
+         on conflict (job) do update set generation = {schema}.versions.generation + 1"
+    )
+}
 
 /// `text` as an SQL string literal (an escape string, so it reads the same whatever
 /// `standard_conforming_strings` says).
@@ -254,34 +308,6 @@ impl<const N: usize> CopyReader<N> {
 
 fn be_i32(b: &[u8]) -> i32 {
     i32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-/// Calls `f` with each element of a one-dimensional `text[]` in binary form (NULLs skipped).
-fn for_each_text(array: &[u8], mut f: impl FnMut(&[u8])) -> Result<(), String> {
-    let bad = || "a malformed text[]".to_string();
-    if array.len() < 12 {
-        return Err(bad());
-    }
-    let dims = be_i32(array);
-    if dims == 0 {
-        return Ok(());
-    }
-    if dims != 1 || array.len() < 20 {
-        return Err(bad());
-    }
-    let n = be_i32(&array[12..]).max(0) as usize;
-    let mut p = 20;
-    for _ in 0..n {
-        let len = be_i32(array.get(p..p + 4).ok_or_else(bad)?);
-        p += 4;
-        if len < 0 {
-            continue;
-        }
-        let end = p + len as usize;
-        f(array.get(p..end).ok_or_else(bad)?);
-        p = end;
-    }
-    Ok(())
 }
 
 /// A catalog tag kdit put on a list or segment for a job.
@@ -852,17 +878,8 @@ impl<'a> State<'a> {
         let job = self.scope(job);
         let job = job.as_str();
         let s = &self.schema;
-        let index: HashMap<&[u8], usize> = lists
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.as_bytes(), i))
-            .collect();
-        // Streamed: a million keys must not sit in memory twice (rows, then the map).
-        // Every write kdit makes to a job's state sets `updated_at`, so count and latest write
-        // (counted as the rows go by: no second scan) fingerprint the state for telling a
-        // saved plan it is stale.
-        // Binary COPY: no per-row message parsing into `Row`s, and rows decoded in place.
-        // COPY takes no parameters, so the job goes in as an escaped literal.
+        // Which bit of the stored membership mask is which of the job's lists.
+        let bits = self.list_bits(job, lists).await?;
         // The last finished run: shown in the plan, and its row count sizes the vectors.
         let last = self
             .db
@@ -882,10 +899,24 @@ impl<'a> State<'a> {
             snap.reserve(rows + rows / 16);
         }
         snap.last_run = last.map(|r| (r.get(0), r.get(1)));
+        // Every write to a job's profiles bumps its generation. Read before the rows: a write
+        // in between makes the version older than the rows, so a plan saved from them is
+        // refused as stale rather than taken as current.
+        let generation: i64 = self
+            .db
+            .query_opt(
+                &format!("select generation from {s}.versions where job = $1"),
+                &[&job],
+            )
+            .await?
+            .map_or(0, |r| r.get(0));
+        // Streamed: a million keys must not sit in memory twice (rows, then the entries).
+        // Binary COPY: no per-row message parsing into `Row`s, and rows decoded in place.
+        // COPY takes no parameters, so the job goes in as an escaped literal.
         let copy = self
             .db
             .copy_out(&format!(
-                "copy (select key, hash, lists, source, updated_at from {s}.profiles where job = {})
+                "copy (select key, hash, lists, source from {s}.profiles where job = {})
                  to stdout (format binary)",
                 literal(job)
             ))
@@ -896,44 +927,37 @@ impl<'a> State<'a> {
         } else {
             u64::MAX >> (64 - lists.len().min(64))
         };
+        // The common case: the job's lists hold bits 0, 1, 2… in order, and a mask is used as
+        // it is; otherwise each bit is moved to its list's place.
+        let in_order = bits.iter().enumerate().all(|(i, b)| *b as usize == i);
+        let job_bits = |mask: u64| -> u64 {
+            if in_order {
+                return mask & all_lists;
+            }
+            let mut out = 0;
+            for (i, b) in bits.iter().enumerate() {
+                out |= ((mask >> b) & 1) << i;
+            }
+            out
+        };
         let mut count = 0u64;
-        // The latest `updated_at`, in microseconds since 2000 (binary timestamptz).
-        let mut latest: Option<i64> = None;
-        let mut reader = CopyReader::<5>::default();
-        let mut add = |row: [Option<&[u8]>; 5]| -> Result<(), String> {
-            let [
-                Some(key),
-                Some(hash_bytes),
-                Some(member_of),
-                source,
-                Some(updated_at),
-            ] = row
-            else {
-                return Err("a NULL key, hash, lists or updated_at".into());
+        let mut reader = CopyReader::<4>::default();
+        let mut add = |row: [Option<&[u8]>; 4]| -> Result<(), String> {
+            let [Some(key), Some(hash), Some(mask), source] = row else {
+                return Err("a NULL key, hash or lists".into());
             };
-            let updated_at: [u8; 8] = updated_at
-                .try_into()
-                .map_err(|_| "a malformed updated_at".to_string())?;
-            let updated_at = i64::from_be_bytes(updated_at);
-            latest = latest.max(Some(updated_at));
+            let hash: Hash = hash.try_into().map_err(|_| "a malformed hash")?;
+            let mask: [u8; 8] = mask.try_into().map_err(|_| "a malformed lists mask")?;
+            let lists = job_bits(u64::from_be_bytes(mask));
             count += 1;
             let key = std::str::from_utf8(key).map_err(|e| e.to_string())?;
-            let mut hash = [0u8; 16];
-            let n = hash_bytes.len().min(16);
-            hash[..n].copy_from_slice(&hash_bytes[..n]);
-            let mut bits = 0u64;
-            for_each_text(member_of, |l| {
-                if let Some(i) = index.get(l) {
-                    bits |= 1 << i;
-                }
-            })?;
             let h = Snapshot::key_hash(key);
             if let Some(fp) = source.and_then(|s| Fingerprint::try_from(s).ok())
-                && bits & all_lists == all_lists
+                && lists & all_lists == all_lists
             {
                 snap.pending_known.push((fp, h));
             }
-            snap.insert_hashed(h, Entry { hash, lists: bits });
+            snap.insert_hashed(h, Entry { hash, lists });
             Ok(())
         };
         while let Some(chunk) = futures::StreamExt::next(&mut copy).await {
@@ -943,11 +967,111 @@ impl<'a> State<'a> {
         }
         reader.finish().map_err(StateError::Snapshot)?;
         snap.seal();
-        snap.version = match latest {
-            Some(at) => format!("{count}@{at}"),
-            None => format!("{count}@"),
-        };
+        snap.version = format!("{count}#{generation}");
         Ok(snap)
+    }
+
+    /// The bit of the stored membership mask of each of `lists` (for the scoped `job`), in
+    /// order, giving bits to lists that have none. A job has 64 bits: when they are all taken,
+    /// the bit of a list the job no longer declares is taken back (its memberships cleared).
+    /// `plan` runs without the job's lock, so a bit another process took first is read back.
+    async fn list_bits(&self, job: &str, lists: &[String]) -> Result<Vec<u8>, StateError> {
+        let s = &self.schema;
+        let mut attempts = 0;
+        'again: loop {
+            attempts += 1;
+            let rows = self
+                .db
+                .query(
+                    &format!("select name, bit from {s}.list_bits where job = $1"),
+                    &[&job],
+                )
+                .await?;
+            let mut by_name: HashMap<String, u8> = rows
+                .into_iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i16>(1) as u8))
+                .collect();
+            let mut out = Vec::with_capacity(lists.len());
+            // More than 64 lists in one job is refused when the job is compiled.
+            for list in lists.iter().take(64) {
+                if let Some(b) = by_name.get(list) {
+                    out.push(*b);
+                    continue;
+                }
+                let used: u64 = by_name.values().fold(0, |m, b| m | 1 << b);
+                let bit = if used != u64::MAX {
+                    used.trailing_ones() as u8
+                } else {
+                    let Some((old, bit)) = by_name
+                        .iter()
+                        .filter(|(n, _)| !lists.contains(n))
+                        .map(|(n, b)| (n.clone(), *b))
+                        .min()
+                    else {
+                        break;
+                    };
+                    self.release_bit(job, &old, bit).await?;
+                    by_name.remove(&old);
+                    bit
+                };
+                let taken = self
+                    .db
+                    .execute(
+                        &format!(
+                            "insert into {s}.list_bits (job, name, bit) values ($1, $2, $3)
+                             on conflict do nothing"
+                        ),
+                        &[&job, list, &i16::from(bit)],
+                    )
+                    .await?;
+                if taken == 0 && attempts < 5 {
+                    // Another run or plan gave this list (or this bit) out meanwhile.
+                    continue 'again;
+                }
+                by_name.insert(list.clone(), bit);
+                out.push(bit);
+            }
+            return Ok(out);
+        }
+    }
+
+    /// Takes a list's bit back: clears it from every member and forgets the list's name.
+    async fn release_bit(&self, job: &str, name: &str, bit: u8) -> Result<(), StateError> {
+        let s = &self.schema;
+        self.db.batch_execute("begin").await?;
+        let released = async {
+            self.db
+                .execute(
+                    &format!(
+                        "update {s}.profiles set lists = lists & ~(1::bigint << $2)
+                         where job = $1 and lists & (1::bigint << $2) <> 0"
+                    ),
+                    &[&job, &i32::from(bit)],
+                )
+                .await?;
+            self.db
+                .execute(
+                    &format!("delete from {s}.list_bits where job = $1 and name = $2"),
+                    &[&job, &name],
+                )
+                .await?;
+            self.bump(job).await
+        }
+        .await;
+        self.db
+            .batch_execute(if released.is_ok() {
+                "commit"
+            } else {
+                "rollback"
+            })
+            .await?;
+        released
+    }
+
+    /// Bumps the generation of a (scoped) job's state.
+    async fn bump(&self, job: &str) -> Result<(), StateError> {
+        self.db.execute(&bump_sql(&self.schema), &[&job]).await?;
+        Ok(())
     }
 
     /// Keys to remove from each list in `mirrored` (bits by list index): members kdit added
@@ -1163,12 +1287,11 @@ impl<'a> State<'a> {
     }
 
     /// Records profiles Klaviyo confirmed: their payloads and hashes, and that they are now
-    /// members of `lists` (the job's lists). One statement writes both `profiles` and
-    /// `payloads`, so they never disagree.
+    /// members of `lists` (the job's lists, which `snapshot` gave bits). One statement writes
+    /// `profiles`, `payloads` and the job's generation, so they never disagree.
     pub async fn confirm_profiles(
         &self,
         job: &str,
-        run: i64,
         confirmed: &[Confirmed<'_>],
         lists: &[String],
     ) -> Result<(), StateError> {
@@ -1188,25 +1311,32 @@ impl<'a> State<'a> {
             .iter()
             .map(|c| c.source.as_ref().map(|f| f.as_slice()))
             .collect();
+        let bump = bump_sql(s);
         self.db
             .execute(
                 &format!(
                     "with t as (
-                         select * from unnest($2::text[], $3::bytea[], $4::jsonb[], $7::bytea[])
+                         select * from unnest($2::text[], $3::bytea[], $4::jsonb[], $6::bytea[])
                            as t(k, h, p, f)
+                     ), member as (
+                         select coalesce(bit_or(1::bigint << bit), 0) as mask
+                         from {s}.list_bits where job = $1 and name = any($5)
+                     ), version as (
+                         {bump}
                      ), profiles as (
-                         insert into {s}.profiles (job, key, hash, lists, run_id, source)
-                         select $1, k, h, $5, $6, f from t
+                         insert into {s}.profiles (job, key, hash, lists, source)
+                         select $1, k, encode(h, 'hex')::uuid, (select mask from member),
+                                encode(f, 'hex')::uuid
+                         from t
                          on conflict (job, key) do update
                            set hash = excluded.hash, lists = excluded.lists,
-                               run_id = excluded.run_id, source = excluded.source,
-                               updated_at = now()
+                               source = excluded.source
                      )
                      insert into {s}.payloads (job, key, payload)
                      select $1, k, p from t
                      on conflict (job, key) do update set payload = excluded.payload"
                 ),
-                &[&job, &keys, &hashes, &payloads, &lists, &run, &sources],
+                &[&job, &keys, &hashes, &payloads, &lists, &sources],
             )
             .await?;
         Ok(())
@@ -1214,7 +1344,7 @@ impl<'a> State<'a> {
 
     /// Records the fingerprints of rows whose profiles were unchanged (the payload Klaviyo has
     /// is the one the row makes), so the next run can skip them. Changes nothing else: the
-    /// state's version (`updated_at`) stays, so a saved plan is not made stale by it.
+    /// state's version stays, so a saved plan is not made stale by it.
     pub async fn refresh_sources(
         &self,
         job: &str,
@@ -1230,7 +1360,7 @@ impl<'a> State<'a> {
         self.db
             .execute(
                 &format!(
-                    "update {s}.profiles p set source = t.f
+                    "update {s}.profiles p set source = encode(t.f, 'hex')::uuid
                      from unnest($2::text[], $3::bytea[]) as t(k, f)
                      where p.job = $1 and p.key = t.k"
                 ),
@@ -1250,10 +1380,16 @@ impl<'a> State<'a> {
         let job = self.scope(job);
         let job = job.as_str();
         let s = &self.schema;
+        let bump = bump_sql(s);
         self.db
             .execute(
                 &format!(
-                    "update {s}.profiles set lists = array_remove(lists, $2), updated_at = now()
+                    "with version as (
+                         {bump}
+                     )
+                     update {s}.profiles
+                     set lists = lists & ~coalesce((select 1::bigint << bit from {s}.list_bits
+                                                    where job = $1 and name = $2), 0)
                      where job = $1 and key = any($3)"
                 ),
                 &[&job, &list, &keys],
@@ -1411,8 +1547,8 @@ mod tests {
         }
     }
 
-    /// A row of the snapshot's COPY: text key, bytea hash, text[] lists, bytea source or NULL.
-    type CopyRow<'a> = (&'a str, &'a [u8], &'a [&'a str], Option<&'a [u8]>);
+    /// A row of the snapshot's COPY: text key, uuid hash, bigint lists, uuid source or NULL.
+    type CopyRow<'a> = (&'a str, &'a [u8], i64, Option<&'a [u8]>);
 
     /// A binary COPY of rows.
     fn copy_bytes(rows: &[CopyRow]) -> Vec<u8> {
@@ -1431,19 +1567,7 @@ mod tests {
             out.extend(4i16.to_be_bytes());
             field(&mut out, Some(key.as_bytes()));
             field(&mut out, Some(hash));
-            let mut array = Vec::new();
-            array.extend(i32::from(!lists.is_empty()).to_be_bytes());
-            array.extend(0i32.to_be_bytes());
-            array.extend(25u32.to_be_bytes());
-            if !lists.is_empty() {
-                array.extend((lists.len() as i32).to_be_bytes());
-                array.extend(1i32.to_be_bytes());
-                for l in *lists {
-                    array.extend((l.len() as i32).to_be_bytes());
-                    array.extend(l.as_bytes());
-                }
-            }
-            field(&mut out, Some(&array));
+            field(&mut out, Some(&lists.to_be_bytes()));
             field(&mut out, *source);
         }
         out.extend((-1i16).to_be_bytes());
@@ -1453,19 +1577,16 @@ mod tests {
     #[test]
     fn binary_copy_rows_decode_whatever_the_chunks() {
         let rows: &[CopyRow] = &[
-            ("a@x.com", &[1; 16], &["Everyone", "VIP"], Some(&[9; 16])),
-            ("b@x.com", &[2; 16], &[], None),
-            ("ü@x.com", &[3; 16], &["VIP"], Some(&[])),
+            ("a@x.com", &[1; 16], 3, Some(&[9; 16])),
+            ("b@x.com", &[2; 16], 0, None),
+            ("ü@x.com", &[3; 16], i64::MIN, Some(&[])),
         ];
         let bytes = copy_bytes(rows);
         for size in [1, 2, 3, 7, 64, bytes.len()] {
             let mut reader = CopyReader::<4>::default();
             let mut seen = Vec::new();
             let mut add = |row: [Option<&[u8]>; 4]| -> Result<(), String> {
-                let mut lists = Vec::new();
-                for_each_text(row[2].unwrap(), |l| {
-                    lists.push(String::from_utf8(l.to_vec()).unwrap())
-                })?;
+                let lists = i64::from_be_bytes(row[2].unwrap().try_into().unwrap());
                 seen.push((
                     String::from_utf8(row[0].unwrap().to_vec()).unwrap(),
                     row[1].unwrap().to_vec(),
@@ -1480,14 +1601,7 @@ mod tests {
             reader.finish().unwrap();
             let expected: Vec<_> = rows
                 .iter()
-                .map(|(k, h, l, s)| {
-                    (
-                        k.to_string(),
-                        h.to_vec(),
-                        l.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-                        s.map(|s| s.to_vec()),
-                    )
-                })
+                .map(|(k, h, l, s)| (k.to_string(), h.to_vec(), *l, s.map(|s| s.to_vec())))
                 .collect();
             assert_eq!(seen, expected, "chunks of {size}");
         }

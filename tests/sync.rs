@@ -679,23 +679,34 @@ async fn unchanged_rows_are_recognised_by_fingerprint_without_being_transformed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_state_with_payloads_inline_migrates_and_still_diffs_fields() {
+async fn a_version_3_state_migrates_and_still_diffs_fields_and_lists() {
     let w = world(120).await;
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
-    // Put the state back as migration 3 left it: each confirmed payload inline in `profiles`.
+    // Put the state back as migration 3 left it: each confirmed payload inline in
+    // `profiles`, hashes as `bytea`, list memberships as names, a write time on every row.
     w.db.execute(
-        "alter table kdit.profiles add column payload jsonb;
-         update kdit.profiles p set payload = l.payload
-           from kdit.payloads l where l.job = p.job and l.key = p.key;
-         alter table kdit.profiles alter column payload set not null;
-         drop table kdit.payloads;
-         delete from kdit.migrations where version = 4;",
+        "create table kdit.profiles_v3 as
+           select p.job, p.key, decode(replace(p.hash::text, '-', ''), 'hex') as hash,
+                  l.payload,
+                  array(select b.name from kdit.list_bits b
+                        where b.job = p.job and p.lists & (1::bigint << b.bit) <> 0) as lists,
+                  null::bigint as run_id, now() as updated_at,
+                  decode(replace(p.source::text, '-', ''), 'hex') as source
+           from kdit.profiles p join kdit.payloads l using (job, key);
+         drop table kdit.profiles, kdit.payloads, kdit.list_bits, kdit.versions;
+         alter table kdit.profiles_v3 rename to profiles;
+         alter table kdit.profiles add primary key (job, key),
+           alter column hash set not null, alter column payload set not null,
+           alter column lists set not null, alter column lists set default '{}',
+           alter column updated_at set not null, alter column updated_at set default now();
+         delete from kdit.migrations where version >= 4;",
     )
     .await;
     let db = w.db.client().await;
     let inline: i64 = db
         .query_one(
-            "select count(*) from kdit.profiles where payload->>'email' is not null",
+            "select count(*) from kdit.profiles
+             where payload->>'email' is not null and lists = '{Everyone}'",
             &[],
         )
         .await
@@ -703,10 +714,24 @@ async fn a_state_with_payloads_inline_migrates_and_still_diffs_fields() {
         .get(0);
     assert_eq!(inline, 120);
 
-    // The next run migrates, and finds nothing to do.
-    let again = w.kdit(&["plan", "job.yaml"]).await;
+    // The next run migrates, and finds nothing to do: every row is still recognised by its
+    // fingerprint, and still a member of the list.
+    let again = w.kdit(&["plan", "job.yaml", "--json"]).await;
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
-    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    let p: Value = serde_json::from_str(&again.stdout).expect("plan JSON");
+    assert_eq!(
+        (p["unchanged"].as_u64(), p["recognised"].as_u64()),
+        (Some(120), Some(120)),
+        "{p}"
+    );
+    assert_eq!(p["lists"][0]["adds"], 0, "{p}");
+    assert_eq!(p["lists"][0]["removes"], 0, "{p}");
+    let version: i32 = db
+        .query_one("select max(version) from kdit.migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 5);
     let payload_column: i64 = db
         .query_one(
             "select count(*) from information_schema.columns
@@ -760,6 +785,78 @@ async fn a_state_with_payloads_inline_migrates_and_still_diffs_fields() {
             .stdout
             .contains("No changes.")
     );
+
+    // Memberships migrated too: a row that leaves the query leaves the mirrored list.
+    w.db.execute("update customers set gone = true where id = 9;")
+        .await;
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(
+        plan.stdout
+            .contains("~ Everyone   - 1 remove (rows left the query)"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    assert_eq!(w.list_members("Everyone"), 119);
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+}
+
+/// List memberships are kept as a 64-bit mask a job's lists name bits of. With every bit
+/// taken, a new list takes back the bit of one the job no longer declares, clearing it from
+/// the members, and memberships of the lists the job keeps stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken() {
+    let w = world(40).await;
+    assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
+    // 63 lists the job once had, every profile a member of each.
+    w.db.execute(
+        "insert into kdit.list_bits (job, name, bit)
+           select job, 'Old ' || b, b from (select distinct job from kdit.list_bits) j,
+           generate_series(1, 63) b;
+         update kdit.profiles set lists = -1;",
+    )
+    .await;
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+
+    w.job(&JOB.replace(
+        "lists:\n",
+        "lists:\n  - name: Newcomers\n    mode: mirror\n",
+    ));
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(
+        plan.stdout.contains("+ Newcomers   created, + 40 add"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("Everyone ") && l.ends_with("no change")),
+        "{}",
+        plan.stdout
+    );
+    let db = w.db.client().await;
+    let row = db
+        .query_one(
+            "select count(*), count(*) filter (where name like 'Old %'),
+                    (select count(*) from kdit.profiles p
+                     where p.lists & (1::bigint << n.bit) <> 0)
+             from kdit.list_bits b, (select bit from kdit.list_bits where name = 'Newcomers') n
+             group by n.bit",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (bits, old, members_of_new): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((bits, old, members_of_new), (64, 62, 0));
+
+    let run = w.kdit(&["run", "job.yaml", "-q"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(w.list_members("Newcomers"), 40);
+    let plan = w.kdit(&["plan", "job.yaml"]).await;
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
