@@ -145,6 +145,8 @@ impl JobQuery {
             transformer,
             fingerprint: None,
             known: None,
+            state_keys: None,
+            taken: Vec::new(),
             ready: VecDeque::new(),
             failed: None,
             exhausted: false,
@@ -204,6 +206,11 @@ pub struct ProfileStream {
     /// Fingerprints rows (see `fingerprint_rows`), and the rows the state knows.
     fingerprint: Option<Sha256>,
     known: Option<Arc<KnownRows>>,
+    /// Keys the state has are checked for duplicates here, one bit each by their entry's
+    /// index (`KnownRows::index_of_key`), rather than in the transformer's set of key hashes:
+    /// a million-key no-change run then keeps 125 kB of bits instead of a 32 MB hash set.
+    state_keys: Option<Arc<KnownRows>>,
+    taken: Vec<u64>,
     /// Outcomes of the current batch not yet handed out.
     ready: VecDeque<RowOutcome>,
     /// The error that ended the rows; reported after the outcomes of the rows before it.
@@ -263,8 +270,36 @@ impl ProfileStream {
     /// Rows whose fingerprint is in `known` come out as `RowOutcome::Known`, untransformed
     /// (needs `fingerprint_rows`).
     pub fn skip_known(&mut self, known: Arc<KnownRows>) {
+        if known.keys() > 0 {
+            self.taken = vec![0; known.keys().div_ceil(64)];
+            self.state_keys = Some(known.clone());
+        }
         if !known.is_empty() {
             self.known = Some(known);
+        }
+    }
+
+    /// Whether a state entry's key (by index) is new to this run; remembers it.
+    fn first_sight_of(&mut self, index: u32) -> bool {
+        let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
+        let Some(w) = self.taken.get_mut(word) else {
+            return true;
+        };
+        let first = *w & bit == 0;
+        *w |= bit;
+        first
+    }
+
+    /// Rejects a profile whose key an earlier row had (the first row wins).
+    fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
+        let index = match (&built, &self.state_keys) {
+            (Ok(p), Some(keys)) => keys.index_of_key(p.key_hash),
+            _ => None,
+        };
+        match (built, index) {
+            (Ok(p), Some(i)) if !self.first_sight_of(i) => Err(self.transformer.duplicate(&p)),
+            (Ok(p), Some(_)) => Ok(p),
+            (built, _) => self.transformer.dedup(built),
         }
     }
 
@@ -341,8 +376,8 @@ impl ProfileStream {
         for (i, b) in built.into_iter().enumerate() {
             let row_number = first + i as u64;
             let outcome = match b {
-                Built::Done(r) => self.transformer.dedup(r),
-                Built::Known(known) if self.transformer.first_sight(known.key_hash) => {
+                Built::Done(r) => self.dedup(r),
+                Built::Known(known) if self.first_sight_of(known.index) => {
                     self.ready
                         .push_back(RowOutcome::Known { row_number, known });
                     self.profiles += 1;
@@ -352,7 +387,7 @@ impl ProfileStream {
                 Built::Known(_) => match decode_row(&rows[i], self.rows.columns()) {
                     Ok(cells) => {
                         let built = self.transformer.build(row_number, cells);
-                        self.transformer.dedup(built)
+                        self.dedup(built)
                     }
                     Err(e) => return self.stop_at(row_number, e),
                 },

@@ -439,6 +439,14 @@ impl Directory {
     }
 }
 
+/// Gives back a vector's spare room when there is much of it: a reallocation copies the
+/// vector into fresh pages, which costs more than a few spare entries.
+fn shrink<T>(v: &mut Vec<T>) {
+    if v.capacity() - v.len() > v.len() / 8 {
+        v.shrink_to_fit();
+    }
+}
+
 /// Asks the CPU to start loading the cache line holding `item`. Lookups of a batch are issued
 /// in stages, each prefetching what the next reads: a million-entry table lives in main memory,
 /// and a hundred misses waited on together cost little more than one waited on alone.
@@ -483,8 +491,9 @@ pub struct Recognised {
 /// and in every list of the job, so it needs no transform and no diff of its payload.
 #[derive(Debug, Default)]
 pub struct KnownRows {
-    /// (fingerprint, index of the entry in `keys`), sorted.
-    entries: Vec<(Fingerprint, u32)>,
+    /// (fingerprint, index of the entry in `keys`), sorted. The index is a `u64` so the
+    /// vector the snapshot was loaded into is reused as it is.
+    entries: Vec<(Fingerprint, u64)>,
     directory: Directory,
     keys: Arc<Keys>,
 }
@@ -506,10 +515,10 @@ impl KnownRows {
         self.recognised(slice[i].1)
     }
 
-    fn recognised(&self, index: u32) -> Option<Recognised> {
+    fn recognised(&self, index: u64) -> Option<Recognised> {
         let (key_hash, entry) = self.keys.entries.get(index as usize)?;
         Some(Recognised {
-            index,
+            index: index as u32,
             key_hash: *key_hash,
             mix: row_mix(*key_hash, &entry.hash),
         })
@@ -538,7 +547,7 @@ impl KnownRows {
                 range
             })
             .collect();
-        let found: Vec<Option<u32>> = fps
+        let found: Vec<Option<u64>> = fps
             .iter()
             .zip(ranges)
             .map(|(fp, range)| {
@@ -557,6 +566,16 @@ impl KnownRows {
             .into_iter()
             .map(|index| index.and_then(|i| self.recognised(i)))
             .collect()
+    }
+
+    /// The index of the state entry of a key (by `Snapshot::key_hash`), if the state has it.
+    pub fn index_of_key(&self, key_hash: u64) -> Option<u32> {
+        self.keys.position(key_hash).map(|i| i as u32)
+    }
+
+    /// How many keys the state has (known rows or not).
+    pub fn keys(&self) -> usize {
+        self.keys.entries.len()
     }
 
     pub fn len(&self) -> usize {
@@ -603,28 +622,28 @@ impl Snapshot {
     pub fn seal(&mut self) {
         let mut entries = std::mem::take(&mut self.pending);
         entries.sort_unstable_by_key(|(h, _)| *h);
-        entries.shrink_to_fit();
+        shrink(&mut entries);
         let directory = Directory::build(entries.iter().map(|(h, _)| *h));
         self.seen = vec![0; entries.len().div_ceil(64)];
         self.keys = Arc::new(Keys { entries, directory });
         // Known rows point at their entry by index: sorted by key hash like the entries, one
-        // walk along both finds every index without a lookup.
-        let mut pending = std::mem::take(&mut self.pending_known);
-        pending.sort_unstable_by_key(|(_, h)| *h);
-        let mut known = Vec::with_capacity(pending.len());
+        // walk along both finds every index without a lookup. The key hash is replaced by
+        // the index in place (no second vector: fresh memory is slow to fault in).
+        let mut known = std::mem::take(&mut self.pending_known);
+        known.sort_unstable_by_key(|(_, h)| *h);
+        let entries = &self.keys.entries;
         let mut at = 0;
-        for (fp, h) in pending {
-            let entries = &self.keys.entries;
-            while at < entries.len() && entries[at].0 < h {
+        known.retain_mut(|(_, h)| {
+            while at < entries.len() && entries[at].0 < *h {
                 at += 1;
             }
-            if entries.get(at).is_some_and(|(k, _)| *k == h) {
-                known.push((fp, at as u32));
-            }
-        }
+            let found = entries.get(at).is_some_and(|(k, _)| k == h);
+            *h = at as u64;
+            found
+        });
         known.sort_unstable();
         known.dedup_by(|a, b| a.0 == b.0);
-        known.shrink_to_fit();
+        shrink(&mut known);
         let directory = Directory::build(known.iter().map(|(fp, _)| KnownRows::top(fp)));
         self.known = Arc::new(KnownRows {
             entries: known,

@@ -670,19 +670,24 @@ impl Transformer {
     pub fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
         let p = built?;
         if !self.seen.insert(p.key_hash) {
-            let key_field = self.builder.mapping.key.field();
-            return Err(self.builder.reject(
-                p.row_number,
-                Some(&p.key),
-                Some(key_field),
-                *fail(
-                    Rule::DuplicateKey,
-                    format!("an earlier row has the same {key_field}; the first row wins"),
-                    None,
-                ),
-            ));
+            return Err(self.duplicate(&p));
         }
         Ok(p)
+    }
+
+    /// The reject of a profile whose key an earlier row had.
+    pub fn duplicate(&self, p: &ProfileRow) -> Reject {
+        let key_field = self.builder.mapping.key.field();
+        self.builder.reject(
+            p.row_number,
+            Some(&p.key),
+            Some(key_field),
+            *fail(
+                Rule::DuplicateKey,
+                format!("an earlier row has the same {key_field}; the first row wins"),
+                None,
+            ),
+        )
     }
 
     /// Everything but the duplicate check (see `RowBuilder::build`).
