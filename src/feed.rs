@@ -17,8 +17,10 @@ use crate::spec::JobSpec;
 use crate::state::KnownRows;
 use crate::sync::{Feed, QueryDone, RowSource};
 
-/// Rows in flight between the query and the diff.
-const CHANNEL_ROWS: usize = 4096;
+/// Rows handed to the diff at a time.
+const FEED_BATCH: usize = 512;
+/// Batches in flight between the query and the diff.
+const CHANNEL_BATCHES: usize = 8;
 
 /// A job's rows from PostgreSQL.
 pub struct PgRows {
@@ -68,7 +70,7 @@ impl RowSource for PgRows {
     }
 
     fn feed(&self, known: Option<Arc<KnownRows>>) -> Feed {
-        let (tx, rx) = mpsc::channel(CHANNEL_ROWS);
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let source = self.source.clone();
         let query = self.query.clone();
         let interrupt = self.interrupt.clone();
@@ -94,7 +96,7 @@ async fn produce(
     interrupt: Option<Interrupt>,
     recipe: &[u8],
     known: Option<Arc<KnownRows>>,
-    tx: &mpsc::Sender<Result<RowOutcome, String>>,
+    tx: &mpsc::Sender<Result<Vec<RowOutcome>, String>>,
 ) -> Result<QueryDone, String> {
     let mut stream = match query.open(source, None, interrupt).await {
         Ok(s) => s,
@@ -113,8 +115,19 @@ async fn produce(
     if let Some(known) = known {
         stream.skip_known(known);
     }
+    let mut batch = Vec::with_capacity(FEED_BATCH);
     while let Some(next) = stream.next().await {
-        let outcome = match next.map_err(|e| e.to_string())? {
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // The rows before the error still go (then the error, from the caller).
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(batch)).await;
+                }
+                return Err(e.to_string());
+            }
+        };
+        let outcome = match next {
             rows::RowOutcome::Profile(p) => RowOutcome::Profile(Desired {
                 row: p.row_number,
                 key: p.key,
@@ -138,10 +151,19 @@ async fn produce(
                 message: r.message,
             }),
         };
-        if tx.send(Ok(outcome)).await.is_err() {
-            // The consumer stopped (Ctrl-C or an error of its own): end the query.
-            break;
+        batch.push(outcome);
+        if batch.len() == FEED_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(FEED_BATCH));
+            if tx.send(Ok(full)).await.is_err() {
+                // The consumer stopped (Ctrl-C or an error of its own): end the query.
+                batch.clear();
+                break;
+            }
         }
+    }
+    if !batch.is_empty() {
+        // A consumer that stopped needs no more; the query is over anyway.
+        let _ = tx.send(Ok(batch)).await;
     }
     let totals = stream.finish().await.map_err(|e| e.to_string())?;
     Ok(QueryDone {

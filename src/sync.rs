@@ -27,10 +27,12 @@ use crate::render::{self, Options};
 use crate::spill::{Refresh, Spill, ToSend};
 use crate::state::{KnownRows, State, StateError};
 
-/// Rows flowing from the source: outcomes on a bounded channel, and the task producing them
-/// (which reports the row count and query time, or the error that stopped it).
+/// Rows flowing from the source: outcomes on a bounded channel, in batches (one hand-over per
+/// row would cost as much as a no-change run's diff), and the task producing them (which
+/// reports the row count and query time, or the error that stopped it). An error ends the
+/// outcomes: every row before it has been handed over.
 pub type Feed = (
-    mpsc::Receiver<Result<RowOutcome, String>>,
+    mpsc::Receiver<Result<Vec<RowOutcome>, String>>,
     JoinHandle<Result<QueryDone, String>>,
 );
 
@@ -128,47 +130,49 @@ pub async fn make_plan(
         Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
     let spill_error =
         |e: std::io::Error| SyncError::Other(format!("cannot write the plan's work file: {e}"));
-    while let Some(next) = rx.recv().await {
-        match next.map_err(SyncError::Other)? {
-            RowOutcome::Profile(d) => {
-                let decision = differ.observe(&d);
-                let consent = consent.decide(&d.key, decision.action, &d.attributes);
-                let Some(spill) = spill.as_deref_mut() else {
-                    continue;
-                };
-                if decision.sends() {
-                    spill
-                        .send(ToSend {
-                            row: d.row,
-                            key: d.key,
-                            hash: decision.hash,
-                            action: decision.action,
-                            adds: decision.add_lists,
-                            unset: d.unset,
-                            consent,
-                            attributes: d.attributes,
-                            source: d.source,
-                        })
-                        .map_err(spill_error)?;
-                } else if let Some(source) = d.source {
-                    // Unchanged, but the state lacks this row's fingerprint (the mapping
-                    // changed, or kdit did): record it so the next run can skip the row.
-                    spill
-                        .refresh(Refresh { key: d.key, source })
-                        .map_err(spill_error)?;
+    while let Some(batch) = rx.recv().await {
+        for next in batch.map_err(SyncError::Other)? {
+            match next {
+                RowOutcome::Profile(d) => {
+                    let decision = differ.observe(&d);
+                    let consent = consent.decide(&d.key, decision.action, &d.attributes);
+                    let Some(spill) = spill.as_deref_mut() else {
+                        continue;
+                    };
+                    if decision.sends() {
+                        spill
+                            .send(ToSend {
+                                row: d.row,
+                                key: d.key,
+                                hash: decision.hash,
+                                action: decision.action,
+                                adds: decision.add_lists,
+                                unset: d.unset,
+                                consent,
+                                attributes: d.attributes,
+                                source: d.source,
+                            })
+                            .map_err(spill_error)?;
+                    } else if let Some(source) = d.source {
+                        // Unchanged, but the state lacks this row's fingerprint (the mapping
+                        // changed, or kdit did): record it so the next run can skip the row.
+                        spill
+                            .refresh(Refresh { key: d.key, source })
+                            .map_err(spill_error)?;
+                    }
                 }
-            }
-            RowOutcome::Known { row, index, mix } => {
-                if !differ.observe_known(index, mix) {
-                    return Err(SyncError::Other(format!(
-                        "row {row}: the state changed while the plan was made; run again"
-                    )));
+                RowOutcome::Known { row, index, mix } => {
+                    if !differ.observe_known(index, mix) {
+                        return Err(SyncError::Other(format!(
+                            "row {row}: the state changed while the plan was made; run again"
+                        )));
+                    }
                 }
-            }
-            RowOutcome::Reject(r) => {
-                differ.reject(&r);
-                if let Some(spill) = spill.as_deref_mut() {
-                    spill.reject(&r).map_err(spill_error)?;
+                RowOutcome::Reject(r) => {
+                    differ.reject(&r);
+                    if let Some(spill) = spill.as_deref_mut() {
+                        spill.reject(&r).map_err(spill_error)?;
+                    }
                 }
             }
         }
