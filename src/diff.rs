@@ -441,8 +441,8 @@ mod tests {
             hash: hash_payload(&row.attributes, &[]),
             lists: 1,
         };
-        snap.insert("a@x.com", entry);
-        snap.insert_known([9; 16], "a@x.com");
+        let at = snap.insert("a@x.com", entry);
+        snap.insert_known([9; 16], at);
         snap.seal();
         let lists = vec![("VIP".to_string(), true)];
         let known = snap.known.get(&[9; 16]).expect("known");

@@ -361,16 +361,16 @@ pub struct Entry {
 
 /// Everything the diff needs from the state, for one job.
 ///
-/// Entries are kept by a 64-bit hash of the key in one sorted vector — 32 bytes a key, plus
-/// a bit for whether this run's rows showed it, against 130 in a map of owned strings —
-/// because a million-key job must diff in well under 150 MB. The keys themselves stay in
-/// PostgreSQL; `State::removal_keys` reads them back for the few that leave a mirrored list.
+/// Entries are kept by a 64-bit hash of the key in one vector — 32 bytes a key, plus a bit for
+/// whether this run's rows showed it, against 130 in a map of owned strings — because a
+/// million-key job must diff in well under 150 MB. The keys themselves stay in PostgreSQL;
+/// `State::removal_keys` reads them back for the few that leave a mirrored list.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Entries added by `insert`, until `seal` sorts them into `keys`.
+    /// Entries added by `insert`, until `seal` moves them into `keys`.
     pending: Vec<(u64, Entry)>,
-    /// Row fingerprints added by `insert_known` (with their key hash), until `seal`.
-    pending_known: Vec<(Fingerprint, u64)>,
+    /// Row fingerprints added by `insert_known` (with their entry's index), until `seal`.
+    pending_known: Vec<(Fingerprint, u32)>,
     keys: Arc<Keys>,
     /// One bit an entry (by index): set by the diff when the key shows up in this run's rows.
     seen: Vec<u64>,
@@ -382,21 +382,50 @@ pub struct Snapshot {
     pub version: String,
 }
 
-/// The state's entries sorted by key hash, shared read-only by the diff and the transform
-/// threads (which find a known row's entry by its index).
+/// The state's entries in the order they were read, shared read-only by the diff and the
+/// transform threads (which find a known row's entry by its index). Finding a key needs an
+/// index sorted by key hash: it is built the first time a key is looked up, because a run
+/// whose rows are all recognised by their fingerprint never looks one up.
 #[derive(Debug, Default)]
 pub struct Keys {
     entries: Vec<(u64, Entry)>,
+    index: std::sync::OnceLock<KeyIndex>,
+}
+
+/// (key hash, entry index), sorted, with its directory.
+#[derive(Debug, Default)]
+struct KeyIndex {
+    sorted: Vec<(u64, u32)>,
     directory: Directory,
 }
 
 impl Keys {
+    fn index(&self) -> &KeyIndex {
+        self.index.get_or_init(|| {
+            let mut sorted: Vec<(u64, u32)> = self
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, (h, _))| (*h, i as u32))
+                .collect();
+            sorted.sort_unstable();
+            let directory = Directory::build(sorted.iter().map(|(h, _)| *h));
+            KeyIndex { sorted, directory }
+        })
+    }
+
+    /// The index of the entry of a key (by `Snapshot::key_hash`).
     fn position(&self, h: u64) -> Option<usize> {
-        let range = self.directory.range(h);
-        let start = range.start;
-        let slice = &self.entries[range];
+        if self.entries.is_empty() {
+            return None;
+        }
+        let index = self.index();
+        let slice = &index.sorted[index.directory.range(h)];
         let i = slice.partition_point(|(k, _)| *k < h);
-        (slice.get(i).map(|(k, _)| *k) == Some(h)).then_some(start + i)
+        slice
+            .get(i)
+            .filter(|(k, _)| *k == h)
+            .map(|(_, at)| *at as usize)
     }
 }
 
@@ -499,9 +528,8 @@ pub struct Recognised {
 /// and in every list of the job, so it needs no transform and no diff of its payload.
 #[derive(Debug, Default)]
 pub struct KnownRows {
-    /// (fingerprint, index of the entry in `keys`), sorted. The index is a `u64` so the
-    /// vector the snapshot was loaded into is reused as it is.
-    entries: Vec<(Fingerprint, u64)>,
+    /// (fingerprint, index of the entry in `keys`), sorted.
+    entries: Vec<(Fingerprint, u32)>,
     directory: Directory,
     keys: Arc<Keys>,
 }
@@ -523,10 +551,10 @@ impl KnownRows {
         self.recognised(slice[i].1)
     }
 
-    fn recognised(&self, index: u64) -> Option<Recognised> {
+    fn recognised(&self, index: u32) -> Option<Recognised> {
         let (key_hash, entry) = self.keys.entries.get(index as usize)?;
         Some(Recognised {
-            index: index as u32,
+            index,
             key_hash: *key_hash,
             mix: row_mix(*key_hash, &entry.hash),
         })
@@ -555,7 +583,7 @@ impl KnownRows {
                 range
             })
             .collect();
-        let found: Vec<Option<u64>> = fps
+        let found: Vec<Option<u32>> = fps
             .iter()
             .zip(ranges)
             .map(|(fp, range)| {
@@ -611,44 +639,32 @@ impl Snapshot {
         self.pending_known.reserve_exact(entries);
     }
 
-    /// Adds an entry; call `seal` once all are in.
-    pub fn insert(&mut self, key: &str, entry: Entry) {
-        self.insert_hashed(Snapshot::key_hash(key), entry);
+    /// Adds an entry; call `seal` once all are in. Returns its index.
+    pub fn insert(&mut self, key: &str, entry: Entry) -> u32 {
+        self.insert_hashed(Snapshot::key_hash(key), entry)
     }
 
-    fn insert_hashed(&mut self, key_hash: u64, entry: Entry) {
+    fn insert_hashed(&mut self, key_hash: u64, entry: Entry) -> u32 {
         self.pending.push((key_hash, entry));
+        (self.pending.len() - 1) as u32
     }
 
-    /// Adds the fingerprint of the row that made a key's confirmed payload (a key added with
-    /// `insert`); call `seal` once all are in.
-    pub fn insert_known(&mut self, fp: Fingerprint, key: &str) {
-        self.pending_known.push((fp, Snapshot::key_hash(key)));
+    /// Adds the fingerprint of the row that made the confirmed payload of the entry at
+    /// `index` (as `insert` returned it); call `seal` once all are in.
+    pub fn insert_known(&mut self, fp: Fingerprint, index: u32) {
+        self.pending_known.push((fp, index));
     }
 
-    /// Sorts the entries and known rows for lookups.
+    /// Readies the entries and known rows for lookups.
     pub fn seal(&mut self) {
         let mut entries = std::mem::take(&mut self.pending);
-        entries.sort_unstable_by_key(|(h, _)| *h);
         shrink(&mut entries);
-        let directory = Directory::build(entries.iter().map(|(h, _)| *h));
         self.seen = vec![0; entries.len().div_ceil(64)];
-        self.keys = Arc::new(Keys { entries, directory });
-        // Known rows point at their entry by index: sorted by key hash like the entries, one
-        // walk along both finds every index without a lookup. The key hash is replaced by
-        // the index in place (no second vector: fresh memory is slow to fault in).
-        let mut known = std::mem::take(&mut self.pending_known);
-        known.sort_unstable_by_key(|(_, h)| *h);
-        let entries = &self.keys.entries;
-        let mut at = 0;
-        known.retain_mut(|(_, h)| {
-            while at < entries.len() && entries[at].0 < *h {
-                at += 1;
-            }
-            let found = entries.get(at).is_some_and(|(k, _)| k == h);
-            *h = at as u64;
-            found
+        self.keys = Arc::new(Keys {
+            entries,
+            index: Default::default(),
         });
+        let mut known = std::mem::take(&mut self.pending_known);
         known.sort_unstable();
         known.dedup_by(|a, b| a.0 == b.0);
         shrink(&mut known);
@@ -978,13 +994,12 @@ impl<'a> State<'a> {
             let lists = job_bits(u64::from_be_bytes(mask));
             count += 1;
             let key = std::str::from_utf8(key).map_err(|e| e.to_string())?;
-            let h = Snapshot::key_hash(key);
+            let at = snap.insert_hashed(Snapshot::key_hash(key), Entry { hash, lists });
             if let Some(fp) = source.and_then(|s| Fingerprint::try_from(s).ok())
                 && lists & all_lists == all_lists
             {
-                snap.pending_known.push((fp, h));
+                snap.insert_known(fp, at);
             }
-            snap.insert_hashed(h, Entry { hash, lists });
             Ok(())
         };
         while let Some(chunk) = futures::StreamExt::next(&mut copy).await {
@@ -1560,12 +1575,12 @@ mod tests {
                     hash: [i as u8; 16],
                     lists: 0,
                 };
-                snap.insert(&key, entry);
+                let at = snap.insert(&key, entry);
                 let fp: Fingerprint = Sha256::digest(key.as_bytes())[..16].try_into().unwrap();
-                snap.insert_known(fp, &key);
+                snap.insert_known(fp, at);
             }
-            // A fingerprint whose key the state lacks is no known row.
-            snap.insert_known([7; 16], "absent@x.com");
+            // A fingerprint pointing at no entry is no known row.
+            snap.insert_known([7; 16], u32::MAX);
             snap.seal();
             let known = snap.known.clone();
             let mut fps = Vec::new();
