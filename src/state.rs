@@ -881,12 +881,24 @@ impl<'a> State<'a> {
 
     /// Refreshes PostgreSQL's statistics of the profile tables. After a run that wrote many
     /// rows (a first sync), the next run's snapshot would otherwise be planned for the table as
-    /// it was before (autovacuum catches up only after a while): an index scan over a million
-    /// rows instead of one sequential read.
-    pub async fn analyze(&self) -> Result<(), StateError> {
+    /// it was before (autovacuum catches up only after a while, if it runs at all): an index
+    /// scan over a million rows instead of one sequential read. With `vacuum`, `profiles` is
+    /// vacuumed too: its dead row versions go and its rows are marked committed once, so the
+    /// next snapshot (which reads every row) does not do that work while the job waits.
+    pub async fn analyze(&self, vacuum: bool) -> Result<(), StateError> {
         let s = &self.schema;
+        if vacuum {
+            // VACUUM cannot share a statement string (an implicit transaction) with another.
+            self.db
+                .batch_execute(&format!("vacuum (analyze) {s}.profiles"))
+                .await?;
+        } else {
+            self.db
+                .batch_execute(&format!("analyze {s}.profiles"))
+                .await?;
+        }
         self.db
-            .batch_execute(&format!("analyze {s}.profiles; analyze {s}.payloads"))
+            .batch_execute(&format!("analyze {s}.payloads"))
             .await?;
         Ok(())
     }

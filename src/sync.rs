@@ -279,6 +279,9 @@ pub fn stale_reason(saved: &Plan, fresh: &Plan) -> Option<String> {
 
 /// Profiles written by one run from which the state's statistics are refreshed at its end.
 const ANALYZE_AFTER: u64 = 1_000;
+/// The share of the state (1 in N profiles) a run must write for `profiles` to be vacuumed at
+/// its end as well (autovacuum's own default is 1 in 5, when autovacuum runs).
+const VACUUM_SHARE: u64 = 10;
 
 /// Plans and applies one job under its run lock. `saved`: a plan to hold the run to.
 #[allow(clippy::too_many_arguments)]
@@ -414,8 +417,10 @@ async fn run_locked(
         Err(e) => return Err(e.into()),
     };
     report.lists_created = created;
-    if report.created + report.updated >= ANALYZE_AFTER
-        && let Err(e) = state.analyze().await
+    let written = report.created + report.updated;
+    let vacuum = written * VACUUM_SHARE >= plan.state_profiles + report.created;
+    if written >= ANALYZE_AFTER
+        && let Err(e) = state.analyze(vacuum).await
     {
         tracing::warn!("could not refresh the state's statistics: {e}");
     }

@@ -122,10 +122,34 @@ async fn a_large_run_refreshes_the_state_statistics() {
             .unwrap()
             .get(0)
     }
+    // Vacuums of `kdit.profiles` (counted when the vacuuming connection ends: kdit's has).
+    async fn vacuums(w: &World) -> i64 {
+        let db = w.db.client().await;
+        let mut count = 0;
+        for _ in 0..40 {
+            count = db
+                .query_one(
+                    "select vacuum_count from pg_stat_user_tables
+                     where schemaname = 'kdit' and relname = 'profiles'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if count > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = db.execute("select pg_stat_clear_snapshot()", &[]).await;
+        }
+        count
+    }
     let w = world(1_200).await;
     let run = w.kdit(&["run", "job.yaml"]).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(believed_rows(&w).await, 1_200.0);
+    // A run that wrote the whole state vacuums it too.
+    assert_eq!(vacuums(&w).await, 1);
 
     let small = world(10).await;
     let run = small.kdit(&["run", "job.yaml"]).await;
@@ -133,6 +157,11 @@ async fn a_large_run_refreshes_the_state_statistics() {
     assert!(
         believed_rows(&small).await <= 0.0,
         "10 writes do not call for an analyze"
+    );
+    assert_eq!(
+        vacuums(&small).await,
+        0,
+        "10 writes do not call for a vacuum"
     );
 }
 
