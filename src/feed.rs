@@ -69,7 +69,7 @@ impl RowSource for PgRows {
         }
     }
 
-    fn feed(&self, known: Option<Arc<KnownRows>>) -> Feed {
+    fn feed(&self, known: tokio::sync::oneshot::Receiver<Arc<KnownRows>>) -> Feed {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let source = self.source.clone();
         let query = self.query.clone();
@@ -95,7 +95,7 @@ async fn produce(
     spec: &JobSpec,
     interrupt: Option<Interrupt>,
     recipe: &[u8],
-    known: Option<Arc<KnownRows>>,
+    known: tokio::sync::oneshot::Receiver<Arc<KnownRows>>,
     tx: &mpsc::Sender<Result<Vec<RowOutcome>, String>>,
 ) -> Result<QueryDone, String> {
     let mut stream = match query.open(source, None, interrupt).await {
@@ -111,10 +111,13 @@ async fn produce(
         }
         Err(e) => return Err(e.to_string()),
     };
+    let Ok(known) = known.await else {
+        // The state could not be read: the plan is abandoned, and so are the rows.
+        return Err("the state was not read; the rows were not needed".into());
+    };
+    stream.restart_clock();
     stream.fingerprint_rows(recipe);
-    if let Some(known) = known {
-        stream.skip_known(known);
-    }
+    stream.skip_known(known);
     let mut batch = Vec::with_capacity(FEED_BATCH);
     while let Some(next) = stream.next().await {
         let next = match next {

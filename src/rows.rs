@@ -267,6 +267,12 @@ impl ProfileStream {
         self.fingerprint = Some(h);
     }
 
+    /// Counts the query's time from now (the query was started early, and its rows were not
+    /// wanted until now).
+    pub fn restart_clock(&mut self) {
+        self.started = Instant::now();
+    }
+
     /// Rows whose fingerprint is in `known` come out as `RowOutcome::Known`, untransformed
     /// (needs `fingerprint_rows`).
     pub fn skip_known(&mut self, known: Arc<KnownRows>) {

@@ -45,9 +45,11 @@ pub struct QueryDone {
 
 /// Something that can run the job's query (again) and feed its rows.
 pub trait RowSource: Send + Sync {
-    /// Starts the rows. Rows whose fingerprint is in `known` may come as
-    /// `RowOutcome::Known` (unchanged, not transformed).
-    fn feed(&self, known: Option<Arc<KnownRows>>) -> Feed;
+    /// Starts the query at once; its rows are read once `known` arrives (the state is read
+    /// meanwhile, while the server works towards the first row). Rows whose fingerprint is in
+    /// `known` may come as `RowOutcome::Known` (unchanged, not transformed). If `known` never
+    /// arrives (its sender dropped), the feed ends with an error.
+    fn feed(&self, known: tokio::sync::oneshot::Receiver<Arc<KnownRows>>) -> Feed;
     /// The query as shown in plans: file name (or "inline SQL") and parameters.
     fn label(&self) -> String;
 }
@@ -90,7 +92,12 @@ pub async fn make_plan(
 ) -> Result<(Plan, Vec<Vec<String>>), SyncError> {
     let list_names: Vec<String> = job.spec.lists.iter().map(|l| l.name.clone()).collect();
     let started = std::time::Instant::now();
+    // The query starts before the state is read: a query that sorts or joins works towards
+    // its first row on the server while the snapshot loads.
+    let (known, known_later) = tokio::sync::oneshot::channel();
+    let (mut rx, task) = rows.feed(known_later);
     let mut snapshot = state.snapshot(job.name(), &list_names).await?;
+    let _ = known.send(snapshot.known.clone());
     tracing::debug!(
         "state: read the snapshot of job {} in {:.2} s",
         job.name(),
@@ -125,7 +132,6 @@ pub async fn make_plan(
         },
     );
     let feeding = std::time::Instant::now();
-    let (mut rx, task) = rows.feed(Some(snapshot.known.clone()));
     let mut differ =
         Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
     let spill_error =
