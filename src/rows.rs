@@ -345,14 +345,14 @@ impl ProfileStream {
     async fn read_batch(&mut self) {
         let mut batch = Vec::with_capacity(BATCH);
         while batch.len() < BATCH {
-            match self.rows.next_raw().await {
-                Some(Ok(row)) => batch.push(row),
-                Some(Err(e)) => {
-                    self.failed = Some(e);
+            match self.rows.next_batch(&mut batch, BATCH).await {
+                Ok(true) => {}
+                Ok(false) => {
                     self.exhausted = true;
                     break;
                 }
-                None => {
+                Err(e) => {
+                    self.failed = Some(e);
                     self.exhausted = true;
                     break;
                 }

@@ -1142,6 +1142,64 @@ impl Rows {
         }
     }
 
+    /// Up to `max` more rows into `out`, as PostgreSQL sent them (`next_raw` a batch at a time:
+    /// the interrupt is watched once for the batch, not once a row). `Ok(true)` while more
+    /// rows may come; an error ends the rows, after the rows before it.
+    pub async fn next_batch(
+        &mut self,
+        out: &mut Vec<Row>,
+        max: usize,
+    ) -> Result<bool, SourceError> {
+        if self.done {
+            return Ok(false);
+        }
+        let before = out.len();
+        let Rows {
+            stream,
+            interrupt,
+            cancel,
+            ..
+        } = self;
+        // Some(result) when the rows ended (or failed); None when the batch is full.
+        let read = async {
+            while out.len() < max {
+                match stream.next().await {
+                    Some(Ok(row)) => out.push(row),
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => return Some(Ok(())),
+                }
+            }
+            None
+        };
+        let ended = match interrupt.as_mut() {
+            Some(i) => {
+                tokio::select! {
+                    ended = read => ended,
+                    _ = i.fired() => {
+                        // Rows already read stay in `out`; the next call reads on, unwatched,
+                        // to the server's "canceled" error.
+                        *interrupt = None;
+                        let _ = cancel.cancel().await;
+                        None
+                    }
+                }
+            }
+            None => read.await,
+        };
+        self.rows += (out.len() - before) as u64;
+        match ended {
+            None => Ok(true),
+            Some(Ok(())) => {
+                self.done = true;
+                Ok(false)
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Err(self.mapper.map(&e))
+            }
+        }
+    }
+
     /// Ends the read-only transaction and returns the connection to the pool.
     pub async fn finish(mut self) -> Result<u64, SourceError> {
         if let Some(client) = self.client.take() {

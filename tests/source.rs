@@ -486,6 +486,55 @@ async fn interrupt_cancels_the_query_on_the_server() {
     );
 }
 
+/// The batch reader (`Rows::next_batch`, what `kdit run` reads with) is interrupted as the
+/// row-at-a-time one is, and keeps the rows read before the interrupt.
+#[tokio::test]
+async fn interrupt_cancels_a_batch_read_and_keeps_the_rows_before() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let started = std::time::Instant::now();
+    for (sql, before) in [
+        ("select pg_sleep(30)", 0),
+        (
+            "select g, case when g = 3 then pg_sleep(30) end as s from generate_series(1, 4) g",
+            2,
+        ),
+    ] {
+        let (trigger, interrupt) = kdit::source::Interrupt::new();
+        let ctx = RunContext {
+            interrupt: Some(interrupt),
+            ..RunContext::default()
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            trigger.fire();
+        });
+        let q = StoredQuery::parse("test.sql", sql).expect("parses");
+        let r = q.render(&IndexMap::new()).expect("renders");
+        let mut rows = match src.stream(&r, &ctx).await {
+            Ok(rows) => rows,
+            // Cancelled before the first row came back.
+            Err(e) => {
+                assert!(matches!(e, SourceError::Cancelled { .. }), "{e}");
+                assert_eq!(before, 0);
+                continue;
+            }
+        };
+        let mut batch = Vec::new();
+        let e = loop {
+            match rows.next_batch(&mut batch, 512).await {
+                Ok(true) => continue,
+                Ok(false) => panic!("{sql}: the rows ended instead of being cancelled"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(e, SourceError::Cancelled { .. }), "{e}");
+        assert_eq!(batch.len(), before, "{sql}");
+        assert_eq!(rows.count(), before as u64);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 #[tokio::test]
 async fn unreachable_server_is_a_clear_error() {
     // Port 1 on localhost: nothing listens there.
