@@ -760,7 +760,7 @@ impl RowBuilder {
         if let Some((field, e)) = pending {
             return Err(self.reject(row_number, Some(&key), Some(&field), *e));
         }
-        let attributes = match serde_json::value::to_raw_value(&attributes) {
+        let attributes = match attributes.to_raw_value() {
             Ok(a) => a,
             Err(e) => {
                 return Err(self.reject(
@@ -1385,6 +1385,68 @@ impl<'m> Object<'m> {
     }
 }
 
+impl Object<'_> {
+    /// The object as JSON: the same bytes as `serde_json::to_string(self)` (a test compares
+    /// them), written without serde's machinery for the keys and text values (nearly every
+    /// value), and into one allocation of the exact size.
+    fn to_raw_value(&self) -> serde_json::Result<Box<RawValue>> {
+        thread_local! {
+            /// Reused from row to row, so the payload is written without growing a buffer.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            self.write_json(buf)?;
+            let json =
+                String::from_utf8(buf.as_slice().to_vec()).map_err(serde::ser::Error::custom);
+            if buf.capacity() > 1 << 20 {
+                // An oversized profile: do not keep its buffer for the rows after it.
+                *buf = Vec::new();
+            }
+            // SAFETY: `write_json` writes one JSON object with no surrounding whitespace: its
+            // keys and texts quoted and escaped as serde_json does, every other value written
+            // by serde_json itself.
+            Ok(unsafe { RawValue::from_string_unchecked(json?) })
+        })
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.push(b'{');
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, k)?;
+            out.push(b':');
+            match v {
+                Node::Leaf(Value::String(s)) => write_json_str(out, s)?,
+                Node::Leaf(v) => serde_json::to_writer(&mut *out, v)?,
+                Node::Object(o) => o.write_json(out)?,
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// A JSON string as serde_json writes it: text with no `"`, `\` or control character (nearly
+/// all text) is copied as it is; other text is left to serde_json's escaping.
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    // One pass with no early exit, so it runs over many bytes at a time.
+    let escapes = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if escapes {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
+}
+
+#[cfg(test)]
 impl Serialize for Object<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
@@ -1396,6 +1458,7 @@ impl Serialize for Object<'_> {
     }
 }
 
+#[cfg(test)]
 impl Serialize for Node<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -1768,6 +1831,91 @@ mod tests {
         assert!(to_e164("201 555 0123", None).is_err());
         assert!(to_e164("12", us).is_err());
         assert_eq!(to_e164("+44 20 7946 0958", us), Ok("+442079460958".into()));
+    }
+
+    /// The payload writer gives the bytes serde_json gives, for every kind of value, text
+    /// that needs escaping or not, and nested objects.
+    #[test]
+    fn payloads_are_written_as_serde_json_writes_them() {
+        let mut next = crate::testing::xorshift(0xD1B5_4A32_D192_ED03u64);
+        let pieces = [
+            "a",
+            "Zürich",
+            "\"",
+            "\\",
+            "\n",
+            "\t",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            "東京",
+            " ",
+            "/",
+            "é",
+            "\r",
+            "\u{8}",
+            "\u{c}",
+            "x@example.com",
+            "'",
+            "<",
+            "\u{2028}",
+            "😀",
+            "",
+        ];
+        let keys: Vec<String> = (0..12)
+            .map(|i| format!("k{i}{}", pieces[i % pieces.len()]))
+            .collect();
+        fn text(next: &mut impl FnMut() -> u64, pieces: &[&str]) -> String {
+            (0..next() % 6)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect()
+        }
+        fn leaf(next: &mut impl FnMut() -> u64, pieces: &[&str], depth: u32) -> Value {
+            match next() % if depth > 2 { 7 } else { 9 } {
+                0..=2 => Value::String(text(next, pieces)),
+                3 => Value::from(next() as i64),
+                4 => Value::from(next()),
+                5 => Value::from(f64::from_bits(next() % (0x7FEu64 << 52))),
+                6 => [Value::Null, Value::Bool(true), Value::Bool(false)][(next() % 3) as usize]
+                    .clone(),
+                7 => Value::Array(
+                    (0..next() % 4)
+                        .map(|_| leaf(next, pieces, depth + 1))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..next() % 4)
+                        .map(|_| (text(next, pieces), leaf(next, pieces, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        fn object<'k>(
+            next: &mut impl FnMut() -> u64,
+            pieces: &[&str],
+            keys: &'k [String],
+            depth: u32,
+        ) -> Object<'k> {
+            let mut o = Object::default();
+            for _ in 0..next() % 6 {
+                let key = keys[(next() % keys.len() as u64) as usize].as_str();
+                let node = if depth < 2 && next() % 4 == 0 {
+                    Node::Object(object(next, pieces, keys, depth + 1))
+                } else {
+                    Node::Leaf(leaf(next, pieces, 0))
+                };
+                o.set(key, node);
+            }
+            o
+        }
+        let mut escaped = 0;
+        for _ in 0..20_000 {
+            let o = object(&mut next, &pieces, &keys, 0);
+            let expected = serde_json::to_string(&o).unwrap();
+            assert_eq!(o.to_raw_value().unwrap().get(), expected);
+            escaped += usize::from(expected.contains('\\'));
+        }
+        assert!(escaped > 1000, "escaping was hardly tested");
     }
 
     #[test]
