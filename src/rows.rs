@@ -323,12 +323,15 @@ impl ProfileStream {
         }
         let first = self.rows.count() + 1 - batch.len() as u64;
         let pool = self.pool.get_or_insert_with(|| {
+            let builder = self.transformer.builder();
+            // Text no field reads is not copied out of the rows.
+            let decoder = RowDecoder::reading(&batch[0], &builder.reads(batch[0].len()));
             Pool::start(
                 self.threads,
                 Arc::new(Work {
-                    builder: self.transformer.builder(),
+                    builder,
                     columns: self.rows.columns().to_vec(),
-                    decoder: RowDecoder::of(&batch[0]),
+                    decoder,
                     fingerprint: self.fingerprint.clone(),
                     known: self.known.clone(),
                 }),

@@ -1481,6 +1481,8 @@ pub enum Decoder {
     Jsonb,
     /// text, varchar, bpchar, name, unknown, citext, enums: UTF-8 text on the wire.
     Text,
+    /// Text no one reads (`RowDecoder::reading`): checked as `Text` checks it, then NULL.
+    Unread,
     /// Domains and arrays: worked out from the type for each value.
     ByType,
 }
@@ -1576,6 +1578,10 @@ fn decode_as(d: Decoder, ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
             json_cell(rest)?
         }
         Decoder::Text => Cell::Text(std::str::from_utf8(raw)?.to_string()),
+        Decoder::Unread => {
+            std::str::from_utf8(raw)?;
+            Cell::Null
+        }
     })
 }
 
@@ -1710,6 +1716,19 @@ impl RowDecoder {
                 .map(|c| Decoder::of(c.type_()))
                 .collect(),
         )
+    }
+
+    /// Like `of`, for readers of some columns only (`read[i]`: column `i` is read): text in
+    /// the other columns is checked as it would be (a value that cannot be read still ends
+    /// the query) but not copied out, and comes out NULL.
+    pub fn reading(row: &Row, read: &[bool]) -> RowDecoder {
+        let mut d = RowDecoder::of(row);
+        for (i, d) in d.0.iter_mut().enumerate() {
+            if *d == Decoder::Text && !read.get(i).copied().unwrap_or(true) {
+                *d = Decoder::Unread;
+            }
+        }
+        d
     }
 
     /// Replaces `cells` with the row's values, one per column.

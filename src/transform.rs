@@ -715,6 +715,29 @@ impl RowBuilder {
         self.build_in(row_number, &mut cells)
     }
 
+    /// Which of the query's `columns` some field reads: `build_in` never looks at the others.
+    pub fn reads(&self, columns: usize) -> Vec<bool> {
+        let mut read = vec![false; columns];
+        let mut mark = |i: usize| {
+            if let Some(r) = read.get_mut(i) {
+                *r = true;
+            }
+        };
+        for (_, origin) in &self.fields {
+            match origin {
+                BoundOrigin::Column(i, _) => mark(*i),
+                BoundOrigin::Template(_, cols, simple) => {
+                    cols.iter().for_each(|(_, i)| mark(*i));
+                    if let Some((_, at)) = simple {
+                        at.iter().for_each(|i| mark(*i));
+                    }
+                }
+                BoundOrigin::Constant(_) => {}
+            }
+        }
+        read
+    }
+
     /// `build` from cells the caller keeps (values may be taken out of them).
     pub fn build_in(&self, row_number: u64, cells: &mut [Cell]) -> Result<ProfileRow, Reject> {
         let mut attributes = Object(Vec::with_capacity(self.fields.len()));
