@@ -342,6 +342,12 @@ impl ProfileStream {
 
     /// Turns a transformed batch into outcomes: duplicate keys are settled here, in row order.
     fn absorb(&mut self, first: u64, built: Vec<Built>, rows: &[Row]) {
+        // The batch's keys are looked up together: their places in the set are fetched first.
+        for b in &built {
+            if let Built::Done(Ok(p)) = b {
+                self.transformer.prefetch(p.key_hash);
+            }
+        }
         for (i, b) in built.into_iter().enumerate() {
             let row_number = first + i as u64;
             let outcome = match b {
