@@ -1562,16 +1562,13 @@ fn needs_escape(b: &[u8]) -> bool {
             & HIGH
             != 0
     };
-    let mut words = b.chunks_exact(8);
-    for w in &mut words {
-        if any(u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]))) {
-            return true;
-        }
+    let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
+    if b.len() < 8 {
+        return b.iter().any(|b| *b < 0x20 || *b == b'"' || *b == b'\\');
     }
-    let rest = words.remainder();
-    let mut last = [b'a'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    any(u64::from_ne_bytes(last))
+    // Whole words, then the last eight bytes (overlapping the words before them): no copy
+    // of the tail into a buffer, which would cost more than the check.
+    b.chunks_exact(8).any(|w| any(word(w))) || any(word(&b[b.len() - 8..]))
 }
 
 #[cfg(test)]
