@@ -820,7 +820,33 @@ impl RowBuilder {
 
     /// `build` from cells the caller keeps (values may be taken out of them).
     pub fn build_in(&self, row_number: u64, cells: &mut [Cell]) -> Result<ProfileRow, Reject> {
-        let mut attributes = Object(Vec::with_capacity(self.fields.len()));
+        thread_local! {
+            /// Where a row's values and then its payload are written, reused from row to row.
+            static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let (leaves, out) = &mut *scratch;
+                let built = self.build_with(row_number, cells, leaves, out);
+                if leaves.capacity() > 1 << 20 || out.capacity() > 1 << 20 {
+                    // An oversized profile: do not keep its buffers for the rows after it.
+                    *scratch = (Vec::new(), Vec::new());
+                }
+                built
+            }
+            Err(_) => self.build_with(row_number, cells, &mut Vec::new(), &mut Vec::new()),
+        })
+    }
+
+    fn build_with(
+        &self,
+        row_number: u64,
+        cells: &mut [Cell],
+        leaves: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<ProfileRow, Reject> {
+        let mut attributes = Payload::new(self.fields.len(), leaves);
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
         let key_field = self.mapping.key.field();
@@ -829,10 +855,14 @@ impl RowBuilder {
             let f = &self.mapping.fields[*i];
             match field_value(&self.mapping.env, f, origin, cells) {
                 Ok(Some(v)) => {
+                    attributes.insert(&f.path, &v);
                     if f.key == key_field {
-                        key = v.as_str().map(str::to_string);
+                        // Written into the payload already: the text itself can be the key.
+                        key = match v {
+                            Value::String(s) => Some(s),
+                            _ => None,
+                        };
                     }
-                    attributes.insert(&f.path, v);
                 }
                 Ok(None) => {
                     if f.on_null == NullPolicy::Unset && f.key != key_field {
@@ -863,7 +893,7 @@ impl RowBuilder {
         if let Some((field, e)) = pending {
             return Err(self.reject(row_number, Some(&key), Some(&field), *e));
         }
-        let attributes = match attributes.to_raw_value() {
+        let attributes = match attributes.finish(out) {
             Ok(a) => a,
             Err(e) => {
                 return Err(self.reject(
@@ -1422,13 +1452,23 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
 
 /// A profile's attributes while its row is built. Insertion-ordered with the semantics of
 /// `serde_json::Map` under `preserve_order` (a key set again keeps its place), so it
-/// serialises to the same bytes, but keys are borrowed from the mapping and nothing is hashed:
-/// a profile has a handful of keys, and a linear scan beats hashing them.
+/// serialises to the same bytes (a test compares them), but keys are borrowed from the
+/// mapping and nothing is hashed: a profile has a handful of keys, and a linear scan beats
+/// hashing them. Values are written as JSON into `leaves` as they are set; the tree keeps
+/// only where each one is, so no JSON value is moved into it or kept.
+struct Payload<'m, 'b> {
+    root: Object<'m>,
+    leaves: &'b mut Vec<u8>,
+    /// Writing a value failed (it never does for a `Value`): the payload cannot be made.
+    failed: Option<serde_json::Error>,
+}
+
 #[derive(Default)]
 struct Object<'m>(Vec<(&'m str, Node<'m>)>);
 
 enum Node<'m> {
-    Leaf(Value),
+    /// A value's JSON: `leaves[start..end]`.
+    Leaf(usize, usize),
     Object(Object<'m>),
 }
 
@@ -1462,12 +1502,12 @@ impl<'m> Object<'m> {
     }
 
     /// Sets `attributes.<path>`, creating `location` / nested property objects.
-    fn insert(&mut self, path: &'m FieldPath, v: Value) {
+    fn insert(&mut self, path: &'m FieldPath, leaf: Node<'m>) {
         match path {
-            FieldPath::Standard(name) => self.set(name, Node::Leaf(v)),
+            FieldPath::Standard(name) => self.set(name, leaf),
             FieldPath::Location(name) => {
                 if let Node::Object(m) = self.entry("location") {
-                    m.set(name, Node::Leaf(v));
+                    m.set(name, leaf);
                 }
             }
             FieldPath::Property(parts) => {
@@ -1475,7 +1515,7 @@ impl<'m> Object<'m> {
                 for (i, p) in parts.iter().enumerate() {
                     let Node::Object(m) = cur else { return };
                     if i + 1 == parts.len() {
-                        m.set(p, Node::Leaf(v));
+                        m.set(p, leaf);
                         return;
                     }
                     cur = m.entry(p);
@@ -1486,36 +1526,8 @@ impl<'m> Object<'m> {
             }
         }
     }
-}
 
-impl Object<'_> {
-    /// The object as JSON: the same bytes as `serde_json::to_string(self)` (a test compares
-    /// them), written without serde's machinery for the keys and text values (nearly every
-    /// value), and into one allocation of the exact size.
-    fn to_raw_value(&self) -> serde_json::Result<Box<RawValue>> {
-        thread_local! {
-            /// Reused from row to row, so the payload is written without growing a buffer.
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        BUF.with_borrow_mut(|buf| {
-            buf.clear();
-            self.write_json(buf)?;
-            debug_assert!(std::str::from_utf8(buf).is_ok());
-            // SAFETY: `write_json` writes text only from `str`s, ASCII punctuation and
-            // serde_json's own output: valid UTF-8.
-            let json = unsafe { String::from_utf8_unchecked(buf.as_slice().to_vec()) };
-            if buf.capacity() > 1 << 20 {
-                // An oversized profile: do not keep its buffer for the rows after it.
-                *buf = Vec::new();
-            }
-            // SAFETY: `write_json` writes one JSON object with no surrounding whitespace: its
-            // keys and texts quoted and escaped as serde_json does, every other value written
-            // by serde_json itself.
-            Ok(unsafe { RawValue::from_string_unchecked(json) })
-        })
-    }
-
-    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    fn write_json(&self, leaves: &[u8], out: &mut Vec<u8>) -> serde_json::Result<()> {
         out.push(b'{');
         for (i, (k, v)) in self.0.iter().enumerate() {
             if i > 0 {
@@ -1524,13 +1536,54 @@ impl Object<'_> {
             write_json_str(out, k)?;
             out.push(b':');
             match v {
-                Node::Leaf(Value::String(s)) => write_json_str(out, s)?,
-                Node::Leaf(v) => serde_json::to_writer(&mut *out, v)?,
-                Node::Object(o) => o.write_json(out)?,
+                Node::Leaf(start, end) => out.extend_from_slice(&leaves[*start..*end]),
+                Node::Object(o) => o.write_json(leaves, out)?,
             }
         }
         out.push(b'}');
         Ok(())
+    }
+}
+
+impl<'m, 'b> Payload<'m, 'b> {
+    /// `leaves` is scratch space, reused from row to row.
+    fn new(fields: usize, leaves: &'b mut Vec<u8>) -> Payload<'m, 'b> {
+        leaves.clear();
+        Payload {
+            root: Object(Vec::with_capacity(fields)),
+            leaves,
+            failed: None,
+        }
+    }
+
+    /// Sets `attributes.<path>` to `v`, written as serde_json writes it.
+    fn insert(&mut self, path: &'m FieldPath, v: &Value) {
+        let start = self.leaves.len();
+        let written = match v {
+            Value::String(s) => write_json_str(self.leaves, s),
+            v => serde_json::to_writer(&mut *self.leaves, v),
+        };
+        if let Err(e) = written {
+            self.failed.get_or_insert(e);
+        }
+        self.root.insert(path, Node::Leaf(start, self.leaves.len()));
+    }
+
+    /// The payload as JSON, in one allocation of the exact size; `out` is scratch space.
+    fn finish(mut self, out: &mut Vec<u8>) -> serde_json::Result<Box<RawValue>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        out.clear();
+        self.root.write_json(self.leaves, out)?;
+        debug_assert!(std::str::from_utf8(out).is_ok());
+        // SAFETY: `write_json` writes text only from `str`s, ASCII punctuation and
+        // serde_json's own output: valid UTF-8.
+        let json = unsafe { String::from_utf8_unchecked(out.as_slice().to_vec()) };
+        // SAFETY: `write_json` writes one JSON object with no surrounding whitespace: its
+        // keys and texts quoted and escaped as serde_json does, every other value written
+        // by serde_json itself.
+        Ok(unsafe { RawValue::from_string_unchecked(json) })
     }
 }
 
@@ -1569,28 +1622,6 @@ fn needs_escape(b: &[u8]) -> bool {
     // Whole words, then the last eight bytes (overlapping the words before them): no copy
     // of the tail into a buffer, which would cost more than the check.
     b.chunks_exact(8).any(|w| any(word(w))) || any(word(&b[b.len() - 8..]))
-}
-
-#[cfg(test)]
-impl Serialize for Object<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
-}
-
-#[cfg(test)]
-impl Serialize for Node<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Node::Leaf(v) => v.serialize(s),
-            Node::Object(o) => o.serialize(s),
-        }
-    }
 }
 
 /// An exact decimal as a JSON number, when a JSON number (i64, u64 or f64) says exactly
@@ -1958,8 +1989,93 @@ mod tests {
         assert_eq!(to_e164("+44 20 7946 0958", us), Ok("+442079460958".into()));
     }
 
-    /// The payload writer gives the bytes serde_json gives, for every kind of value, text
-    /// that needs escaping or not, and nested objects.
+    /// The attributes as kdit built them before `Payload`: a tree of `Value`s with the
+    /// semantics of `serde_json::Map` under `preserve_order`, serialised by serde_json.
+    mod reference {
+        use super::*;
+
+        #[derive(Default)]
+        pub struct Object<'m>(pub Vec<(&'m str, Node<'m>)>);
+
+        pub enum Node<'m> {
+            Leaf(Value),
+            Object(Object<'m>),
+        }
+
+        impl<'m> Object<'m> {
+            fn slot(&mut self, key: &'m str) -> Option<usize> {
+                self.0.iter().position(|(k, _)| *k == key)
+            }
+
+            fn set(&mut self, key: &'m str, node: Node<'m>) {
+                match self.slot(key) {
+                    Some(i) => self.0[i].1 = node,
+                    None => self.0.push((key, node)),
+                }
+            }
+
+            fn entry(&mut self, key: &'m str) -> &mut Node<'m> {
+                let i = match self.slot(key) {
+                    Some(i) => i,
+                    None => {
+                        self.0.push((key, Node::Object(Object::default())));
+                        self.0.len() - 1
+                    }
+                };
+                &mut self.0[i].1
+            }
+
+            pub fn insert(&mut self, path: &'m FieldPath, v: Value) {
+                match path {
+                    FieldPath::Standard(name) => self.set(name, Node::Leaf(v)),
+                    FieldPath::Location(name) => {
+                        if let Node::Object(m) = self.entry("location") {
+                            m.set(name, Node::Leaf(v));
+                        }
+                    }
+                    FieldPath::Property(parts) => {
+                        let mut cur = self.entry("properties");
+                        for (i, p) in parts.iter().enumerate() {
+                            let Node::Object(m) = cur else { return };
+                            if i + 1 == parts.len() {
+                                m.set(p, Node::Leaf(v));
+                                return;
+                            }
+                            cur = m.entry(p);
+                            if !matches!(cur, Node::Object(_)) {
+                                *cur = Node::Object(Object::default());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        impl Serialize for Object<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap as _;
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in &self.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+
+        impl Serialize for Node<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    Node::Leaf(v) => v.serialize(s),
+                    Node::Object(o) => o.serialize(s),
+                }
+            }
+        }
+    }
+
+    /// The payload gives the bytes serde_json gives for the tree of `Value`s kdit built before
+    /// (`reference`) with the same paths: every kind of value, text that needs escaping or
+    /// not, keys set again, and paths that run into values set before (`location` or a
+    /// property set as a value, then as an object).
     #[test]
     fn payloads_are_written_as_serde_json_writes_them() {
         let mut next = crate::testing::xorshift(0xD1B5_4A32_D192_ED03u64);
@@ -1987,9 +2103,6 @@ mod tests {
             "😀",
             "",
         ];
-        let keys: Vec<String> = (0..12)
-            .map(|i| format!("k{i}{}", pieces[i % pieces.len()]))
-            .collect();
         fn text(next: &mut impl FnMut() -> u64, pieces: &[&str]) -> String {
             (0..next() % 6)
                 .map(|_| pieces[(next() % pieces.len() as u64) as usize])
@@ -2015,32 +2128,46 @@ mod tests {
                 ),
             }
         }
-        fn object<'k>(
-            next: &mut impl FnMut() -> u64,
-            pieces: &[&str],
-            keys: &'k [String],
-            depth: u32,
-        ) -> Object<'k> {
-            let mut o = Object::default();
-            for _ in 0..next() % 6 {
-                let key = keys[(next() % keys.len() as u64) as usize].as_str();
-                let node = if depth < 2 && next() % 4 == 0 {
-                    Node::Object(object(next, pieces, keys, depth + 1))
-                } else {
-                    Node::Leaf(leaf(next, pieces, 0))
-                };
-                o.set(key, node);
+        let mut paths = vec![
+            FieldPath::Standard("email"),
+            FieldPath::Standard("first_name"),
+            FieldPath::Standard("location"),
+            FieldPath::Standard("properties"),
+            FieldPath::Standard("k\"\u{1}"),
+            FieldPath::Location("city"),
+            FieldPath::Location("zip"),
+            FieldPath::Location("é\n"),
+        ];
+        let parts = ["a", "b", "plan", "é\"q", "\u{2}"];
+        for x in 0..parts.len() {
+            paths.push(FieldPath::Property(vec![parts[x].to_string()]));
+            for y in 0..parts.len() {
+                paths.push(FieldPath::Property(vec![parts[x].into(), parts[y].into()]));
+                paths.push(FieldPath::Property(vec![
+                    parts[x].into(),
+                    parts[y].into(),
+                    "z".into(),
+                ]));
             }
-            o
         }
-        let mut escaped = 0;
+        let (mut leaves, mut out) = (Vec::new(), Vec::new());
+        let (mut escaped, mut replaced) = (0, 0);
         for _ in 0..20_000 {
-            let o = object(&mut next, &pieces, &keys, 0);
-            let expected = serde_json::to_string(&o).unwrap();
-            assert_eq!(o.to_raw_value().unwrap().get(), expected);
+            let mut payload = Payload::new(4, &mut leaves);
+            let mut tree = reference::Object::default();
+            for _ in 0..next() % 9 {
+                let path = &paths[(next() % paths.len() as u64) as usize];
+                let v = leaf(&mut next, &pieces, 0);
+                payload.insert(path, &v);
+                tree.insert(path, v);
+            }
+            let expected = serde_json::to_string(&tree).unwrap();
+            assert_eq!(payload.finish(&mut out).unwrap().get(), expected);
             escaped += usize::from(expected.contains('\\'));
+            replaced += usize::from(expected.contains("\"location\":{") && tree.0.len() > 2);
         }
         assert!(escaped > 1000, "escaping was hardly tested");
+        assert!(replaced > 100, "nesting was hardly tested");
     }
 
     /// The word-at-a-time check finds every byte JSON escapes, wherever it sits, and nothing
