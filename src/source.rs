@@ -1731,24 +1731,39 @@ impl RowDecoder {
         d
     }
 
-    /// Replaces `cells` with the row's values, one per column.
+    /// Replaces `cells` with the row's values, one per column. Text is written into the
+    /// buffer of the text `cells` held at its place, if any, so a caller that puts buffers
+    /// back (`RowBuilder::build_in`) decodes rows without allocating for them.
     pub fn decode_into(
         &self,
         row: &Row,
         columns: &[Column],
         cells: &mut Vec<Cell>,
     ) -> Result<(), Undecodable> {
-        cells.clear();
+        cells.truncate(self.0.len());
         let types = row.columns();
         for (i, d) in self.0.iter().enumerate() {
             let cell = match row.try_get::<_, RawValue>(i) {
                 Ok(RawValue(None)) => Ok(Cell::Null),
+                Ok(RawValue(Some(raw))) if *d == Decoder::Text => match std::str::from_utf8(raw) {
+                    Ok(text) => {
+                        if let Some(Cell::Text(buf)) = cells.get_mut(i) {
+                            buf.clear();
+                            buf.push_str(text);
+                            continue;
+                        }
+                        Ok(Cell::Text(text.to_string()))
+                    }
+                    Err(e) => Err(e.into()),
+                },
                 Ok(RawValue(Some(raw))) => decode_as(*d, types[i].type_(), raw),
                 Err(e) => Err(e.into()),
             };
             match cell {
+                Ok(c) if i < cells.len() => cells[i] = c,
                 Ok(c) => cells.push(c),
                 Err(e) => {
+                    cells.truncate(i);
                     return Err(Undecodable {
                         column: columns
                             .get(i)

@@ -856,12 +856,23 @@ impl RowBuilder {
             match field_value(&self.mapping.env, f, origin, cells) {
                 Ok(Some(v)) => {
                     attributes.insert(&f.path, &v);
-                    if f.key == key_field {
-                        // Written into the payload already: the text itself can be the key.
-                        key = match v {
-                            Value::String(s) => Some(s),
-                            _ => None,
-                        };
+                    // Written into the payload already: the text itself can be the key, or
+                    // go back to the cell it was taken from, for the next row's text.
+                    match (v, origin) {
+                        (v, _) if f.key == key_field => {
+                            key = match v {
+                                Value::String(s) => Some(s),
+                                _ => None,
+                            };
+                        }
+                        (Value::String(s), BoundOrigin::Column(c, true))
+                            if s.capacity() <= 4096 =>
+                        {
+                            if let Some(cell) = cells.get_mut(*c) {
+                                *cell = Cell::Text(s);
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Ok(None) => {
