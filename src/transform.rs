@@ -853,21 +853,21 @@ impl RowBuilder {
         let mut pending: Option<(String, FieldFailure)> = None;
         for (i, origin) in &self.fields {
             let f = &self.mapping.fields[*i];
-            match field_value(&self.mapping.env, f, origin, cells) {
-                Ok(Some(v)) => {
-                    attributes.insert(&f.path, &v);
+            let mut text = None;
+            match field_value(
+                &self.mapping.env,
+                f,
+                origin,
+                cells,
+                &mut attributes,
+                &mut text,
+            ) {
+                Ok(true) => {
                     // Written into the payload already: the text itself can be the key, or
                     // go back to the cell it was taken from, for the next row's text.
-                    match (v, origin) {
-                        (v, _) if f.key == key_field => {
-                            key = match v {
-                                Value::String(s) => Some(s),
-                                _ => None,
-                            };
-                        }
-                        (Value::String(s), BoundOrigin::Column(c, true))
-                            if s.capacity() <= 4096 =>
-                        {
+                    match (text, origin) {
+                        (text, _) if f.key == key_field => key = text,
+                        (Some(s), BoundOrigin::Column(c, true)) if s.capacity() <= 4096 => {
                             if let Some(cell) = cells.get_mut(*c) {
                                 *cell = Cell::Text(s);
                             }
@@ -875,7 +875,7 @@ impl RowBuilder {
                         _ => {}
                     }
                 }
-                Ok(None) => {
+                Ok(false) => {
                     if f.on_null == NullPolicy::Unset && f.key != key_field {
                         unset.push(f.path.clone());
                     }
@@ -1018,13 +1018,16 @@ pub fn par_map<T: Send, U: Send>(
     })
 }
 
-/// A field's final JSON value; `None` for NULL.
-fn field_value(
+/// Writes a field's final JSON value into `payload` (`Ok(true)`; `text` gets the value's
+/// text, if it is text), or says it is NULL (`Ok(false)`).
+fn field_value<'m>(
     env: &Environment<'static>,
-    f: &Field,
+    f: &'m Field,
     origin: &BoundOrigin,
     cells: &mut [Cell],
-) -> Result<Option<Value>, FieldFailure> {
+    payload: &mut Payload<'m, '_>,
+    text: &mut Option<String>,
+) -> Result<bool, FieldFailure> {
     let mut v = match origin {
         BoundOrigin::Column(i, true) => cells
             .get_mut(*i)
@@ -1073,24 +1076,35 @@ fn field_value(
         v = d.clone();
     }
     if v.is_null() {
-        return Ok(None);
+        return Ok(false);
     }
     for t in &f.transforms {
         v = apply_transform(*t, v, f)?;
     }
     // Empty text is no value: a blank email is a missing key, not a malformed one.
     if matches!(&v, Cell::Text(s) if s.is_empty()) {
-        return Ok(None);
+        return Ok(false);
     }
     if let Some(ty) = f.value_type {
         v = cast(v, ty)?;
     }
     if v.is_null() {
-        return Ok(None);
+        return Ok(false);
+    }
+    // Text, the common case, is neither turned into a `Value` nor moved until it is written.
+    if let Cell::Text(s) = v {
+        validate(&s, f)?;
+        payload.insert_str(&f.path, &s);
+        *text = Some(s);
+        return Ok(true);
     }
     let json = finish(v, f)?;
-    validate(&json, f)?;
-    Ok(Some(json))
+    validate(json.as_str().unwrap_or_default(), f)?;
+    payload.insert(&f.path, &json);
+    if let Value::String(s) = json {
+        *text = Some(s);
+    }
+    Ok(true)
 }
 
 fn scalar_text(v: &Cell) -> Option<String> {
@@ -1413,11 +1427,12 @@ fn check_property_names(v: &Value, depth: usize) -> Result<(), String> {
     }
 }
 
-fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
-    let text = || Some(Cell::Text(v.as_str().unwrap_or_default().to_string()));
+/// Checks a value's text (`""` for a value that is not text) against what Klaviyo accepts
+/// for the field.
+fn validate(s: &str, f: &Field) -> Result<(), FieldFailure> {
+    let text = || Some(Cell::Text(s.to_string()));
     match f.path {
         FieldPath::Standard("email") => {
-            let s = v.as_str().unwrap_or_default();
             // A character is at least a byte: count characters only when the bytes exceed.
             if s.len() > MAX_EMAIL && s.chars().count() > MAX_EMAIL {
                 return Err(fail(
@@ -1436,7 +1451,6 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
             }
         }
         FieldPath::Standard("phone_number") => {
-            let s = v.as_str().unwrap_or_default();
             let e164_shape = s.len() >= 8
                 && s.len() <= 16
                 && s.starts_with('+')
@@ -1565,6 +1579,15 @@ impl<'m, 'b> Payload<'m, 'b> {
             leaves,
             failed: None,
         }
+    }
+
+    /// Sets `attributes.<path>` to the text `s`.
+    fn insert_str(&mut self, path: &'m FieldPath, s: &str) {
+        let start = self.leaves.len();
+        if let Err(e) = write_json_str(self.leaves, s) {
+            self.failed.get_or_insert(e);
+        }
+        self.root.insert(path, Node::Leaf(start, self.leaves.len()));
     }
 
     /// Sets `attributes.<path>` to `v`, written as serde_json writes it.
