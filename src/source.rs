@@ -1375,24 +1375,35 @@ impl Cell {
 
 /// RFC 3339 in UTC with `Z`, seconds precision unless there are fractions.
 pub fn format_datetime(t: &DateTime<Utc>) -> String {
+    let mut out = Vec::with_capacity(30);
+    write_datetime(&mut out, t);
+    // ASCII digits and separators, or chrono's text: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `format_datetime`, written at the end of `out`.
+pub fn write_datetime(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     use chrono::{Datelike as _, Timelike as _};
     let nanos = t.timestamp_subsec_nanos();
     // Years 0–9999 without a leap second, by hand: this runs for every timestamp of every
     // row. The same text as chrono's `to_rfc3339_opts(AutoSi, true)` (a test compares them).
     if !(0..=9999).contains(&t.year()) || nanos >= 1_000_000_000 {
-        return t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        out.extend_from_slice(
+            t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                .as_bytes(),
+        );
+        return;
     }
-    let mut out = String::with_capacity(30);
-    push_digits(&mut out, t.year() as u32, 4);
+    push_digits(out, t.year() as u32, 4);
     for (sep, n) in [
-        ('-', t.month()),
-        ('-', t.day()),
-        ('T', t.hour()),
-        (':', t.minute()),
-        (':', t.second()),
+        (b'-', t.month()),
+        (b'-', t.day()),
+        (b'T', t.hour()),
+        (b':', t.minute()),
+        (b':', t.second()),
     ] {
         out.push(sep);
-        push_digits(&mut out, n, 2);
+        push_digits(out, n, 2);
     }
     let (frac, width) = match nanos {
         0 => (0, 0),
@@ -1401,17 +1412,16 @@ pub fn format_datetime(t: &DateTime<Utc>) -> String {
         n => (n, 9),
     };
     if width > 0 {
-        out.push('.');
-        push_digits(&mut out, frac, width);
+        out.push(b'.');
+        push_digits(out, frac, width);
     }
-    out.push('Z');
-    out
+    out.push(b'Z');
 }
 
 /// `n` in decimal, zero-padded to `width` digits (`n` has at most `width`).
-fn push_digits(out: &mut String, n: u32, width: u32) {
+fn push_digits(out: &mut Vec<u8>, n: u32, width: u32) {
     for p in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10u32.pow(p) % 10) as u8));
+        out.push(b'0' + (n / 10u32.pow(p) % 10) as u8);
     }
 }
 

@@ -38,7 +38,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::attributes::{FieldPath, MAX_PROPERTY_NAME};
-use crate::source::{Cell, Column, format_datetime};
+use crate::source::{Cell, Column, format_datetime, write_datetime};
 use crate::spec::{
     Defaults, NullPolicy, ProfileKey, ProfilesSpec, Threshold, Transform, ValueType,
 };
@@ -1091,6 +1091,19 @@ fn field_value<'m>(
     if v.is_null() {
         return Ok(false);
     }
+    // A timestamp in `location` or `properties` is written straight into the payload, as the
+    // text `finish` makes of it (no key is there, and text needs no checks there).
+    let at = match &v {
+        Cell::Timestamptz(t) => Some(*t),
+        Cell::Timestamp(t) => Some(t.and_utc()),
+        _ => None,
+    };
+    if let Some(t) = at
+        && matches!(f.path, FieldPath::Location(_) | FieldPath::Property(_))
+    {
+        payload.insert_with(&f.path, |out| write_datetime_json(out, &t));
+        return Ok(true);
+    }
     // Text, the common case, is neither turned into a `Value` nor moved until it is written.
     if let Cell::Text(s) = v {
         validate(&s, f)?;
@@ -1581,6 +1594,13 @@ impl<'m, 'b> Payload<'m, 'b> {
         }
     }
 
+    /// Sets `attributes.<path>` to the JSON `write` writes.
+    fn insert_with(&mut self, path: &'m FieldPath, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.leaves.len();
+        write(self.leaves);
+        self.root.insert(path, Node::Leaf(start, self.leaves.len()));
+    }
+
     /// Sets `attributes.<path>` to the text `s`.
     fn insert_str(&mut self, path: &'m FieldPath, s: &str) {
         let start = self.leaves.len();
@@ -1619,6 +1639,13 @@ impl<'m, 'b> Payload<'m, 'b> {
         // by serde_json itself.
         Ok(unsafe { RawValue::from_string_unchecked(json) })
     }
+}
+
+/// A timestamp as a JSON string: `format_datetime`'s text, which has nothing to escape.
+fn write_datetime_json(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    out.push(b'"');
+    write_datetime(out, t);
+    out.push(b'"');
 }
 
 /// A JSON string as serde_json writes it: text with no `"`, `\` or control character (nearly
@@ -2202,6 +2229,47 @@ mod tests {
         }
         assert!(escaped > 1000, "escaping was hardly tested");
         assert!(replaced > 100, "nesting was hardly tested");
+    }
+
+    /// Timestamps written straight into the payload are the JSON `finish` makes of them, for
+    /// every precision, and years outside 0–9999.
+    #[test]
+    fn timestamps_are_written_as_finish_writes_them() {
+        let mut next = crate::testing::xorshift(0x2F0F_6A1B_9C3D_5E7Fu64);
+        let field = Field {
+            key: "properties.at".into(),
+            path: FieldPath::Property(vec!["at".into()]),
+            origin: Origin::Column("at".into()),
+            transforms: Vec::new(),
+            value_type: None,
+            default: None,
+            region: None,
+            on_null: NullPolicy::Keep,
+        };
+        for i in 0..50_000u64 {
+            let secs = match i % 4 {
+                0 => (next() % 600_000_000_000) as i64 - 300_000_000_000,
+                _ => (next() % 4_000_000_000) as i64,
+            };
+            let nanos = match i % 5 {
+                0 => 0,
+                1 => (next() % 1000) as u32 * 1_000_000,
+                2 => (next() % 1_000_000) as u32 * 1000,
+                _ => (next() % 1_000_000_000) as u32,
+            };
+            let Some(t) = DateTime::from_timestamp(secs, nanos) else {
+                continue;
+            };
+            for cell in [Cell::Timestamptz(t), Cell::Timestamp(t.naive_utc())] {
+                let Ok(json) = finish(cell, &field) else {
+                    panic!("{t} was refused");
+                };
+                let general = serde_json::to_string(&json).unwrap();
+                let mut direct = Vec::new();
+                write_datetime_json(&mut direct, &t);
+                assert_eq!(String::from_utf8(direct).unwrap(), general);
+            }
+        }
     }
 
     /// The word-at-a-time check finds every byte JSON escapes, wherever it sits, and nothing
