@@ -1518,11 +1518,13 @@ impl<'m> Object<'m> {
             .position(|(k, _)| std::ptr::eq(*k, key) || *k == key)
     }
 
-    /// Sets `key`, keeping its place when it was set before.
-    fn set(&mut self, key: &'m str, node: Node<'m>) {
+    /// Sets `key` to the value at `leaves[start..end]`, keeping its place when it was set
+    /// before. (The node is made here from plain numbers: built by the caller and passed in,
+    /// it was copied through memory at a cost that showed.)
+    fn set(&mut self, key: &'m str, start: usize, end: usize) {
         match self.slot(key) {
-            Some(i) => self.0[i].1 = node,
-            None => self.0.push((key, node)),
+            Some(i) => self.0[i].1 = Node::Leaf(start, end),
+            None => self.0.push((key, Node::Leaf(start, end))),
         }
     }
 
@@ -1539,13 +1541,14 @@ impl<'m> Object<'m> {
         &mut self.0[i].1
     }
 
-    /// Sets `attributes.<path>`, creating `location` / nested property objects.
-    fn insert(&mut self, path: &'m FieldPath, leaf: Node<'m>) {
+    /// Sets `attributes.<path>` to the value at `leaves[start..end]`, creating `location` /
+    /// nested property objects.
+    fn insert(&mut self, path: &'m FieldPath, start: usize, end: usize) {
         match path {
-            FieldPath::Standard(name) => self.set(name, leaf),
+            FieldPath::Standard(name) => self.set(name, start, end),
             FieldPath::Location(name) => {
                 if let Node::Object(m) = self.entry("location") {
-                    m.set(name, leaf);
+                    m.set(name, start, end);
                 }
             }
             FieldPath::Property(parts) => {
@@ -1553,7 +1556,7 @@ impl<'m> Object<'m> {
                 for (i, p) in parts.iter().enumerate() {
                     let Node::Object(m) = cur else { return };
                     if i + 1 == parts.len() {
-                        m.set(p, leaf);
+                        m.set(p, start, end);
                         return;
                     }
                     cur = m.entry(p);
@@ -1598,7 +1601,7 @@ impl<'m, 'b> Payload<'m, 'b> {
     fn insert_with(&mut self, path: &'m FieldPath, write: impl FnOnce(&mut Vec<u8>)) {
         let start = self.leaves.len();
         write(self.leaves);
-        self.root.insert(path, Node::Leaf(start, self.leaves.len()));
+        self.root.insert(path, start, self.leaves.len());
     }
 
     /// Sets `attributes.<path>` to the text `s`.
@@ -1607,7 +1610,7 @@ impl<'m, 'b> Payload<'m, 'b> {
         if let Err(e) = write_json_str(self.leaves, s) {
             self.failed.get_or_insert(e);
         }
-        self.root.insert(path, Node::Leaf(start, self.leaves.len()));
+        self.root.insert(path, start, self.leaves.len());
     }
 
     /// Sets `attributes.<path>` to `v`, written as serde_json writes it.
@@ -1620,7 +1623,7 @@ impl<'m, 'b> Payload<'m, 'b> {
         if let Err(e) = written {
             self.failed.get_or_insert(e);
         }
-        self.root.insert(path, Node::Leaf(start, self.leaves.len()));
+        self.root.insert(path, start, self.leaves.len());
     }
 
     /// The payload as JSON, in one allocation of the exact size; `out` is scratch space.
