@@ -363,12 +363,15 @@ impl ProfileStream {
         }
         let first = self.rows.count() + 1 - batch.len() as u64;
         let pool = self.pool.get_or_insert_with(|| {
+            let builder = self.transformer.builder();
+            // Text no field reads is not copied out of the rows.
+            let decoder = RowDecoder::reading(&batch[0], &builder.reads(batch[0].len()));
             Pool::start(
                 self.threads,
                 Arc::new(Work {
-                    builder: self.transformer.builder(),
+                    builder,
                     columns: self.rows.columns().to_vec(),
-                    decoder: RowDecoder::of(&batch[0]),
+                    decoder,
                     fingerprint: self.fingerprint.clone(),
                     known: self.known.clone(),
                 }),
@@ -379,6 +382,12 @@ impl ProfileStream {
 
     /// Turns a transformed batch into outcomes: duplicate keys are settled here, in row order.
     fn absorb(&mut self, first: u64, built: Vec<Built>, rows: &[Row]) {
+        // The batch's keys are looked up together: their places in the set are fetched first.
+        for b in &built {
+            if let Built::Done(Ok(p)) = b {
+                self.transformer.prefetch(p.key_hash);
+            }
+        }
         for (i, b) in built.into_iter().enumerate() {
             let row_number = first + i as u64;
             let outcome = match b {

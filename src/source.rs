@@ -1433,24 +1433,35 @@ impl Cell {
 
 /// RFC 3339 in UTC with `Z`, seconds precision unless there are fractions.
 pub fn format_datetime(t: &DateTime<Utc>) -> String {
+    let mut out = Vec::with_capacity(30);
+    write_datetime(&mut out, t);
+    // ASCII digits and separators, or chrono's text: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `format_datetime`, written at the end of `out`.
+pub fn write_datetime(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     use chrono::{Datelike as _, Timelike as _};
     let nanos = t.timestamp_subsec_nanos();
     // Years 0–9999 without a leap second, by hand: this runs for every timestamp of every
     // row. The same text as chrono's `to_rfc3339_opts(AutoSi, true)` (a test compares them).
     if !(0..=9999).contains(&t.year()) || nanos >= 1_000_000_000 {
-        return t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        out.extend_from_slice(
+            t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                .as_bytes(),
+        );
+        return;
     }
-    let mut out = String::with_capacity(30);
-    push_digits(&mut out, t.year() as u32, 4);
+    push_digits(out, t.year() as u32, 4);
     for (sep, n) in [
-        ('-', t.month()),
-        ('-', t.day()),
-        ('T', t.hour()),
-        (':', t.minute()),
-        (':', t.second()),
+        (b'-', t.month()),
+        (b'-', t.day()),
+        (b'T', t.hour()),
+        (b':', t.minute()),
+        (b':', t.second()),
     ] {
         out.push(sep);
-        push_digits(&mut out, n, 2);
+        push_digits(out, n, 2);
     }
     let (frac, width) = match nanos {
         0 => (0, 0),
@@ -1459,17 +1470,16 @@ pub fn format_datetime(t: &DateTime<Utc>) -> String {
         n => (n, 9),
     };
     if width > 0 {
-        out.push('.');
-        push_digits(&mut out, frac, width);
+        out.push(b'.');
+        push_digits(out, frac, width);
     }
-    out.push('Z');
-    out
+    out.push(b'Z');
 }
 
 /// `n` in decimal, zero-padded to `width` digits (`n` has at most `width`).
-fn push_digits(out: &mut String, n: u32, width: u32) {
+fn push_digits(out: &mut Vec<u8>, n: u32, width: u32) {
     for p in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10u32.pow(p) % 10) as u8));
+        out.push(b'0' + (n / 10u32.pow(p) % 10) as u8);
     }
 }
 
@@ -1539,6 +1549,8 @@ pub enum Decoder {
     Jsonb,
     /// text, varchar, bpchar, name, unknown, citext, enums: UTF-8 text on the wire.
     Text,
+    /// Text no one reads (`RowDecoder::reading`): checked as `Text` checks it, then NULL.
+    Unread,
     /// Domains and arrays: worked out from the type for each value.
     ByType,
 }
@@ -1634,6 +1646,10 @@ fn decode_as(d: Decoder, ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
             json_cell(rest)?
         }
         Decoder::Text => Cell::Text(std::str::from_utf8(raw)?.to_string()),
+        Decoder::Unread => {
+            std::str::from_utf8(raw)?;
+            Cell::Null
+        }
     })
 }
 
@@ -1770,24 +1786,52 @@ impl RowDecoder {
         )
     }
 
-    /// Replaces `cells` with the row's values, one per column.
+    /// Like `of`, for readers of some columns only (`read[i]`: column `i` is read): text in
+    /// the other columns is checked as it would be (a value that cannot be read still ends
+    /// the query) but not copied out, and comes out NULL.
+    pub fn reading(row: &Row, read: &[bool]) -> RowDecoder {
+        let mut d = RowDecoder::of(row);
+        for (i, d) in d.0.iter_mut().enumerate() {
+            if *d == Decoder::Text && !read.get(i).copied().unwrap_or(true) {
+                *d = Decoder::Unread;
+            }
+        }
+        d
+    }
+
+    /// Replaces `cells` with the row's values, one per column. Text is written into the
+    /// buffer of the text `cells` held at its place, if any, so a caller that puts buffers
+    /// back (`RowBuilder::build_in`) decodes rows without allocating for them.
     pub fn decode_into(
         &self,
         row: &Row,
         columns: &[Column],
         cells: &mut Vec<Cell>,
     ) -> Result<(), Undecodable> {
-        cells.clear();
+        cells.truncate(self.0.len());
         let types = row.columns();
         for (i, d) in self.0.iter().enumerate() {
             let cell = match row.try_get::<_, RawValue>(i) {
                 Ok(RawValue(None)) => Ok(Cell::Null),
+                Ok(RawValue(Some(raw))) if *d == Decoder::Text => match std::str::from_utf8(raw) {
+                    Ok(text) => {
+                        if let Some(Cell::Text(buf)) = cells.get_mut(i) {
+                            buf.clear();
+                            buf.push_str(text);
+                            continue;
+                        }
+                        Ok(Cell::Text(text.to_string()))
+                    }
+                    Err(e) => Err(e.into()),
+                },
                 Ok(RawValue(Some(raw))) => decode_as(*d, types[i].type_(), raw),
                 Err(e) => Err(e.into()),
             };
             match cell {
+                Ok(c) if i < cells.len() => cells[i] = c,
                 Ok(c) => cells.push(c),
                 Err(e) => {
+                    cells.truncate(i);
                     return Err(Undecodable {
                         column: columns
                             .get(i)

@@ -26,7 +26,6 @@
 //! is *no value*: left out under `on_null: keep`, listed in `unset` under `on_null: unset`,
 //! and a missing key (`key_missing`) for the key field.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -39,7 +38,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::attributes::{FieldPath, MAX_PROPERTY_NAME};
-use crate::source::{Cell, Column, format_datetime};
+use crate::source::{Cell, Column, format_datetime, write_datetime};
 use crate::spec::{
     Defaults, NullPolicy, ProfileKey, ProfilesSpec, Threshold, Transform, ValueType,
 };
@@ -519,7 +518,7 @@ impl Mapping {
                 mapping: self.clone(),
                 fields: bound,
             }),
-            seen: HashSet::default(),
+            seen: KeySet::default(),
         })
     }
 }
@@ -599,7 +598,82 @@ enum BoundOrigin {
 pub struct Transformer {
     builder: Arc<RowBuilder>,
     /// Key hashes (`Snapshot::key_hash`, already well mixed: no second hashing).
-    seen: HashSet<u64, std::hash::BuildHasherDefault<PreHashed>>,
+    seen: KeySet,
+}
+
+/// Key hashes seen in a run (`Snapshot::key_hash`). Open addressing with linear probing over plain `u64`s, 0 marking a free slot (the
+/// hash 0 is kept apart). Unlike a general set, it can be told the keys coming next
+/// (`prefetch`): with a million keys it is far bigger than the caches, and fetching a batch's
+/// slots together costs one wait for memory instead of one per row.
+#[derive(Default)]
+struct KeySet {
+    /// A power of two long, or empty before the first key.
+    slots: Vec<u64>,
+    /// 64 minus log2 of `slots.len()`.
+    shift: u32,
+    /// Slots in use.
+    used: usize,
+    zero: bool,
+}
+
+impl KeySet {
+    fn slot(&self, h: u64) -> usize {
+        // Mixed once more (Fibonacci hashing), so hashes that differ only in low bits spread.
+        (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    /// Adds a key; whether it was new.
+    fn insert(&mut self, h: u64) -> bool {
+        if h == 0 {
+            return !std::mem::replace(&mut self.zero, true);
+        }
+        // At most three quarters full.
+        if (self.used + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(h);
+        loop {
+            match self.slots[i] {
+                0 => {
+                    self.slots[i] = h;
+                    self.used += 1;
+                    return true;
+                }
+                s if s == h => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let len = (self.slots.len() * 2).max(1024);
+        let old = std::mem::replace(&mut self.slots, vec![0; len]);
+        self.shift = 64 - len.trailing_zeros();
+        self.used = 0;
+        for h in old.into_iter().filter(|h| *h != 0) {
+            self.insert(h);
+        }
+    }
+
+    /// Starts fetching the slot of a key about to be inserted (a hint; changes nothing).
+    fn prefetch(&self, h: u64) {
+        if let Some(slot) = self.slots.get(self.slot(h)) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing into the program and cannot fault; the address
+            // is a live element anyway.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>((slot as *const u64).cast());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = slot;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.used + usize::from(self.zero)
+    }
 }
 
 /// A hasher for keys that are hashes already: passes the `u64` through.
@@ -704,6 +778,12 @@ impl Transformer {
     pub fn distinct_keys(&self) -> usize {
         self.seen.len()
     }
+
+    /// Says that a key (by `Snapshot::key_hash`) is about to go through `dedup` or
+    /// `first_sight`, so its place in the set is fetched from memory meanwhile (a hint).
+    pub fn prefetch(&self, key_hash: u64) {
+        self.seen.prefetch(key_hash);
+    }
 }
 
 /// A mapping bound to a query's columns: turns one row into a profile or a reject, on any
@@ -720,23 +800,87 @@ impl RowBuilder {
         self.build_in(row_number, &mut cells)
     }
 
+    /// Which of the query's `columns` some field reads: `build_in` never looks at the others.
+    pub fn reads(&self, columns: usize) -> Vec<bool> {
+        let mut read = vec![false; columns];
+        let mut mark = |i: usize| {
+            if let Some(r) = read.get_mut(i) {
+                *r = true;
+            }
+        };
+        for (_, origin) in &self.fields {
+            match origin {
+                BoundOrigin::Column(i, _) => mark(*i),
+                BoundOrigin::Template(_, cols, simple) => {
+                    cols.iter().for_each(|(_, i)| mark(*i));
+                    if let Some((_, at)) = simple {
+                        at.iter().for_each(|i| mark(*i));
+                    }
+                }
+                BoundOrigin::Constant(_) => {}
+            }
+        }
+        read
+    }
+
     /// `build` from cells the caller keeps (values may be taken out of them).
     pub fn build_in(&self, row_number: u64, cells: &mut [Cell]) -> Result<ProfileRow, Reject> {
-        let mut attributes = Object(Vec::with_capacity(self.fields.len()));
+        thread_local! {
+            /// Where a row's values and then its payload are written, reused from row to row.
+            static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let (leaves, out) = &mut *scratch;
+                let built = self.build_with(row_number, cells, leaves, out);
+                if leaves.capacity() > 1 << 20 || out.capacity() > 1 << 20 {
+                    // An oversized profile: do not keep its buffers for the rows after it.
+                    *scratch = (Vec::new(), Vec::new());
+                }
+                built
+            }
+            Err(_) => self.build_with(row_number, cells, &mut Vec::new(), &mut Vec::new()),
+        })
+    }
+
+    fn build_with(
+        &self,
+        row_number: u64,
+        cells: &mut [Cell],
+        leaves: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<ProfileRow, Reject> {
+        let mut attributes = Payload::new(self.fields.len(), leaves);
         let mut unset = Vec::new();
         let mut key: Option<String> = None;
         let key_field = self.mapping.key.field();
         let mut pending: Option<(String, FieldFailure)> = None;
         for (i, origin) in &self.fields {
             let f = &self.mapping.fields[*i];
-            match field_value(&self.mapping.env, f, origin, cells) {
-                Ok(Some(v)) => {
-                    if f.key == key_field {
-                        key = v.as_str().map(str::to_string);
+            let mut text = None;
+            match field_value(
+                &self.mapping.env,
+                f,
+                origin,
+                cells,
+                &mut attributes,
+                &mut text,
+            ) {
+                Ok(true) => {
+                    // Written into the payload already: the text itself can be the key, or
+                    // go back to the cell it was taken from, for the next row's text.
+                    match (text, origin) {
+                        (text, _) if f.key == key_field => key = text,
+                        (Some(s), BoundOrigin::Column(c, true)) if s.capacity() <= 4096 => {
+                            if let Some(cell) = cells.get_mut(*c) {
+                                *cell = Cell::Text(s);
+                            }
+                        }
+                        _ => {}
                     }
-                    attributes.insert(&f.path, v);
                 }
-                Ok(None) => {
+                Ok(false) => {
                     if f.on_null == NullPolicy::Unset && f.key != key_field {
                         unset.push(f.path.clone());
                     }
@@ -765,7 +909,7 @@ impl RowBuilder {
         if let Some((field, e)) = pending {
             return Err(self.reject(row_number, Some(&key), Some(&field), *e));
         }
-        let attributes = match serde_json::value::to_raw_value(&attributes) {
+        let attributes = match attributes.finish(out) {
             Ok(a) => a,
             Err(e) => {
                 return Err(self.reject(
@@ -879,13 +1023,16 @@ pub fn par_map<T: Send, U: Send>(
     })
 }
 
-/// A field's final JSON value; `None` for NULL.
-fn field_value(
+/// Writes a field's final JSON value into `payload` (`Ok(true)`; `text` gets the value's
+/// text, if it is text), or says it is NULL (`Ok(false)`).
+fn field_value<'m>(
     env: &Environment<'static>,
-    f: &Field,
+    f: &'m Field,
     origin: &BoundOrigin,
     cells: &mut [Cell],
-) -> Result<Option<Value>, FieldFailure> {
+    payload: &mut Payload<'m, '_>,
+    text: &mut Option<String>,
+) -> Result<bool, FieldFailure> {
     let mut v = match origin {
         BoundOrigin::Column(i, true) => cells
             .get_mut(*i)
@@ -934,24 +1081,48 @@ fn field_value(
         v = d.clone();
     }
     if v.is_null() {
-        return Ok(None);
+        return Ok(false);
     }
     for t in &f.transforms {
         v = apply_transform(*t, v, f)?;
     }
     // Empty text is no value: a blank email is a missing key, not a malformed one.
     if matches!(&v, Cell::Text(s) if s.is_empty()) {
-        return Ok(None);
+        return Ok(false);
     }
     if let Some(ty) = f.value_type {
         v = cast(v, ty)?;
     }
     if v.is_null() {
-        return Ok(None);
+        return Ok(false);
+    }
+    // A timestamp in `location` or `properties` is written straight into the payload, as the
+    // text `finish` makes of it (no key is there, and text needs no checks there).
+    let at = match &v {
+        Cell::Timestamptz(t) => Some(*t),
+        Cell::Timestamp(t) => Some(t.and_utc()),
+        _ => None,
+    };
+    if let Some(t) = at
+        && matches!(f.path, FieldPath::Location(_) | FieldPath::Property(_))
+    {
+        payload.insert_with(&f.path, |out| write_datetime_json(out, &t));
+        return Ok(true);
+    }
+    // Text, the common case, is neither turned into a `Value` nor moved until it is written.
+    if let Cell::Text(s) = v {
+        validate(&s, f)?;
+        payload.insert_str(&f.path, &s);
+        *text = Some(s);
+        return Ok(true);
     }
     let json = finish(v, f)?;
-    validate(&json, f)?;
-    Ok(Some(json))
+    validate(json.as_str().unwrap_or_default(), f)?;
+    payload.insert(&f.path, &json);
+    if let Value::String(s) = json {
+        *text = Some(s);
+    }
+    Ok(true)
 }
 
 fn scalar_text(v: &Cell) -> Option<String> {
@@ -1274,11 +1445,12 @@ fn check_property_names(v: &Value, depth: usize) -> Result<(), String> {
     }
 }
 
-fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
-    let text = || Some(Cell::Text(v.as_str().unwrap_or_default().to_string()));
+/// Checks a value's text (`""` for a value that is not text) against what Klaviyo accepts
+/// for the field.
+fn validate(s: &str, f: &Field) -> Result<(), FieldFailure> {
+    let text = || Some(Cell::Text(s.to_string()));
     match f.path {
         FieldPath::Standard("email") => {
-            let s = v.as_str().unwrap_or_default();
             // A character is at least a byte: count characters only when the bytes exceed.
             if s.len() > MAX_EMAIL && s.chars().count() > MAX_EMAIL {
                 return Err(fail(
@@ -1297,7 +1469,6 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
             }
         }
         FieldPath::Standard("phone_number") => {
-            let s = v.as_str().unwrap_or_default();
             let e164_shape = s.len() >= 8
                 && s.len() <= 16
                 && s.starts_with('+')
@@ -1324,13 +1495,23 @@ fn validate(v: &Value, f: &Field) -> Result<(), FieldFailure> {
 
 /// A profile's attributes while its row is built. Insertion-ordered with the semantics of
 /// `serde_json::Map` under `preserve_order` (a key set again keeps its place), so it
-/// serialises to the same bytes, but keys are borrowed from the mapping and nothing is hashed:
-/// a profile has a handful of keys, and a linear scan beats hashing them.
+/// serialises to the same bytes (a test compares them), but keys are borrowed from the
+/// mapping and nothing is hashed: a profile has a handful of keys, and a linear scan beats
+/// hashing them. Values are written as JSON into `leaves` as they are set; the tree keeps
+/// only where each one is, so no JSON value is moved into it or kept.
+struct Payload<'m, 'b> {
+    root: Object<'m>,
+    leaves: &'b mut Vec<u8>,
+    /// Writing a value failed (it never does for a `Value`): the payload cannot be made.
+    failed: Option<serde_json::Error>,
+}
+
 #[derive(Default)]
 struct Object<'m>(Vec<(&'m str, Node<'m>)>);
 
 enum Node<'m> {
-    Leaf(Value),
+    /// A value's JSON: `leaves[start..end]`.
+    Leaf(usize, usize),
     Object(Object<'m>),
 }
 
@@ -1342,11 +1523,13 @@ impl<'m> Object<'m> {
             .position(|(k, _)| std::ptr::eq(*k, key) || *k == key)
     }
 
-    /// Sets `key`, keeping its place when it was set before.
-    fn set(&mut self, key: &'m str, node: Node<'m>) {
+    /// Sets `key` to the value at `leaves[start..end]`, keeping its place when it was set
+    /// before. (The node is made here from plain numbers: built by the caller and passed in,
+    /// it was copied through memory at a cost that showed.)
+    fn set(&mut self, key: &'m str, start: usize, end: usize) {
         match self.slot(key) {
-            Some(i) => self.0[i].1 = node,
-            None => self.0.push((key, node)),
+            Some(i) => self.0[i].1 = Node::Leaf(start, end),
+            None => self.0.push((key, Node::Leaf(start, end))),
         }
     }
 
@@ -1363,13 +1546,14 @@ impl<'m> Object<'m> {
         &mut self.0[i].1
     }
 
-    /// Sets `attributes.<path>`, creating `location` / nested property objects.
-    fn insert(&mut self, path: &'m FieldPath, v: Value) {
+    /// Sets `attributes.<path>` to the value at `leaves[start..end]`, creating `location` /
+    /// nested property objects.
+    fn insert(&mut self, path: &'m FieldPath, start: usize, end: usize) {
         match path {
-            FieldPath::Standard(name) => self.set(name, Node::Leaf(v)),
+            FieldPath::Standard(name) => self.set(name, start, end),
             FieldPath::Location(name) => {
                 if let Node::Object(m) = self.entry("location") {
-                    m.set(name, Node::Leaf(v));
+                    m.set(name, start, end);
                 }
             }
             FieldPath::Property(parts) => {
@@ -1377,7 +1561,7 @@ impl<'m> Object<'m> {
                 for (i, p) in parts.iter().enumerate() {
                     let Node::Object(m) = cur else { return };
                     if i + 1 == parts.len() {
-                        m.set(p, Node::Leaf(v));
+                        m.set(p, start, end);
                         return;
                     }
                     cur = m.entry(p);
@@ -1388,26 +1572,125 @@ impl<'m> Object<'m> {
             }
         }
     }
-}
 
-impl Serialize for Object<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
+    fn write_json(&self, leaves: &[u8], out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.push(b'{');
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, k)?;
+            out.push(b':');
+            match v {
+                Node::Leaf(start, end) => out.extend_from_slice(&leaves[*start..*end]),
+                Node::Object(o) => o.write_json(leaves, out)?,
+            }
         }
-        map.end()
+        out.push(b'}');
+        Ok(())
     }
 }
 
-impl Serialize for Node<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Node::Leaf(v) => v.serialize(s),
-            Node::Object(o) => o.serialize(s),
+impl<'m, 'b> Payload<'m, 'b> {
+    /// `leaves` is scratch space, reused from row to row.
+    fn new(fields: usize, leaves: &'b mut Vec<u8>) -> Payload<'m, 'b> {
+        leaves.clear();
+        Payload {
+            root: Object(Vec::with_capacity(fields)),
+            leaves,
+            failed: None,
         }
     }
+
+    /// Sets `attributes.<path>` to the JSON `write` writes.
+    fn insert_with(&mut self, path: &'m FieldPath, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.leaves.len();
+        write(self.leaves);
+        self.root.insert(path, start, self.leaves.len());
+    }
+
+    /// Sets `attributes.<path>` to the text `s`.
+    fn insert_str(&mut self, path: &'m FieldPath, s: &str) {
+        let start = self.leaves.len();
+        if let Err(e) = write_json_str(self.leaves, s) {
+            self.failed.get_or_insert(e);
+        }
+        self.root.insert(path, start, self.leaves.len());
+    }
+
+    /// Sets `attributes.<path>` to `v`, written as serde_json writes it.
+    fn insert(&mut self, path: &'m FieldPath, v: &Value) {
+        let start = self.leaves.len();
+        let written = match v {
+            Value::String(s) => write_json_str(self.leaves, s),
+            v => serde_json::to_writer(&mut *self.leaves, v),
+        };
+        if let Err(e) = written {
+            self.failed.get_or_insert(e);
+        }
+        self.root.insert(path, start, self.leaves.len());
+    }
+
+    /// The payload as JSON, in one allocation of the exact size; `out` is scratch space.
+    fn finish(mut self, out: &mut Vec<u8>) -> serde_json::Result<Box<RawValue>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        out.clear();
+        self.root.write_json(self.leaves, out)?;
+        debug_assert!(std::str::from_utf8(out).is_ok());
+        // SAFETY: `write_json` writes text only from `str`s, ASCII punctuation and
+        // serde_json's own output: valid UTF-8.
+        let json = unsafe { String::from_utf8_unchecked(out.as_slice().to_vec()) };
+        // SAFETY: `write_json` writes one JSON object with no surrounding whitespace: its
+        // keys and texts quoted and escaped as serde_json does, every other value written
+        // by serde_json itself.
+        Ok(unsafe { RawValue::from_string_unchecked(json) })
+    }
+}
+
+/// A timestamp as a JSON string: `format_datetime`'s text, which has nothing to escape.
+fn write_datetime_json(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    out.push(b'"');
+    write_datetime(out, t);
+    out.push(b'"');
+}
+
+/// A JSON string as serde_json writes it: text with no `"`, `\` or control character (nearly
+/// all text) is copied as it is; other text is left to serde_json's escaping.
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    if needs_escape(s.as_bytes()) {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
+}
+
+/// Whether text has a byte JSON escapes (`"`, `\`, below 0x20), eight bytes at a time.
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A byte of `x` is below `n` (n ≤ 0x80) exactly when `(x - n·ONES) & !x & HIGH` has its
+    // high bit: borrows only ever come from such a byte, so the answer for a word is exact.
+    let any = |x: u64| {
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        ((x.wrapping_sub(ONES * 0x20) & !x)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash))
+            & HIGH
+            != 0
+    };
+    let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
+    if b.len() < 8 {
+        return b.iter().any(|b| *b < 0x20 || *b == b'"' || *b == b'\\');
+    }
+    // Whole words, then the last eight bytes (overlapping the words before them): no copy
+    // of the tail into a buffer, which would cost more than the check.
+    b.chunks_exact(8).any(|w| any(word(w))) || any(word(&b[b.len() - 8..]))
 }
 
 /// An exact decimal as a JSON number, when a JSON number (i64, u64 or f64) says exactly
@@ -1773,6 +2056,269 @@ mod tests {
         assert!(to_e164("201 555 0123", None).is_err());
         assert!(to_e164("12", us).is_err());
         assert_eq!(to_e164("+44 20 7946 0958", us), Ok("+442079460958".into()));
+    }
+
+    /// The attributes as kdit built them before `Payload`: a tree of `Value`s with the
+    /// semantics of `serde_json::Map` under `preserve_order`, serialised by serde_json.
+    mod reference {
+        use super::*;
+
+        #[derive(Default)]
+        pub struct Object<'m>(pub Vec<(&'m str, Node<'m>)>);
+
+        pub enum Node<'m> {
+            Leaf(Value),
+            Object(Object<'m>),
+        }
+
+        impl<'m> Object<'m> {
+            fn slot(&mut self, key: &'m str) -> Option<usize> {
+                self.0.iter().position(|(k, _)| *k == key)
+            }
+
+            fn set(&mut self, key: &'m str, node: Node<'m>) {
+                match self.slot(key) {
+                    Some(i) => self.0[i].1 = node,
+                    None => self.0.push((key, node)),
+                }
+            }
+
+            fn entry(&mut self, key: &'m str) -> &mut Node<'m> {
+                let i = match self.slot(key) {
+                    Some(i) => i,
+                    None => {
+                        self.0.push((key, Node::Object(Object::default())));
+                        self.0.len() - 1
+                    }
+                };
+                &mut self.0[i].1
+            }
+
+            pub fn insert(&mut self, path: &'m FieldPath, v: Value) {
+                match path {
+                    FieldPath::Standard(name) => self.set(name, Node::Leaf(v)),
+                    FieldPath::Location(name) => {
+                        if let Node::Object(m) = self.entry("location") {
+                            m.set(name, Node::Leaf(v));
+                        }
+                    }
+                    FieldPath::Property(parts) => {
+                        let mut cur = self.entry("properties");
+                        for (i, p) in parts.iter().enumerate() {
+                            let Node::Object(m) = cur else { return };
+                            if i + 1 == parts.len() {
+                                m.set(p, Node::Leaf(v));
+                                return;
+                            }
+                            cur = m.entry(p);
+                            if !matches!(cur, Node::Object(_)) {
+                                *cur = Node::Object(Object::default());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        impl Serialize for Object<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap as _;
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in &self.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+
+        impl Serialize for Node<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    Node::Leaf(v) => v.serialize(s),
+                    Node::Object(o) => o.serialize(s),
+                }
+            }
+        }
+    }
+
+    /// The payload gives the bytes serde_json gives for the tree of `Value`s kdit built before
+    /// (`reference`) with the same paths: every kind of value, text that needs escaping or
+    /// not, keys set again, and paths that run into values set before (`location` or a
+    /// property set as a value, then as an object).
+    #[test]
+    fn payloads_are_written_as_serde_json_writes_them() {
+        let mut next = crate::testing::xorshift(0xD1B5_4A32_D192_ED03u64);
+        let pieces = [
+            "a",
+            "Zürich",
+            "\"",
+            "\\",
+            "\n",
+            "\t",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            "東京",
+            " ",
+            "/",
+            "é",
+            "\r",
+            "\u{8}",
+            "\u{c}",
+            "x@example.com",
+            "'",
+            "<",
+            "\u{2028}",
+            "😀",
+            "",
+        ];
+        fn text(next: &mut impl FnMut() -> u64, pieces: &[&str]) -> String {
+            (0..next() % 6)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect()
+        }
+        fn leaf(next: &mut impl FnMut() -> u64, pieces: &[&str], depth: u32) -> Value {
+            match next() % if depth > 2 { 7 } else { 9 } {
+                0..=2 => Value::String(text(next, pieces)),
+                3 => Value::from(next() as i64),
+                4 => Value::from(next()),
+                5 => Value::from(f64::from_bits(next() % (0x7FEu64 << 52))),
+                6 => [Value::Null, Value::Bool(true), Value::Bool(false)][(next() % 3) as usize]
+                    .clone(),
+                7 => Value::Array(
+                    (0..next() % 4)
+                        .map(|_| leaf(next, pieces, depth + 1))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..next() % 4)
+                        .map(|_| (text(next, pieces), leaf(next, pieces, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        let mut paths = vec![
+            FieldPath::Standard("email"),
+            FieldPath::Standard("first_name"),
+            FieldPath::Standard("location"),
+            FieldPath::Standard("properties"),
+            FieldPath::Standard("k\"\u{1}"),
+            FieldPath::Location("city"),
+            FieldPath::Location("zip"),
+            FieldPath::Location("é\n"),
+        ];
+        let parts = ["a", "b", "plan", "é\"q", "\u{2}"];
+        for x in 0..parts.len() {
+            paths.push(FieldPath::Property(vec![parts[x].to_string()]));
+            for y in 0..parts.len() {
+                paths.push(FieldPath::Property(vec![parts[x].into(), parts[y].into()]));
+                paths.push(FieldPath::Property(vec![
+                    parts[x].into(),
+                    parts[y].into(),
+                    "z".into(),
+                ]));
+            }
+        }
+        let (mut leaves, mut out) = (Vec::new(), Vec::new());
+        let (mut escaped, mut replaced) = (0, 0);
+        for _ in 0..20_000 {
+            let mut payload = Payload::new(4, &mut leaves);
+            let mut tree = reference::Object::default();
+            for _ in 0..next() % 9 {
+                let path = &paths[(next() % paths.len() as u64) as usize];
+                let v = leaf(&mut next, &pieces, 0);
+                payload.insert(path, &v);
+                tree.insert(path, v);
+            }
+            let expected = serde_json::to_string(&tree).unwrap();
+            assert_eq!(payload.finish(&mut out).unwrap().get(), expected);
+            escaped += usize::from(expected.contains('\\'));
+            replaced += usize::from(expected.contains("\"location\":{") && tree.0.len() > 2);
+        }
+        assert!(escaped > 1000, "escaping was hardly tested");
+        assert!(replaced > 100, "nesting was hardly tested");
+    }
+
+    /// Timestamps written straight into the payload are the JSON `finish` makes of them, for
+    /// every precision, and years outside 0–9999.
+    #[test]
+    fn timestamps_are_written_as_finish_writes_them() {
+        let mut next = crate::testing::xorshift(0x2F0F_6A1B_9C3D_5E7Fu64);
+        let field = Field {
+            key: "properties.at".into(),
+            path: FieldPath::Property(vec!["at".into()]),
+            origin: Origin::Column("at".into()),
+            transforms: Vec::new(),
+            value_type: None,
+            default: None,
+            region: None,
+            on_null: NullPolicy::Keep,
+        };
+        for i in 0..50_000u64 {
+            let secs = match i % 4 {
+                0 => (next() % 600_000_000_000) as i64 - 300_000_000_000,
+                _ => (next() % 4_000_000_000) as i64,
+            };
+            let nanos = match i % 5 {
+                0 => 0,
+                1 => (next() % 1000) as u32 * 1_000_000,
+                2 => (next() % 1_000_000) as u32 * 1000,
+                _ => (next() % 1_000_000_000) as u32,
+            };
+            let Some(t) = DateTime::from_timestamp(secs, nanos) else {
+                continue;
+            };
+            for cell in [Cell::Timestamptz(t), Cell::Timestamp(t.naive_utc())] {
+                let Ok(json) = finish(cell, &field) else {
+                    panic!("{t} was refused");
+                };
+                let general = serde_json::to_string(&json).unwrap();
+                let mut direct = Vec::new();
+                write_datetime_json(&mut direct, &t);
+                assert_eq!(String::from_utf8(direct).unwrap(), general);
+            }
+        }
+    }
+
+    /// The word-at-a-time check finds every byte JSON escapes, wherever it sits, and nothing
+    /// else: every byte value at every position of texts of up to 20 bytes.
+    #[test]
+    fn escapes_are_found_at_every_position() {
+        for len in 1..=20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut text = vec![b'a'; len];
+                    text[at] = b;
+                    let want = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&text), want, "{b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape("Zürich 東京 😀".as_bytes()));
+    }
+
+    /// The key set answers as a `HashSet` does: through growth, for repeated keys and for 0.
+    #[test]
+    fn the_key_set_is_a_set() {
+        let mut next = crate::testing::xorshift(0x5851_F42D_4C95_7F2Du64);
+        let mut keys = KeySet::default();
+        let mut reference = std::collections::HashSet::new();
+        for i in 0..300_000u64 {
+            let h = match i % 5 {
+                // Repeats, keys sharing their top bits (neighbouring slots), and 0.
+                0 => next() % 50_000,
+                1 => (next() % 64) << 58 | (i % 7),
+                2 if i % 1000 == 2 => 0,
+                _ => next(),
+            };
+            if i % 3 == 0 {
+                keys.prefetch(h);
+            }
+            assert_eq!(keys.insert(h), reference.insert(h), "key {h:#x}");
+        }
+        assert_eq!(keys.len(), reference.len());
+        assert!(reference.contains(&0));
     }
 
     #[test]

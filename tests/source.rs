@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use kdit::query::StoredQuery;
-use kdit::source::{Cell, RunContext, Source, SourceConfig, SourceError};
+use kdit::source::{Cell, RowDecoder, RunContext, Source, SourceConfig, SourceError};
 use kdit::spec::ParamValue;
 use support::pg::TestDb;
 
@@ -872,6 +872,102 @@ async fn rows_in_many_batches_come_out_in_order_with_duplicates_across_batches()
             (20000, 7000, 13000)
         );
     }
+}
+
+/// Text in columns no field reads is only checked, not copied out (`RowDecoder::reading`),
+/// and text is decoded into the buffers of the row before (NULL, short and long text taking
+/// turns in a column): the outcomes are those of the general path, which decodes every
+/// column into cells of its own (`Rows::next` + `Transformer::row`), and the cells the same.
+#[tokio::test]
+async fn unread_columns_change_no_outcome() {
+    let db = TestDb::new().await;
+    let src = source(&db).await;
+    let job = make_job(
+        "key: email\nfields:\n  email: { column: email, transform: [trim, email] }\n  first_name: first\n  properties.n: n\n  properties.label: { template: \"{{ plan | upper }}\" }\n  properties.note: { template: \"{{ note }}!\" }\n  last_name: { column: nick, transform: trim }\n  properties.memo: memo",
+        "select g as n, 'spare ' || g as spare, case when g % 97 = 0 then 'bad' else ' U' || (g % 900) || '@Example.com' end as email,
+           null::text as nothing, 'Zoë' || g as first, g::numeric / 7 as ratio, (array['free', 'pro'])[g % 2 + 1] as plan,
+           case when g % 3 = 0 then null else 'n' || g end as note, 'Zürich' as city,
+           case g % 4 when 0 then null when 1 then '  Nick ' || g else 'n' || g end as nick,
+           case when g % 5 = 0 then null when g % 7 = 0 then repeat('long memo ', 500 + g % 3) else 'm' || g end as memo
+         from generate_series(1, 3000) g order by g",
+    );
+    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let mut stream = jq.open(&src, None, None).await.unwrap();
+    stream.set_threads(2);
+    let mut fast = Vec::new();
+    while let Some(r) = stream.next().await {
+        fast.push(r.unwrap());
+    }
+    stream.finish().await.unwrap();
+
+    let mut rows = src
+        .stream(&jq.rendered, &jq.context(None, None))
+        .await
+        .unwrap();
+    let mut transformer = jq.mapping.bind(rows.columns()).unwrap();
+    let mut general = Vec::new();
+    let mut n = 0;
+    while let Some(cells) = rows.next().await {
+        n += 1;
+        general.push(match transformer.row(n, cells.unwrap()) {
+            Ok(p) => RowOutcome::Profile(p),
+            Err(r) => RowOutcome::Rejected(r),
+        });
+    }
+    rows.finish().await.unwrap();
+    assert_eq!(fast.len(), 3000);
+    assert!(fast.iter().any(|o| matches!(o, RowOutcome::Rejected(_))));
+    let memo = |o: &RowOutcome| match o {
+        RowOutcome::Profile(p) => p.attribute_map()["properties"]
+            .get("memo")
+            .and_then(|m| m.as_str().map(str::len)),
+        _ => None,
+    };
+    assert!(fast.iter().any(|o| memo(o) > Some(4096)));
+    assert_eq!(fast, general);
+
+    // The decoder itself: columns read decode as before, unread text is NULL.
+    let mut rows = src
+        .stream(&jq.rendered, &jq.context(None, None))
+        .await
+        .unwrap();
+    let columns = rows.columns().to_vec();
+    let read = jq
+        .mapping
+        .bind(&columns)
+        .unwrap()
+        .builder()
+        .reads(columns.len());
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let unread: Vec<&str> = names
+        .iter()
+        .zip(&read)
+        .filter(|(_, r)| !**r)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(unread, ["spare", "nothing", "ratio", "city"]);
+    let (mut reused, mut some) = (Vec::new(), Vec::new());
+    while let Some(row) = rows.next_raw().await {
+        let row = row.unwrap();
+        let all = kdit::source::decode_row(&row, &columns).unwrap();
+        RowDecoder::of(&row)
+            .decode_into(&row, &columns, &mut reused)
+            .unwrap();
+        assert_eq!(reused, all);
+        RowDecoder::reading(&row, &read)
+            .decode_into(&row, &columns, &mut some)
+            .unwrap();
+        assert_eq!(some.len(), all.len());
+        for (i, (a, s)) in all.iter().zip(&some).enumerate() {
+            let text = columns[i].type_name == "text";
+            if read[i] || !text {
+                assert_eq!(a, s, "column {}", names[i]);
+            } else {
+                assert_eq!(s, &Cell::Null, "column {}", names[i]);
+            }
+        }
+    }
+    rows.finish().await.unwrap();
 }
 
 #[tokio::test]
