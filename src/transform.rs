@@ -676,24 +676,6 @@ impl KeySet {
     }
 }
 
-/// A hasher for keys that are hashes already: passes the `u64` through.
-#[derive(Default)]
-pub struct PreHashed(u64);
-
-impl std::hash::Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 struct Failure {
     rule: Rule,
     message: String,
