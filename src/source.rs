@@ -1110,34 +1110,19 @@ impl Rows {
     /// The next row as PostgreSQL sent it, not yet decoded (`decode_row` decodes it, on any
     /// thread).
     pub async fn next_raw(&mut self) -> Option<Result<Row, SourceError>> {
-        if self.done {
-            return None;
-        }
-        let item = match self.interrupt.as_mut() {
-            Some(i) => {
-                tokio::select! {
-                    item = self.stream.next() => item,
-                    _ = i.fired() => {
-                        self.interrupt = None;
-                        let _ = self.cancel.cancel().await;
-                        self.stream.next().await
+        let mut one = Vec::with_capacity(1);
+        loop {
+            match self.next_batch(&mut one, 1).await {
+                Err(e) => return Some(Err(e)),
+                Ok(more) => {
+                    if let Some(row) = one.pop() {
+                        return Some(Ok(row));
                     }
+                    if !more {
+                        return None;
+                    }
+                    // The interrupt fired: read on, to the server's "canceled" error.
                 }
-            }
-            None => self.stream.next().await,
-        };
-        match item {
-            None => {
-                self.done = true;
-                None
-            }
-            Some(Err(e)) => {
-                self.done = true;
-                Some(Err(self.mapper.map(&e)))
-            }
-            Some(Ok(row)) => {
-                self.rows += 1;
-                Some(Ok(row))
             }
         }
     }
@@ -1961,20 +1946,13 @@ mod tests {
     fn datetimes_print_as_chrono_prints_them() {
         let mut next = crate::testing::xorshift(0x853C_49E6_748F_EA9Bu64);
         for i in 0..100_000 {
-            let secs = (next() % 400_000_000_000) as i64 - 62_000_000_000;
-            let nanos = match i % 4 {
-                0 => 0,
-                1 => (next() % 1000) as u32 * 1_000_000,
-                2 => (next() % 1_000_000) as u32 * 1_000,
-                _ => (next() % 1_000_000_000) as u32,
-            };
-            let Some(t) = DateTime::from_timestamp(secs, nanos) else {
+            let Some(t) = crate::testing::datetime(&mut next, i) else {
                 continue;
             };
             assert_eq!(
                 format_datetime(&t),
                 t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                "{secs} {nanos}"
+                "{t:?}"
             );
         }
     }

@@ -542,13 +542,14 @@ impl KnownRows {
     /// The entry a row with this fingerprint made, if the state knows the row.
     pub fn get(&self, fp: &Fingerprint) -> Option<Recognised> {
         let range = self.directory.range(KnownRows::top(fp));
-        self.find(fp, range)
+        self.index_in(fp, range).and_then(|i| self.recognised(i))
     }
 
-    fn find(&self, fp: &Fingerprint, range: std::ops::Range<usize>) -> Option<Recognised> {
+    /// The entry index of a fingerprint, looked for in `range` of `entries`.
+    fn index_in(&self, fp: &Fingerprint, range: std::ops::Range<usize>) -> Option<u32> {
         let slice = &self.entries[range];
         let i = slice.binary_search_by(|(f, _)| f.cmp(fp)).ok()?;
-        self.recognised(slice[i].1)
+        Some(slice[i].1)
     }
 
     fn recognised(&self, index: u32) -> Option<Recognised> {
@@ -587,11 +588,7 @@ impl KnownRows {
             .iter()
             .zip(ranges)
             .map(|(fp, range)| {
-                let slice = &self.entries[range];
-                let index = slice
-                    .binary_search_by(|(f, _)| f.cmp(fp))
-                    .ok()
-                    .map(|i| slice[i].1);
+                let index = self.index_in(fp, range);
                 if let Some(index) = index {
                     prefetch(self.keys.entries.get(index as usize));
                 }
@@ -676,13 +673,6 @@ impl Snapshot {
         });
     }
 
-    /// Marks a key (by its `key_hash`) seen in this run's rows; its entry, if it has one.
-    pub fn see_hash(&mut self, h: u64) -> Option<&Entry> {
-        let i = self.keys.position(h)?;
-        self.seen[i / 64] |= 1 << (i % 64);
-        Some(&self.keys.entries[i].1)
-    }
-
     /// Marks the entry at `index` (`Recognised::index`) seen; false if there is none.
     pub fn see_index(&mut self, index: u32) -> bool {
         let i = index as usize;
@@ -695,7 +685,9 @@ impl Snapshot {
 
     /// Marks a key seen in this run's rows; its entry, if it has one.
     pub fn see(&mut self, key: &str) -> Option<&Entry> {
-        self.see_hash(Snapshot::key_hash(key))
+        let i = self.keys.position(Snapshot::key_hash(key))?;
+        self.see_index(i as u32);
+        Some(&self.keys.entries[i].1)
     }
 
     /// Whether the diff saw a key in this run's rows (false for a key the state lacks).
@@ -717,10 +709,6 @@ impl Snapshot {
         self.keys
             .position(Snapshot::key_hash(key))
             .map(|i| &self.keys.entries[i].1)
-    }
-
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.keys.entries.iter().map(|(_, e)| e)
     }
 
     /// The entries of keys the diff did not see in this run's rows.

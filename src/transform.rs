@@ -671,6 +671,8 @@ impl KeySet {
         }
     }
 
+    /// Keys in the set (the tests compare it with `HashSet`'s).
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.used + usize::from(self.zero)
     }
@@ -716,12 +718,6 @@ impl Transformer {
         built.into_iter().map(|b| self.dedup(b)).collect()
     }
 
-    /// Whether a key (by `Snapshot::key_hash`) is new to this run; remembers it. A row whose
-    /// key was seen before is a duplicate (`dedup` says so with a reject).
-    pub fn first_sight(&mut self, key_hash: u64) -> bool {
-        self.seen.insert(key_hash)
-    }
-
     /// Rejects a profile whose key an earlier row had (the first row wins).
     pub fn dedup(&mut self, built: Result<ProfileRow, Reject>) -> Result<ProfileRow, Reject> {
         let p = built?;
@@ -756,13 +752,7 @@ impl Transformer {
         self.builder.clone()
     }
 
-    /// Rows seen so far with distinct keys.
-    pub fn distinct_keys(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// Says that a key (by `Snapshot::key_hash`) is about to go through `dedup` or
-    /// `first_sight`, so its place in the set is fetched from memory meanwhile (a hint).
+    /// Says that a key (by `Snapshot::key_hash`) is about to go through `dedup`, so its place in the set is fetched from memory meanwhile (a hint).
     pub fn prefetch(&self, key_hash: u64) {
         self.seen.prefetch(key_hash);
     }
@@ -2237,17 +2227,7 @@ mod tests {
             on_null: NullPolicy::Keep,
         };
         for i in 0..50_000u64 {
-            let secs = match i % 4 {
-                0 => (next() % 600_000_000_000) as i64 - 300_000_000_000,
-                _ => (next() % 4_000_000_000) as i64,
-            };
-            let nanos = match i % 5 {
-                0 => 0,
-                1 => (next() % 1000) as u32 * 1_000_000,
-                2 => (next() % 1_000_000) as u32 * 1000,
-                _ => (next() % 1_000_000_000) as u32,
-            };
-            let Some(t) = DateTime::from_timestamp(secs, nanos) else {
+            let Some(t) = crate::testing::datetime(&mut next, i) else {
                 continue;
             };
             for cell in [Cell::Timestamptz(t), Cell::Timestamp(t.naive_utc())] {

@@ -454,6 +454,19 @@ async fn a_dropped_stream_does_not_poison_the_pool() {
     );
 }
 
+/// A run context whose interrupt fires after `delay`.
+fn interrupted_after(delay: Duration) -> RunContext {
+    let (trigger, interrupt) = kdit::source::Interrupt::new();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        trigger.fire();
+    });
+    RunContext {
+        interrupt: Some(interrupt),
+        ..RunContext::default()
+    }
+}
+
 #[tokio::test]
 async fn interrupt_cancels_the_query_on_the_server() {
     let db = TestDb::new().await;
@@ -464,15 +477,7 @@ async fn interrupt_cancels_the_query_on_the_server() {
         "select pg_sleep(30)",
         "select g, case when g = 2 then pg_sleep(30) end as s from generate_series(1, 3) g",
     ] {
-        let (trigger, interrupt) = kdit::source::Interrupt::new();
-        let ctx = RunContext {
-            interrupt: Some(interrupt),
-            ..RunContext::default()
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            trigger.fire();
-        });
+        let ctx = interrupted_after(Duration::from_millis(300));
         let e = run_sql(&src, sql, &ctx).await.unwrap_err();
         assert!(matches!(e, SourceError::Cancelled { .. }), "{e}");
     }
@@ -500,15 +505,7 @@ async fn interrupt_cancels_a_batch_read_and_keeps_the_rows_before() {
             2,
         ),
     ] {
-        let (trigger, interrupt) = kdit::source::Interrupt::new();
-        let ctx = RunContext {
-            interrupt: Some(interrupt),
-            ..RunContext::default()
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            trigger.fire();
-        });
+        let ctx = interrupted_after(Duration::from_millis(300));
         let q = StoredQuery::parse("test.sql", sql).expect("parses");
         let r = q.render(&IndexMap::new()).expect("renders");
         let mut rows = match src.stream(&r, &ctx).await {
