@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::diagnostic::Format;
+use crate::job::diagnostic::Format;
 
 /// kdit keeps Klaviyo in step with customer data in PostgreSQL.
 ///
@@ -48,23 +48,23 @@ pub enum Command {
     ///
     /// Reads the query and the state; writes nothing. `-o plan.json` saves the plan for
     /// `kdit apply`. Exit status: 0, or with --detailed-exitcode 0 no changes / 2 changes.
-    Plan(crate::commands::PlanArgs),
+    Plan(crate::commands::run::PlanArgs),
     /// Plan, print the plan, then apply it: bulk imports, list adds and removals.
     ///
     /// One run per job at a time (a PostgreSQL advisory lock). State is recorded only after
     /// Klaviyo confirms, so an interrupted run resumes where it stopped.
-    Run(crate::commands::RunArgs),
+    Run(crate::commands::run::RunArgs),
     /// Apply a plan saved by `kdit plan -o`, exactly; refused when the state or the query's
     /// result moved since it was made.
-    Apply(crate::commands::ApplyPlanArgs),
+    Apply(crate::commands::run::ApplyPlanArgs),
     /// Past runs of a job, from the ledger: when, how long, what changed, what failed.
-    History(crate::commands::HistoryArgs),
+    History(crate::commands::run::HistoryArgs),
     /// Connect and check a job: its query runs (LIMIT 0) and returns every mapped column.
-    Check(crate::inspect::CheckArgs),
+    Check(crate::commands::inspect::CheckArgs),
     /// Show the first profiles a job would send, and any rejected rows.
-    Preview(crate::inspect::PreviewArgs),
+    Preview(crate::commands::inspect::PreviewArgs),
     /// Benchmarks: rows, seconds, throughput and peak memory.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::commands::bench::BenchArgs),
     /// Stored queries: list them (with their parameters and the jobs that use them), or run one.
     Query {
         #[command(subcommand)]
@@ -75,7 +75,7 @@ pub enum Command {
     /// Segments kept as code: see who is in one.
     Segment {
         #[command(subcommand)]
-        command: crate::audience::SegmentCommand,
+        command: crate::apply::audience::SegmentCommand,
     },
     /// The tag catalog and where each tag is used; put a tag on (or take it off) the lists
     /// and segments matching a pattern, with a plan first.
@@ -85,7 +85,7 @@ pub enum Command {
     /// the changes. Exit status: 0, or with --detailed-exitcode 0 no changes / 2 changes.
     Tags {
         #[command(subcommand)]
-        command: crate::tags::TagsCommand,
+        command: crate::commands::tags::TagsCommand,
     },
     /// Print a shell completion script, e.g. `kdit completions bash > /etc/bash_completion.d/kdit`.
     Completions(CompletionsArgs),
@@ -105,7 +105,7 @@ pub enum QueryCommand {
     /// List stored queries (.sql files), their parameters and which jobs use them.
     List(QueryListArgs),
     /// Run a stored query (read-only) and show its first rows.
-    Run(crate::inspect::QueryRunArgs),
+    Run(crate::commands::inspect::QueryRunArgs),
 }
 
 #[derive(Debug, Args)]

@@ -69,7 +69,7 @@ fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
 fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Validate(args) => {
-            let v = match kdit::validate::validate(&args.paths) {
+            let v = match kdit::job::workspace::validate(&args.paths) {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -79,7 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             };
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            kdit::validate::render(&v, args.format, &mut out)?;
+            kdit::job::workspace::render(&v, args.format, &mut out)?;
             out.flush()?;
             Ok(if v.errors() > 0 {
                 ExitStatus::InvalidJobs
@@ -89,9 +89,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         }
         Command::Schema(args) => {
             let schema = if args.project {
-                kdit::spec::project_schema()
+                kdit::job::spec::project_schema()
             } else {
-                kdit::spec::job_schema()
+                kdit::job::spec::job_schema()
             };
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitStatus::Success)
@@ -99,7 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Query {
             command: QueryCommand::List(args),
         } => {
-            let entries = match kdit::inventory::list(&args.paths) {
+            let entries = match kdit::commands::query::list(&args.paths) {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -109,11 +109,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
-                print!("{}", kdit::inventory::render(&entries));
+                print!("{}", kdit::commands::query::render(&entries));
             }
             Ok(ExitStatus::Success)
         }
-        Command::Plan(args) => Ok(block_on(kdit::commands::plan(args))?),
+        Command::Plan(args) => Ok(block_on(kdit::commands::run::plan(args))?),
         Command::Run(mut args) => {
             args.apply.quiet = cli.quiet;
             let out = kdit::sync::Output {
@@ -124,7 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
                 rejects: args.apply.rejects.clone(),
                 ..Default::default()
             };
-            Ok(block_on(kdit::commands::run(
+            Ok(block_on(kdit::commands::run::run(
                 &args.job,
                 &args.apply,
                 out,
@@ -134,7 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         }
         Command::Apply(mut args) => {
             args.apply.quiet = cli.quiet;
-            Ok(block_on(kdit::commands::apply(args))?)
+            Ok(block_on(kdit::commands::run::apply(args))?)
         }
         Command::Completions(args) => {
             let mut cmd = Cli::command();
@@ -147,45 +147,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             out.flush()?;
             Ok(ExitStatus::Success)
         }
-        Command::History(args) => Ok(block_on(kdit::commands::history(args))?),
+        Command::History(args) => Ok(block_on(kdit::commands::run::history(args))?),
         Command::Query {
             command: QueryCommand::Run(a),
         } => Ok(block_on(async {
-            report(kdit::inspect::query_run(&a, &mut std::io::stdout()).await)
+            report(kdit::commands::inspect::query_run(&a, &mut std::io::stdout()).await)
         })?),
         Command::Check(args) => Ok(block_on(async {
-            match kdit::inspect::check(&args, &mut std::io::stdout()).await {
+            match kdit::commands::inspect::check(&args, &mut std::io::stdout()).await {
                 Ok(true) => ExitStatus::Success,
                 Ok(false) => ExitStatus::Failure,
                 Err(e) => report::<()>(Err(e)),
             }
         })?),
         Command::Segment {
-            command: kdit::audience::SegmentCommand::Preview(args),
-        } => Ok(block_on(kdit::audience::preview_command(&args))?),
+            command: kdit::apply::audience::SegmentCommand::Preview(args),
+        } => Ok(block_on(kdit::apply::audience::preview_command(&args))?),
         Command::Tags { command } => Ok(block_on(async {
             match command {
-                kdit::tags::TagsCommand::Show(a) => kdit::tags::show(&a).await,
-                kdit::tags::TagsCommand::Add(mut a) => {
+                kdit::commands::tags::TagsCommand::Show(a) => kdit::commands::tags::show(&a).await,
+                kdit::commands::tags::TagsCommand::Add(mut a) => {
                     a.quiet = cli.quiet;
-                    kdit::tags::bulk(&a, true).await
+                    kdit::commands::tags::bulk(&a, true).await
                 }
-                kdit::tags::TagsCommand::Remove(mut a) => {
+                kdit::commands::tags::TagsCommand::Remove(mut a) => {
                     a.quiet = cli.quiet;
-                    kdit::tags::bulk(&a, false).await
+                    kdit::commands::tags::bulk(&a, false).await
                 }
             }
         })?),
         Command::Preview(args) => Ok(block_on(async {
-            report(kdit::inspect::preview(&args, &mut std::io::stdout()).await)
+            report(kdit::commands::inspect::preview(&args, &mut std::io::stdout()).await)
         })?),
         Command::Bench(args) => Ok(block_on(async {
             match args.command {
-                kdit::bench::BenchCommand::Source(a) => {
-                    report(kdit::bench::bench_source(&a, &mut std::io::stdout()).await)
+                kdit::commands::bench::BenchCommand::Source(a) => {
+                    report(kdit::commands::bench::bench_source(&a, &mut std::io::stdout()).await)
                 }
-                kdit::bench::BenchCommand::Sync(a) => {
-                    report(kdit::bench_sync::bench_sync(&a, &mut std::io::stdout()).await)
+                kdit::commands::bench::BenchCommand::Sync(a) => {
+                    report(kdit::commands::bench::sync::bench_sync(&a, &mut std::io::stdout()).await)
                 }
             }
         })?),
@@ -205,12 +205,12 @@ fn report<T>(r: anyhow::Result<T>) -> ExitStatus {
             eprintln!("error: {e:#}");
             let cancelled = e.chain().any(|c| {
                 matches!(
-                    c.downcast_ref::<kdit::source::SourceError>(),
-                    Some(kdit::source::SourceError::Cancelled { .. })
+                    c.downcast_ref::<kdit::rows::source::SourceError>(),
+                    Some(kdit::rows::source::SourceError::Cancelled { .. })
                 ) || matches!(
                     c.downcast_ref::<kdit::rows::RowsError>(),
                     Some(kdit::rows::RowsError::Source(
-                        kdit::source::SourceError::Cancelled { .. }
+                        kdit::rows::source::SourceError::Cancelled { .. }
                     ))
                 )
             });

@@ -11,10 +11,10 @@ mod support;
 use std::path::Path;
 use std::sync::Arc;
 
-use kdit::load::{Kind, parse_text};
-use kdit::source::{Cell, Column};
-use kdit::spec::JobSpec;
-use kdit::transform::{Mapping, Transformer};
+use kdit::job::load::{Kind, parse_text};
+use kdit::rows::source::{Cell, Column};
+use kdit::job::spec::JobSpec;
+use kdit::rows::transform::{Mapping, Transformer};
 use proptest::prelude::*;
 use support::cli::{Kdit, repo};
 use support::pg::TestDb;
@@ -50,7 +50,7 @@ guards: { max_invalid: 10%, max_removals: 5% }
 fn load_and_compile(text: String) -> Result<(), TestCaseError> {
     let has_lines = !text.is_empty();
     let loaded = parse_text::<JobSpec>(Path::new("jobs/fuzz.yaml"), text, Kind::Job);
-    let (_, compiled) = kdit::compile::compile(&loaded, None);
+    let (_, compiled) = kdit::job::compile::compile(&loaded, None);
     for d in loaded.diagnostics.iter().chain(compiled.iter()) {
         if has_lines {
             prop_assert!(
@@ -527,7 +527,7 @@ async fn jsonb_deeper_than_the_decoder_allows_rejects_only_its_row() {
 /// job files are; the device case is also in the corpus (`query-file-device.yaml`).
 #[test]
 fn a_query_file_that_is_a_device_or_huge_is_refused_not_read() {
-    use kdit::load::{MAX_FILE_BYTES, ReadQueryError, read_query};
+    use kdit::job::load::{MAX_FILE_BYTES, ReadQueryError, read_query};
     assert!(matches!(
         read_query(Path::new("/dev/zero")),
         Err(ReadQueryError::NotAFile)

@@ -6,9 +6,9 @@ mod support;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use kdit::query::StoredQuery;
-use kdit::source::{Cell, RowDecoder, RunContext, Source, SourceConfig, SourceError};
-use kdit::spec::ParamValue;
+use kdit::job::query::StoredQuery;
+use kdit::rows::source::{Cell, RowDecoder, RunContext, Source, SourceConfig, SourceError};
+use kdit::job::spec::ParamValue;
 use support::pg::TestDb;
 
 async fn source(db: &TestDb) -> Source {
@@ -370,7 +370,7 @@ select {{ t }} as t, {{ i }} as i, {{ b }} as b, {{ n }} as n, {{ f }} as f, {{ 
        {{ tags }} as tags, {{ ids }} as ids",
     )
     .unwrap();
-    use kdit::spec::ParamScalar as S;
+    use kdit::job::spec::ParamScalar as S;
     let p = params(&[
         ("t", ParamValue::Text("hé".into())),
         ("i", ParamValue::Integer(7)),
@@ -456,7 +456,7 @@ async fn a_dropped_stream_does_not_poison_the_pool() {
 
 /// A run context whose interrupt fires after `delay`.
 fn interrupted_after(delay: Duration) -> RunContext {
-    let (trigger, interrupt) = kdit::source::Interrupt::new();
+    let (trigger, interrupt) = kdit::rows::source::Interrupt::new();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         trigger.fire();
@@ -653,8 +653,8 @@ async fn tls_modes_connect_or_explain() {
 // ---- rows → profiles -------------------------------------------------------------------
 
 use kdit::rows::{RowOutcome, RowsError, prepare};
-use kdit::spec::JobSpec;
-use kdit::transform::{ProfileRow, Reject, Rule};
+use kdit::job::spec::JobSpec;
+use kdit::rows::transform::{ProfileRow, Reject, Rule};
 use serde_json::json;
 
 fn make_job(profiles_yaml: &str, sql: &str) -> JobSpec {
@@ -946,7 +946,7 @@ async fn unread_columns_change_no_outcome() {
     let (mut reused, mut some) = (Vec::new(), Vec::new());
     while let Some(row) = rows.next_raw().await {
         let row = row.unwrap();
-        let all = kdit::source::decode_row(&row, &columns).unwrap();
+        let all = kdit::rows::source::decode_row(&row, &columns).unwrap();
         RowDecoder::of(&row)
             .decode_into(&row, &columns, &mut reused)
             .unwrap();
@@ -1142,7 +1142,7 @@ async fn check_prints_one_line_per_check() {
     .unwrap();
     let job_path = dir.path().join("weekly.yaml");
     let mut out = Vec::new();
-    let ok = kdit::inspect::check_job(&job, &job_path, SourceConfig::parse(&db.url), &mut out)
+    let ok = kdit::commands::inspect::check_job(&job, &job_path, SourceConfig::parse(&db.url), &mut out)
         .await
         .unwrap();
     let text = String::from_utf8(out).unwrap();
@@ -1172,7 +1172,7 @@ async fn check_prints_one_line_per_check() {
 
     // An unreachable server is one failed line, not a crash.
     let mut out = Vec::new();
-    let ok = kdit::inspect::check_job(
+    let ok = kdit::commands::inspect::check_job(
         &job,
         &job_path,
         SourceConfig::parse("postgres://u:pw@127.0.0.1:1/x?sslmode=disable&connect_timeout=1"),
@@ -1200,12 +1200,12 @@ async fn preview_shows_profiles_and_rejects() {
     );
     let path = std::path::Path::new("jobs/test.yaml");
     let mut out = Vec::new();
-    kdit::inspect::preview_job(
+    kdit::commands::inspect::preview_job(
         &job,
         path,
         &src,
         3,
-        kdit::inspect::Format::Table,
+        kdit::commands::inspect::Format::Table,
         None,
         &mut out,
     )
@@ -1225,12 +1225,12 @@ Rejected
 "
     );
     let mut out = Vec::new();
-    kdit::inspect::preview_job(
+    kdit::commands::inspect::preview_job(
         &job,
         path,
         &src,
         1,
-        kdit::inspect::Format::Json,
+        kdit::commands::inspect::Format::Json,
         None,
         &mut out,
     )

@@ -15,10 +15,10 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
-use kdit::load::{Kind, parse_text};
-use kdit::source::{Cell, Column};
-use kdit::spec::JobSpec;
-use kdit::transform::{MAX_PROFILE_BYTES, Mapping, ProfileRow, Reject, Transformer};
+use kdit::job::load::{Kind, parse_text};
+use kdit::rows::source::{Cell, Column};
+use kdit::job::spec::JobSpec;
+use kdit::rows::transform::{MAX_PROFILE_BYTES, Mapping, ProfileRow, Reject, Transformer};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -135,7 +135,7 @@ fn jobs() -> &'static [Compiled] {
                 let path = Path::new("jobs/fuzz.yaml");
                 let loaded = parse_text::<JobSpec>(path, text.to_string(), Kind::Job);
                 assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
-                let (job, diags) = kdit::compile::compile(&loaded, None);
+                let (job, diags) = kdit::job::compile::compile(&loaded, None);
                 assert!(diags.is_empty(), "{diags:?}");
                 let job = job.expect("the job compiles");
                 let prepared = kdit::rows::prepare(&job.spec, &job.path, None)

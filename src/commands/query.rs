@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::query::StoredQuery;
-use crate::validate::{PathError, validate};
+use crate::job::query::StoredQuery;
+use crate::job::workspace::{PathError, validate};
 
 /// One stored query.
 #[derive(Debug, Clone, Serialize)]

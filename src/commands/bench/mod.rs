@@ -5,6 +5,8 @@
 //! peak memory (`VmHWM`) and the COPY time, written to the given writer. Does I/O: creates a
 //! scratch database, seeds it with `generate_series`, drops it afterwards.
 
+pub mod sync;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -12,8 +14,8 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 
 use crate::rows::{RowOutcome, prepare};
-use crate::source::{Source, SourceConfig};
-use crate::spec::JobSpec;
+use crate::rows::source::{Source, SourceConfig};
+use crate::job::spec::JobSpec;
 
 /// `kdit bench …`
 #[derive(Debug, clap::Args)]
@@ -28,7 +30,7 @@ pub enum BenchCommand {
     Source(BenchSourceArgs),
     /// Whole syncs into an in-process sandbox: first sync, no-change re-run, 1% changed,
     /// 1% removed from a mirrored list; wall time, profiles/s, API calls, peak memory.
-    Sync(crate::bench_sync::BenchSyncArgs),
+    Sync(crate::commands::bench::sync::BenchSyncArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,7 +199,7 @@ pub(crate) async fn seed(cfg: &SourceConfig, rows: u64, out: &mut dyn Write) -> 
     writeln!(
         out,
         "seeded {} rows in {:.1} s",
-        crate::render::thousands(rows),
+        crate::plan::render::thousands(rows),
         started.elapsed().as_secs_f64()
     )?;
     Ok(source)
@@ -242,7 +244,7 @@ async fn run(args: &BenchSourceArgs, cfg: &SourceConfig, out: &mut dyn Write) ->
 
     // The source stage alone: rows streamed and decoded into cells, no mapping.
     let read_started = Instant::now();
-    let rendered = crate::query::StoredQuery::inline(QUERY)?.render(&Default::default())?;
+    let rendered = crate::job::query::StoredQuery::inline(QUERY)?.render(&Default::default())?;
     let mut rows = source.stream(&rendered, &Default::default()).await?;
     tokio::spawn(async move {
         while let Some(r) = rows.next().await {

@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::audience::{AudienceError, TagIds, catalog_group, group_conflicts, group_for};
-use crate::compile::{Job, Project};
+use crate::apply::audience::{AudienceError, TagIds, catalog_group, group_conflicts, group_for};
+use crate::job::compile::{Job, Project};
 use crate::exit::ExitStatus;
 use crate::klaviyo::Client;
 use crate::klaviyo::audience::LiveTag;
 use crate::plan::TagGroupConflict;
-use crate::spec::TagCatalog;
+use crate::job::spec::TagCatalog;
 
 /// Most list or segment ids sent in one tag-relationship call (Klaviyo's maximum is not
 /// documented; the emulator, and kdit, keep to 100).
@@ -53,7 +53,7 @@ pub struct ShowArgs {
     #[arg(long)]
     pub offline: bool,
     #[command(flatten)]
-    pub klaviyo: crate::commands::KlaviyoArgs,
+    pub klaviyo: crate::commands::run::KlaviyoArgs,
 }
 
 /// Options of `kdit tags add` / `kdit tags remove`.
@@ -78,7 +78,7 @@ pub struct BulkArgs {
     #[arg(long)]
     pub project: Option<PathBuf>,
     #[command(flatten)]
-    pub klaviyo: crate::commands::KlaviyoArgs,
+    pub klaviyo: crate::commands::run::KlaviyoArgs,
     /// The global `-q`: no `hint:` / `done:` lines on stderr (errors still show).
     #[arg(skip)]
     pub quiet: bool,
@@ -188,25 +188,25 @@ fn project(explicit: Option<&Path>, start: &Path) -> Result<Option<Project>, Str
             }
             p.to_path_buf()
         }
-        None => match crate::validate::find_project_file(&start.join("_")) {
+        None => match crate::job::workspace::find_project_file(&start.join("_")) {
             Some(p) => p,
             None => return Ok(None),
         },
     };
     let mut diags = Vec::new();
     let mut files = Vec::new();
-    let loaded = crate::validate::Projects::new().load(&path, &mut diags, &mut files);
+    let loaded = crate::job::workspace::Projects::new().load(&path, &mut diags, &mut files);
     if diags
         .iter()
-        .any(|d| d.severity == crate::diagnostic::Severity::Error)
+        .any(|d| d.severity == crate::job::diagnostic::Severity::Error)
     {
         let mut out = Vec::new();
-        let v = crate::validate::Validation {
+        let v = crate::job::workspace::Validation {
             files,
             jobs: Vec::new(),
             diagnostics: diags,
         };
-        let _ = crate::validate::render(&v, crate::diagnostic::Format::Human, &mut out);
+        let _ = crate::job::workspace::render(&v, crate::job::diagnostic::Format::Human, &mut out);
         return Err(format!(
             "the project file is invalid:\n{}",
             String::from_utf8_lossy(&out).trim_end()
@@ -312,7 +312,7 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
         }
         return ExitStatus::InvalidJobs;
     }
-    let target = match crate::commands::Target::new(&args.klaviyo).await {
+    let target = match crate::commands::run::Target::new(&args.klaviyo).await {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
@@ -432,7 +432,7 @@ pub fn render_bulk(
         let n = resources.iter().filter(|r| r.kind == kind).count();
         format!(
             "{} {} {}",
-            crate::render::thousands(n as u64),
+            crate::plan::render::thousands(n as u64),
             if n == 1 {
                 kind.to_string()
             } else {
@@ -456,7 +456,7 @@ pub fn render_bulk(
     let _ = writeln!(o);
     let _ = writeln!(o, "Tags");
     for c in conflicts {
-        let _ = writeln!(o, "  ! {}", crate::render::conflict_text(c));
+        let _ = writeln!(o, "  ! {}", crate::plan::render::conflict_text(c));
     }
     if resources.is_empty() {
         let _ = writeln!(o, "    (no list or segment matches)");
@@ -523,7 +523,7 @@ fn changed(resources: &[Resource], steps: &[Step]) -> Option<String> {
         .map(|(n, one, many)| {
             format!(
                 "{} {}",
-                crate::render::thousands(n),
+                crate::plan::render::thousands(n),
                 if n == 1 { one } else { many }
             )
         })
@@ -598,7 +598,7 @@ async fn klaviyo_usage(
 
 /// `kdit tags show`.
 pub async fn show(args: &ShowArgs) -> ExitStatus {
-    let validation = match crate::validate::validate(&args.paths) {
+    let validation = match crate::job::workspace::validate(&args.paths) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
@@ -634,7 +634,7 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
     let live = if args.offline {
         None
     } else {
-        let target = match crate::commands::Target::new(&args.klaviyo).await {
+        let target = match crate::commands::run::Target::new(&args.klaviyo).await {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -676,7 +676,7 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
                     head.push('\n');
                     head.push_str(&format!(
                         "  ! {}",
-                        crate::render::conflict_text(&TagGroupConflict {
+                        crate::plan::render::conflict_text(&TagGroupConflict {
                             group: g.name.clone(),
                             catalog_exclusive: g.exclusive,
                             klaviyo_exclusive: k,
@@ -735,7 +735,7 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::TagGroupSpec;
+    use crate::job::spec::TagGroupSpec;
 
     #[test]
     fn globs_match_like_a_shell() {

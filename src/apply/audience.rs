@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::compile::Job;
+use crate::job::compile::Job;
 use crate::klaviyo::{Client, KlaviyoError};
 use crate::plan::{SegmentAction, SegmentChange, TagChange, TagGroupConflict};
-use crate::segment::parse_condition;
-use crate::spec::{ConditionGroupSpec, SegmentSpec, TagCatalog};
+use crate::job::segment::parse_condition;
+use crate::job::spec::{ConditionGroupSpec, SegmentSpec, TagCatalog};
 use crate::state::{State, StateError, Tagged};
 
 /// Klaviyo's cap on conditions in one segment.
@@ -321,8 +321,8 @@ async fn dropped_tags(
 /// Catalog groups the job's tags belong to whose `exclusive` in Klaviyo differs from the
 /// catalog (Klaviyo cannot change it after a group is created).
 pub async fn group_conflicts(
-    catalog: Option<&crate::spec::TagCatalog>,
-    used: impl Fn(&crate::spec::TagGroupSpec) -> bool,
+    catalog: Option<&crate::job::spec::TagCatalog>,
+    used: impl Fn(&crate::job::spec::TagGroupSpec) -> bool,
     client: &Client,
 ) -> Result<Vec<TagGroupConflict>, KlaviyoError> {
     let mut out = Vec::new();
@@ -680,12 +680,12 @@ pub struct SegmentPreviewArgs {
     #[arg(long, default_value_t = 30)]
     pub wait: u64,
     #[command(flatten)]
-    pub klaviyo: crate::commands::KlaviyoArgs,
+    pub klaviyo: crate::commands::run::KlaviyoArgs,
 }
 
 /// `kdit segment preview NAME`: prints one member a line.
 pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStatus {
-    let target = match crate::commands::Target::new(&args.klaviyo).await {
+    let target = match crate::commands::run::Target::new(&args.klaviyo).await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -710,7 +710,7 @@ pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStat
             }
             eprintln!(
                 "{} of segment \"{}\" shown (--limit {})",
-                crate::render::thousands(members.len() as u64),
+                crate::plan::render::thousands(members.len() as u64),
                 args.name,
                 args.limit
             );
@@ -726,7 +726,7 @@ pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AnyGroup, SegmentDefinition};
+    use crate::job::spec::{AnyGroup, SegmentDefinition};
 
     fn spec(all: Vec<ConditionGroupSpec>) -> SegmentSpec {
         SegmentSpec {

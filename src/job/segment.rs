@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::attributes::FieldPath;
+use crate::job::attributes::FieldPath;
 
 /// A parsed segment condition.
 #[derive(Debug, Clone, PartialEq)]

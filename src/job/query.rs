@@ -33,7 +33,7 @@ use indexmap::IndexMap;
 use minijinja::value::{Object, ObjectRepr, Value};
 use minijinja::{Environment, UndefinedBehavior};
 
-use crate::spec::{ParamScalar, ParamValue, parse_duration};
+use crate::job::spec::{ParamScalar, ParamValue, parse_duration};
 
 /// A parameter's SQL type, as declared in `-- @param` lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,7 +470,7 @@ impl StoredQuery {
                 problems.push(QueryProblem {
                     line: Some(*line),
                     message: format!("the query uses `{name}`, which is not a declared parameter"),
-                    hint: Some(match crate::attributes::suggest(name, &declared) {
+                    hint: Some(match crate::job::attributes::suggest(name, &declared) {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => {
                             format!("declare it at the top of the file: `-- @param {name} text`")
@@ -485,7 +485,7 @@ impl StoredQuery {
                 problems.push(QueryProblem {
                     line: None,
                     message: format!("`{name}` is not a parameter of {}", self.label),
-                    hint: Some(match crate::attributes::suggest(name, &declared) {
+                    hint: Some(match crate::job::attributes::suggest(name, &declared) {
                         Some(s) => format!("did you mean `{s}`?"),
                         None if declared.is_empty() => "this query declares no parameters".into(),
                         None => format!("its parameters are: {}", declared.join(", ")),
@@ -890,7 +890,7 @@ fn parse_param_line(body: &str) -> Result<ParamLine, (String, String)> {
         let names: Vec<&str> = ParamType::ALL.iter().map(|t| t.name()).collect();
         return Err((
             format!("`{ty_s}` is not a parameter type"),
-            match crate::attributes::suggest(ty_s, &names) {
+            match crate::job::attributes::suggest(ty_s, &names) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("types are: {}", names.join(", ")),
             },

@@ -7,24 +7,29 @@
 //! `RowOutcome` (a `ProfileRow` or a `Reject`) per row, in query order, with bounded memory.
 //! `prepare` reads the query file from disk; `open` talks to PostgreSQL.
 
+pub mod source;
+pub mod transform;
+#[cfg(test)]
+mod testing;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::query::{QueryError, RenderedQuery, StoredQuery};
+use crate::job::query::{QueryError, RenderedQuery, StoredQuery};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
-use crate::source::{
+use crate::rows::source::{
     Cell, Column, Interrupt, RowDecoder, Rows, RunContext, Source, SourceError, Undecodable,
     decode_row, row_fingerprint,
 };
-use crate::spec::{Defaults, JobSpec, Threshold};
+use crate::job::spec::{Defaults, JobSpec, Threshold};
 use crate::state::{Fingerprint, KnownRows, Recognised};
-use crate::transform::{
+use crate::rows::transform::{
     ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, RowBuilder,
     Transformer, check_invalid,
 };

@@ -5,6 +5,8 @@
 //! In: a compiled job, a row feed, a state store, a Klaviyo client. Out: plans, reports,
 //! exit statuses. I/O through the stages it calls; no logic of its own beyond the order.
 
+pub mod feed;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,14 +19,14 @@ use tokio::task::JoinHandle;
 use crate::apply::{
     ApplyError, Failure, Report, Settings, apply, record_fingerprints, resolve_lists,
 };
-use crate::compile::Job;
-use crate::diff::{Differ, RowOutcome};
+use crate::job::compile::Job;
+use crate::plan::diff::{Differ, RowOutcome};
 use crate::exit::ExitStatus;
 use crate::klaviyo::Client;
 use crate::plan::{FORMAT_VERSION, Plan};
-use crate::progress::Progress;
-use crate::render::{self, Options};
-use crate::spill::{Refresh, Spill, ToSend};
+use crate::apply::progress::Progress;
+use crate::plan::render::{self, Options};
+use crate::apply::spill::{Refresh, Spill, ToSend};
 use crate::state::{KnownRows, State, StateError};
 
 /// Rows flowing from the source: outcomes on a bounded channel, in batches (one hand-over per
@@ -75,7 +77,7 @@ pub enum SyncError {
     #[error(transparent)]
     Klaviyo(#[from] crate::klaviyo::KlaviyoError),
     #[error(transparent)]
-    Audience(#[from] crate::audience::AudienceError),
+    Audience(#[from] crate::apply::audience::AudienceError),
     #[error("{0}")]
     Other(String),
 }
@@ -111,7 +113,7 @@ pub async fn make_plan(
         .spec
         .lists
         .iter()
-        .map(|l| (l.name.clone(), l.mode == crate::spec::ListMode::Mirror))
+        .map(|l| (l.name.clone(), l.mode == crate::job::spec::ListMode::Mirror))
         .collect();
     let last_run = snapshot.last_run.clone();
     let base = Plan {
@@ -123,9 +125,9 @@ pub async fn make_plan(
         last_run,
         ..Plan::default()
     };
-    let mut consent = crate::consent::Planner::new(
+    let mut consent = crate::plan::consent::Planner::new(
         job,
-        if crate::consent::reads_columns(&job.spec) {
+        if crate::plan::consent::reads_columns(&job.spec) {
             state.consent_carriers(job.name()).await?
         } else {
             HashMap::new()
@@ -133,7 +135,7 @@ pub async fn make_plan(
     );
     let feeding = std::time::Instant::now();
     let mut differ =
-        Differ::new(&mut snapshot, &lists, base).with_salt(crate::audience::profile_tags_salt(job));
+        Differ::new(&mut snapshot, &lists, base).with_salt(crate::apply::audience::profile_tags_salt(job));
     let spill_error =
         |e: std::io::Error| SyncError::Other(format!("cannot write the plan's work file: {e}"));
     while let Some(batch) = rx.recv().await {
@@ -211,9 +213,9 @@ pub async fn make_plan(
         vec![Vec::new(); list_names.len()]
     };
     for (l, keys) in plan.lists.iter_mut().zip(&removals) {
-        l.remove_samples = keys.iter().take(crate::diff::SAMPLES).cloned().collect();
+        l.remove_samples = keys.iter().take(crate::plan::diff::SAMPLES).cloned().collect();
     }
-    let audience = crate::audience::plan(job, client, state).await?;
+    let audience = crate::apply::audience::plan(job, client, state).await?;
     plan.segments = audience.segments;
     plan.tags = audience.tags;
     plan.dropped_segments = audience.dropped_segments;
@@ -393,7 +395,7 @@ async fn run_locked(
             .zip(&list_ids)
             .map(|(l, id)| (l.name.clone(), id.clone()))
             .collect();
-        Some(crate::audience::apply(job, client, state, &by_name).await?)
+        Some(crate::apply::audience::apply(job, client, state, &by_name).await?)
     } else {
         None
     };
@@ -513,7 +515,7 @@ fn spilled_rejects(spill: &Spill) -> Result<Vec<Failure>, SyncError> {
     let read_error =
         |e: std::io::Error| SyncError::Other(format!("reading the plan's work file: {e}"));
     for entry in spill.read().map_err(read_error)? {
-        if let crate::spill::Entry::Reject(r) = entry.map_err(read_error)? {
+        if let crate::apply::spill::Entry::Reject(r) = entry.map_err(read_error)? {
             out.push(Failure {
                 row: r.row,
                 key: r.key,

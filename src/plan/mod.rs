@@ -4,11 +4,15 @@
 //! Holds counts, samples and fingerprints — never the rows — so plans stay small whatever
 //! the row count. Pure.
 
+pub mod consent;
+pub mod diff;
+pub mod render;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::diff::Rejected;
-use crate::spec::Threshold;
+use crate::plan::diff::Rejected;
+use crate::job::spec::Threshold;
 
 /// The plan file's format version.
 pub const FORMAT_VERSION: u32 = 1;
@@ -196,14 +200,14 @@ impl Plan {
     /// Records the job's consent settings and the counts the diff found.
     pub fn consent_changes(
         &mut self,
-        job: &crate::compile::Job,
+        job: &crate::job::compile::Job,
         subscribes: u64,
         unsubscribes: u64,
     ) {
         let Some(c) = &job.spec.consent else { return };
-        let names = |v: &[crate::spec::ConsentChannel]| {
+        let names = |v: &[crate::job::spec::ConsentChannel]| {
             v.iter()
-                .map(|c| crate::consent::channel_name(*c).to_string())
+                .map(|c| crate::plan::consent::channel_name(*c).to_string())
                 .collect()
         };
         self.consent = names(&c.subscribe);

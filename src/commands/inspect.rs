@@ -13,11 +13,11 @@ use anyhow::{Context as _, Result, anyhow};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
-use crate::query::StoredQuery;
+use crate::job::query::StoredQuery;
 use crate::rows::{RowOutcome, RowsError, prepare};
-use crate::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
-use crate::spec::ParamValue;
-use crate::transform::{ProfileRow, Reject, cell_to_json_lossy};
+use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
+use crate::job::spec::ParamValue;
+use crate::rows::transform::{ProfileRow, Reject, cell_to_json_lossy};
 
 /// Output format for rows and previews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -53,7 +53,7 @@ pub struct QueryRunArgs {
     #[arg(long, default_value_t = 20)]
     pub limit: u64,
     /// Statement timeout, e.g. `30s`.
-    #[arg(long, value_parser = crate::spec::parse_duration)]
+    #[arg(long, value_parser = crate::job::spec::parse_duration)]
     pub timeout: Option<std::time::Duration>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -238,8 +238,8 @@ pub async fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<bool> {
 
 /// Loads a job through `validate`'s loader (problems printed with `file:line:col`), and
 /// makes the project's defaults part of it so the query sees them.
-fn checked_job(path: &Path) -> Result<crate::compile::Job> {
-    let mut job = crate::commands::load_job(path).map_err(|_| {
+fn checked_job(path: &Path) -> Result<crate::job::compile::Job> {
+    let mut job = crate::commands::run::load_job(path).map_err(|_| {
         anyhow::anyhow!(
             "{} is not a valid job file (problems above)",
             path.display()
@@ -252,7 +252,7 @@ fn checked_job(path: &Path) -> Result<crate::compile::Job> {
 }
 
 /// Fills a job's unset settings from the project's defaults.
-fn apply_defaults(spec: &mut crate::spec::JobSpec, d: &crate::spec::Defaults) {
+fn apply_defaults(spec: &mut crate::job::spec::JobSpec, d: &crate::job::spec::Defaults) {
     spec.profiles.default_region = spec
         .profiles
         .default_region
@@ -264,9 +264,9 @@ fn apply_defaults(spec: &mut crate::spec::JobSpec, d: &crate::spec::Defaults) {
 
 /// The checks of `kdit check` for a loaded job.
 pub async fn check_job(
-    job: &crate::spec::JobSpec,
+    job: &crate::job::spec::JobSpec,
     job_path: &Path,
-    config: Result<SourceConfig, crate::source::SourceError>,
+    config: Result<SourceConfig, crate::rows::source::SourceError>,
     out: &mut dyn Write,
 ) -> Result<bool> {
     let mut ok = true;
@@ -392,7 +392,7 @@ pub async fn preview(args: &PreviewArgs, out: &mut dyn Write) -> Result<()> {
 
 /// `kdit preview` for a loaded job and a connected source.
 pub async fn preview_job(
-    job: &crate::spec::JobSpec,
+    job: &crate::job::spec::JobSpec,
     job_path: &Path,
     source: &Source,
     limit: u64,
@@ -428,7 +428,7 @@ pub async fn preview_job(
 pub fn write_preview(
     out: &mut dyn Write,
     format: Format,
-    fields: &IndexMap<String, crate::spec::FieldSource>,
+    fields: &IndexMap<String, crate::job::spec::FieldSource>,
     profiles: &[ProfileRow],
     rejects: &[Reject],
 ) -> Result<()> {

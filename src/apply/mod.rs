@@ -6,6 +6,10 @@
 //! back to rows; a batch Klaviyo refuses whole is split so valid rows still go; mirror
 //! removals go by Klaviyo id, looked up by the job's key. I/O.
 
+pub mod audience;
+pub mod progress;
+pub mod spill;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +20,12 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::compile::Job;
-use crate::diff::Action;
+use crate::job::compile::Job;
+use crate::plan::diff::Action;
 use crate::klaviyo::watch::Watcher;
 use crate::klaviyo::{BULK_MAX_BYTES, Client, KlaviyoError, Stats};
 use crate::plan::Plan;
-use crate::spill::{Entry, Spill};
+use crate::apply::spill::{Entry, Spill};
 use crate::state::{Confirmed, Fingerprint, Hash, State, StateError};
 
 /// A row that did not make it into Klaviyo (rejected before sending, or refused by Klaviyo).
@@ -97,7 +101,7 @@ struct Item {
     /// Lists this send adds the profile to.
     adds: u32,
     /// The consent change carried out once Klaviyo confirmed the profile.
-    consent: Option<crate::consent::ConsentAction>,
+    consent: Option<crate::plan::consent::ConsentAction>,
 }
 
 /// What one bulk batch came back with.
@@ -212,7 +216,7 @@ pub async fn apply(
         run_id,
         state,
         seq: 0,
-        meta: crate::audience::profile_tags_meta(job).map(Arc::from),
+        meta: crate::apply::audience::profile_tags_meta(job).map(Arc::from),
         consent: job.spec.consent.is_some(),
         totals: Totals {
             report: &mut report,
@@ -372,10 +376,10 @@ async fn record(
 /// Carries out the consent changes of a confirmed batch (`consent`): subscriptions, then
 /// unsubscriptions. A refused job is a failure of its rows (the profiles themselves are in).
 async fn change_consent(client: &Client, job: &Job, o: &mut BatchOutcome) {
-    use crate::consent::{ConsentAction, Subject, in_future, profile_entry};
+    use crate::plan::consent::{ConsentAction, Subject, in_future, profile_entry};
     let Some(c) = &job.spec.consent else { return };
-    let names = |v: &[crate::spec::ConsentChannel]| -> Vec<&'static str> {
-        v.iter().map(|c| crate::consent::channel_name(*c)).collect()
+    let names = |v: &[crate::job::spec::ConsentChannel]| -> Vec<&'static str> {
+        v.iter().map(|c| crate::plan::consent::channel_name(*c)).collect()
     };
     let (sub_channels, unsub_channels) = (names(&c.subscribe), names(&c.unsubscribe));
     let source = format!("kdit {}", job.name());
@@ -509,7 +513,7 @@ impl Batches<'_, '_> {
         let watcher = self.watcher.clone();
         let (key_field, seq) = (self.key_field, self.seq);
         let meta = self.meta.clone();
-        let strip = self.consent && crate::consent::reads_columns(&self.job.spec);
+        let strip = self.consent && crate::plan::consent::reads_columns(&self.job.spec);
         self.in_flight.spawn(async move {
             send_batch(client, watcher, items, ids, key_field, seq, meta, strip).await
         });
@@ -554,7 +558,7 @@ async fn send_batch(
         let stripped: Vec<Box<RawValue>> = if strip {
             chunk
                 .iter()
-                .map(|i| crate::consent::strip(&i.attributes))
+                .map(|i| crate::plan::consent::strip(&i.attributes))
                 .collect()
         } else {
             Vec::new()

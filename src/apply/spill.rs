@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::diff::{Action, Rejected};
+use crate::plan::diff::{Action, Rejected};
 use crate::state::Fingerprint;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -33,7 +33,7 @@ pub struct ToSend {
     pub unset: Vec<String>,
     /// The consent change this send carries (`consent`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consent: Option<crate::consent::ConsentAction>,
+    pub consent: Option<crate::plan::consent::ConsentAction>,
     pub attributes: Box<RawValue>,
     /// The fingerprint of the row the payload was made from, recorded with the hash.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex16_opt")]
@@ -199,7 +199,7 @@ mod tests {
                 action: Action::Create,
                 adds: 1,
                 unset: vec![],
-                consent: Some(crate::consent::ConsentAction::Unsubscribe),
+                consent: Some(crate::plan::consent::ConsentAction::Unsubscribe),
                 attributes: raw,
                 source: Some([9; 16]),
             })
@@ -216,7 +216,7 @@ mod tests {
         spill.close().unwrap();
         let lines: Vec<Entry> = spill.read().unwrap().map(Result::unwrap).collect();
         assert!(
-            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.source == Some([9; 16]) && s.consent == Some(crate::consent::ConsentAction::Unsubscribe) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
+            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.source == Some([9; 16]) && s.consent == Some(crate::plan::consent::ConsentAction::Unsubscribe) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
         );
         assert!(matches!(&lines[1], Entry::Reject(r) if r.row == 2));
         let path = spill.path.clone();

@@ -1187,7 +1187,7 @@ impl<'a> State<'a> {
                 &format!(
                     "select key, payload->'properties'->'{c}' from {s}.payloads
                      where job = $1 and payload->'properties' ? '{c}'",
-                    c = crate::consent::CARRIER
+                    c = crate::plan::consent::CARRIER
                 ),
                 &[&job],
             )

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::compile::Job;
-use crate::diff::Action;
-use crate::spec::{ConsentChannel, FieldMapping, FieldSource, JobSpec, NullPolicy, ValueType};
+use crate::job::compile::Job;
+use crate::plan::diff::Action;
+use crate::job::spec::{ConsentChannel, FieldMapping, FieldSource, JobSpec, NullPolicy, ValueType};
 
 /// The profile property carrying a row's consent values through the diff and the state.
 /// Never sent to Klaviyo; a job may not map it itself.

@@ -12,8 +12,8 @@ use saphyr_parser::{Event, Parser, Span};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::attributes::suggest;
-use crate::diagnostic::Diagnostic;
+use crate::job::attributes::suggest;
+use crate::job::diagnostic::Diagnostic;
 
 /// Job files larger than this are refused before parsing: no real job is near it, and a
 /// huge file is far more likely a mistake (or an attack on the parser).
@@ -100,8 +100,8 @@ fn validator(kind: Kind) -> &'static jsonschema::Validator {
     static JOB: OnceLock<jsonschema::Validator> = OnceLock::new();
     static PROJECT: OnceLock<jsonschema::Validator> = OnceLock::new();
     let (cell, schema): (_, fn() -> Value) = match kind {
-        Kind::Job => (&JOB, crate::spec::job_schema),
-        Kind::Project => (&PROJECT, crate::spec::project_schema),
+        Kind::Job => (&JOB, crate::job::spec::job_schema),
+        Kind::Project => (&PROJECT, crate::job::spec::project_schema),
     };
     cell.get_or_init(|| {
         jsonschema::validator_for(&schema()).expect("kdit's own schema is a valid JSON Schema")
@@ -488,8 +488,8 @@ fn schema_errors(
     path: &Path,
 ) {
     let schema = match kind {
-        Kind::Job => crate::spec::job_schema(),
-        Kind::Project => crate::spec::project_schema(),
+        Kind::Job => crate::job::spec::job_schema(),
+        Kind::Project => crate::job::spec::project_schema(),
     };
     for error in validator(kind).iter_errors(raw) {
         describe(&error, raw, &schema, path, report);

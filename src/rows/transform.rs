@@ -37,12 +37,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::attributes::{FieldPath, MAX_PROPERTY_NAME};
-use crate::source::{Cell, Column, format_datetime, write_datetime};
-use crate::spec::{
+use crate::job::attributes::{FieldPath, MAX_PROPERTY_NAME};
+use crate::rows::source::{Cell, Column, format_datetime, write_datetime};
+use crate::job::spec::{
     Defaults, NullPolicy, ProfileKey, ProfilesSpec, Threshold, Transform, ValueType,
 };
-use crate::template::SimpleTemplate;
+use crate::job::template::SimpleTemplate;
 
 /// Longest email Klaviyo accepts.
 pub const MAX_EMAIL: usize = 100;
@@ -270,7 +270,7 @@ impl Mapping {
         defaults: Option<&Defaults>,
     ) -> Result<Mapping, Vec<MappingError>> {
         let mut errors = Vec::new();
-        let mut env = crate::template::field_env();
+        let mut env = crate::job::template::field_env();
         let on_null = spec
             .on_null
             .or(defaults.and_then(|d| d.on_null))
@@ -331,7 +331,7 @@ impl Mapping {
                 Origin::Column(c.clone())
             } else if let Some(t) = &m.template {
                 let name = format!("profiles.fields.{key}");
-                match crate::template::add_field_template(&mut env, &name, t) {
+                match crate::job::template::add_field_template(&mut env, &name, t) {
                     Ok(cols) => {
                         Origin::Template(name, cols, SimpleTemplate::parse(t).map(Arc::new))
                     }
@@ -448,7 +448,7 @@ impl Mapping {
             field: field.to_string(),
             column: column.to_string(),
             message: format!("the query returns no column `{column}`"),
-            hint: Some(match crate::attributes::suggest(column, &names) {
+            hint: Some(match crate::job::attributes::suggest(column, &names) {
                 Some(s) => format!(
                     "did you mean `{s}`? The query returns: {}",
                     names.join(", ")
@@ -1261,7 +1261,7 @@ fn cast(v: Cell, ty: ValueType) -> Result<Cell, FieldFailure> {
                 let t = s.trim();
                 if let Ok(i) = t.parse::<i64>() {
                     Cell::Int(i)
-                } else if crate::query::is_decimal(t) {
+                } else if crate::job::query::is_decimal(t) {
                     Cell::Numeric(t.to_string())
                 } else if let Some(x) = t.parse::<f64>().ok().filter(|x| x.is_finite()) {
                     Cell::Float(x)
@@ -1675,7 +1675,7 @@ pub fn decimal_to_json(s: &str) -> Option<Value> {
     if let Ok(u) = t.parse::<u64>() {
         return Some(Value::from(u));
     }
-    if !crate::query::is_decimal(t) {
+    if !crate::job::query::is_decimal(t) {
         return None;
     }
     let (neg, body) = match t.strip_prefix('-') {
@@ -1943,7 +1943,7 @@ mod tests {
     /// addresses.
     #[test]
     fn the_quick_email_check_accepts_only_what_the_full_one_does() {
-        let mut next = crate::testing::xorshift(0x2545_F491_4F6C_DD1Du64);
+        let mut next = crate::rows::testing::xorshift(0x2545_F491_4F6C_DD1Du64);
         let pieces = [
             "ab", "Z9", ".", "-", "@", "+", "x.com", "é", " ", "..", "\"", "a-", "-b", "[1]", "co",
             "_", "!#", "<", "\\", "東", "@a.b", "\t", "1", "q.", ".r", "(c)", "%", "~", "`",
@@ -1989,7 +1989,7 @@ mod tests {
     /// double that parsing gives, for every length, scale and sign.
     #[test]
     fn short_decimals_become_the_double_parsing_gives() {
-        let mut next = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15u64);
+        let mut next = crate::rows::testing::xorshift(0x9E37_79B9_7F4A_7C15u64);
         for _ in 0..200_000 {
             let digits = 1 + next() % 15;
             let m = next() % 10u64.pow(digits as u32);
@@ -2119,7 +2119,7 @@ mod tests {
     /// property set as a value, then as an object).
     #[test]
     fn payloads_are_written_as_serde_json_writes_them() {
-        let mut next = crate::testing::xorshift(0xD1B5_4A32_D192_ED03u64);
+        let mut next = crate::rows::testing::xorshift(0xD1B5_4A32_D192_ED03u64);
         let pieces = [
             "a",
             "Zürich",
@@ -2215,7 +2215,7 @@ mod tests {
     /// every precision, and years outside 0–9999.
     #[test]
     fn timestamps_are_written_as_finish_writes_them() {
-        let mut next = crate::testing::xorshift(0x2F0F_6A1B_9C3D_5E7Fu64);
+        let mut next = crate::rows::testing::xorshift(0x2F0F_6A1B_9C3D_5E7Fu64);
         let field = Field {
             key: "properties.at".into(),
             path: FieldPath::Property(vec!["at".into()]),
@@ -2227,7 +2227,7 @@ mod tests {
             on_null: NullPolicy::Keep,
         };
         for i in 0..50_000u64 {
-            let Some(t) = crate::testing::datetime(&mut next, i) else {
+            let Some(t) = crate::rows::testing::datetime(&mut next, i) else {
                 continue;
             };
             for cell in [Cell::Timestamptz(t), Cell::Timestamp(t.naive_utc())] {
@@ -2263,7 +2263,7 @@ mod tests {
     /// The key set answers as a `HashSet` does: through growth, for repeated keys and for 0.
     #[test]
     fn the_key_set_is_a_set() {
-        let mut next = crate::testing::xorshift(0x5851_F42D_4C95_7F2Du64);
+        let mut next = crate::rows::testing::xorshift(0x5851_F42D_4C95_7F2Du64);
         let mut keys = KeySet::default();
         let mut reference = std::collections::HashSet::new();
         for i in 0..300_000u64 {

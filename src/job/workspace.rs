@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::compile::{Job, Project, compile};
-use crate::diagnostic::{Diagnostic, Format, Severity, render_github, render_human};
-use crate::load::{Kind, load};
-use crate::spec::{JobSpec, ProjectSpec};
+use crate::job::compile::{Job, Project, compile};
+use crate::job::diagnostic::{Diagnostic, Format, Severity, render_github, render_human};
+use crate::job::load::{Kind, load};
+use crate::job::spec::{JobSpec, ProjectSpec};
 
 /// Names a project file may have.
 pub const PROJECT_FILES: &[&str] = &["kdit.yaml", "kdit.yml"];
@@ -202,7 +202,7 @@ fn check_project(
     spec: &ProjectSpec,
     path: &Path,
     text: &str,
-    map: &crate::load::SourceMap,
+    map: &crate::job::load::SourceMap,
     out: &mut Vec<Diagnostic>,
 ) {
     let Some(catalog) = &spec.tags else { return };

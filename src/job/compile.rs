@@ -7,11 +7,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::attributes::FieldPath;
-use crate::diagnostic::Diagnostic;
-use crate::load::{Loaded, MAX_FILE_BYTES, ReadQueryError, pointer_join, read_query};
-use crate::query::{QueryProblem, StoredQuery};
-use crate::spec::{
+use crate::job::attributes::FieldPath;
+use crate::job::diagnostic::Diagnostic;
+use crate::job::load::{Loaded, MAX_FILE_BYTES, ReadQueryError, pointer_join, read_query};
+use crate::job::query::{QueryProblem, StoredQuery};
+use crate::job::spec::{
     FieldMapping, GuardsSpec, JobSpec, ListMode, NullPolicy, ProfileKey, ProjectSpec, Transform,
 };
 
@@ -231,12 +231,12 @@ pub fn compile(
             }
         };
         if let FieldPath::Property(parts) = &fpath
-            && parts.first().map(String::as_str) == Some(crate::consent::CARRIER)
+            && parts.first().map(String::as_str) == Some(crate::plan::consent::CARRIER)
         {
             out.push(loaded.at_key(
                 err(
                     "reserved-property",
-                    format!("`properties.{}` is reserved for kdit's consent bookkeeping", crate::consent::CARRIER),
+                    format!("`properties.{}` is reserved for kdit's consent bookkeeping", crate::plan::consent::CARRIER),
                 )
                 .hint("pick another property name; consent columns go under `consent:` (`consented_at`, `unsubscribe_column`)"),
                 &pointer,
@@ -382,7 +382,7 @@ pub fn compile(
             match &catalog {
                 Some(cat) if !cat.contains(tag.as_str()) => {
                     let all: Vec<&str> = cat.iter().copied().collect();
-                    let hint = match crate::attributes::suggest(tag, &all) {
+                    let hint = match crate::job::attributes::suggest(tag, &all) {
                         Some(s) => format!(
                             "did you mean `{s}`? Or add `{tag}` to the catalog in {}",
                             project_name(project)
@@ -465,15 +465,15 @@ pub fn compile(
                 ),
             );
         }
-        let count = crate::audience::condition_count(segment);
-        if count > crate::audience::MAX_CONDITIONS {
+        let count = crate::apply::audience::condition_count(segment);
+        if count > crate::apply::audience::MAX_CONDITIONS {
             out.push(loaded.at_key(
                 err(
                     "too-many-conditions",
                     format!(
                         "segment `{}` has {count} conditions; Klaviyo allows at most {}",
                         segment.name,
-                        crate::audience::MAX_CONDITIONS
+                        crate::apply::audience::MAX_CONDITIONS
                     ),
                 )
                 .hint("split it into several segments, or use `in [\"a\", \"b\"]` for several values"),
@@ -494,10 +494,10 @@ pub fn compile(
         }
         for (g, group) in segment.definition.all.iter().enumerate() {
             let conditions: Vec<(String, &str)> = match group {
-                crate::spec::ConditionGroupSpec::One(c) => {
+                crate::job::spec::ConditionGroupSpec::One(c) => {
                     vec![(format!("/segments/{i}/definition/all/{g}"), c.as_str())]
                 }
-                crate::spec::ConditionGroupSpec::Any(a) => a
+                crate::job::spec::ConditionGroupSpec::Any(a) => a
                     .any
                     .iter()
                     .enumerate()
@@ -510,7 +510,7 @@ pub fn compile(
                     .collect(),
             };
             for (pointer, text) in conditions {
-                match crate::segment::parse_condition(text) {
+                match crate::job::segment::parse_condition(text) {
                     Ok(cond) => {
                         if let Some(list) = cond.list_name()
                             && !job_lists.contains(list)
@@ -637,7 +637,7 @@ pub fn compile(
 
     let has_errors = out
         .iter()
-        .any(|d| d.severity == crate::diagnostic::Severity::Error);
+        .any(|d| d.severity == crate::job::diagnostic::Severity::Error);
     let job = (!has_errors).then(|| Job {
         spec: spec.clone(),
         path: path.to_path_buf(),

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::compile::Job;
-use crate::diagnostic::{Format, Severity};
+use crate::job::compile::Job;
+use crate::job::diagnostic::{Format, Severity};
 use crate::exit::ExitStatus;
-use crate::feed::PgRows;
+use crate::sync::feed::PgRows;
 use crate::klaviyo::{ApiKey, Client, Config};
 use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
-use crate::source::{Interrupt, Source, SourceConfig};
+use crate::rows::source::{Interrupt, Source, SourceConfig};
 use crate::state::State;
 use crate::sync::{self, Output};
 
@@ -124,7 +124,7 @@ pub struct Failed(pub ExitStatus);
 
 /// Loads and checks one job, printing its problems to stderr.
 pub fn load_job(path: &Path) -> Result<Job, Failed> {
-    let v = match crate::validate::validate(&[path.to_path_buf()]) {
+    let v = match crate::job::workspace::validate(&[path.to_path_buf()]) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
@@ -138,7 +138,7 @@ pub fn load_job(path: &Path) -> Result<Job, Failed> {
         .count();
     if errors > 0 || v.jobs.is_empty() {
         let mut buf = Vec::new();
-        let _ = crate::validate::render(&v, Format::Human, &mut buf);
+        let _ = crate::job::workspace::render(&v, Format::Human, &mut buf);
         eprint!("{}", String::from_utf8_lossy(&buf));
         return Err(Failed(ExitStatus::InvalidJobs));
     }

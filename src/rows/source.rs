@@ -24,7 +24,7 @@ use tokio_postgres::types::{FromSql, Kind, ToSql, Type};
 use tokio_postgres::{CancelToken, Row, RowStream};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::query::{BindValue, ParamType, RenderedQuery};
+use crate::job::query::{BindValue, ParamType, RenderedQuery};
 
 /// Environment variable holding the source database's connection string.
 pub const DATABASE_URL: &str = "DATABASE_URL";
@@ -1944,9 +1944,9 @@ mod tests {
 
     #[test]
     fn datetimes_print_as_chrono_prints_them() {
-        let mut next = crate::testing::xorshift(0x853C_49E6_748F_EA9Bu64);
+        let mut next = crate::rows::testing::xorshift(0x853C_49E6_748F_EA9Bu64);
         for i in 0..100_000 {
-            let Some(t) = crate::testing::datetime(&mut next, i) else {
+            let Some(t) = crate::rows::testing::datetime(&mut next, i) else {
                 continue;
             };
             assert_eq!(

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::compile::Job;
-use crate::diff::{Desired, Rejected, RowOutcome};
+use crate::job::compile::Job;
+use crate::plan::diff::{Desired, Rejected, RowOutcome};
 use crate::rows::{self, JobQuery};
-use crate::source::{Interrupt, Source};
-use crate::spec::JobSpec;
+use crate::rows::source::{Interrupt, Source};
+use crate::job::spec::JobSpec;
 use crate::state::KnownRows;
 use crate::sync::{Feed, QueryDone, RowSource};
 
@@ -38,7 +38,7 @@ impl PgRows {
     pub fn new(job: &Job, source: Source, interrupt: Option<Interrupt>) -> Result<PgRows, String> {
         let defaults = job.project.as_ref().and_then(|p| p.spec.defaults.as_ref());
         // Consent columns ride along as hidden fields (see `consent`).
-        let spec = crate::consent::with_carrier(&job.spec);
+        let spec = crate::plan::consent::with_carrier(&job.spec);
         let query = rows::prepare(&spec, &job.path, defaults).map_err(|e| e.to_string())?;
         // The hidden consent fields are part of the recipe: adding consent columns to a job
         // must not leave its rows "known".
@@ -46,7 +46,7 @@ impl PgRows {
             &spec.profiles,
             defaults,
             &job.spec.query.columns,
-            crate::audience::profile_tags_salt(job),
+            crate::apply::audience::profile_tags_salt(job),
         ))
         .map_err(|e| e.to_string())?;
         Ok(PgRows {
@@ -103,7 +103,7 @@ async fn produce(
         // A consent column the query lacks is named as the job file names it.
         Err(rows::RowsError::Columns(mut problems)) => {
             for p in &mut problems {
-                if let Some(f) = crate::consent::author_field(spec, &p.field) {
+                if let Some(f) = crate::plan::consent::author_field(spec, &p.field) {
                     p.field = f;
                 }
             }
@@ -148,7 +148,7 @@ async fn produce(
                 key: r.key.unwrap_or_default(),
                 field: r
                     .field
-                    .map(|f| crate::consent::author_field(spec, &f).unwrap_or(f))
+                    .map(|f| crate::plan::consent::author_field(spec, &f).unwrap_or(f))
                     .unwrap_or_default(),
                 rule: r.rule.as_str().to_string(),
                 message: r.message,

@@ -1,0 +1,1 @@
+//! Digests: the hashes and fingerprints the state stores and the plan compares. Pure (leaf).

@@ -1,0 +1,1 @@
+//! Output helpers: numbers and words as the user reads them (leaf).
