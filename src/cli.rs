@@ -75,7 +75,7 @@ pub enum Command {
     /// Segments kept as code: see who is in one.
     Segment {
         #[command(subcommand)]
-        command: crate::apply::audience::SegmentCommand,
+        command: crate::commands::segment::SegmentCommand,
     },
     /// The tag catalog and where each tag is used; put a tag on (or take it off) the lists
     /// and segments matching a pattern, with a plan first.

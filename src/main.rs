@@ -161,8 +161,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             }
         })?),
         Command::Segment {
-            command: kdit::apply::audience::SegmentCommand::Preview(args),
-        } => Ok(block_on(kdit::apply::audience::preview_command(&args))?),
+            command: kdit::commands::segment::SegmentCommand::Preview(args),
+        } => Ok(block_on(kdit::commands::segment::preview_command(&args))?),
         Command::Tags { command } => Ok(block_on(async {
             match command {
                 kdit::commands::tags::TagsCommand::Show(a) => kdit::commands::tags::show(&a).await,
@@ -184,9 +184,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
                 kdit::commands::bench::BenchCommand::Source(a) => {
                     report(kdit::commands::bench::bench_source(&a, &mut std::io::stdout()).await)
                 }
-                kdit::commands::bench::BenchCommand::Sync(a) => {
-                    report(kdit::commands::bench::sync::bench_sync(&a, &mut std::io::stdout()).await)
-                }
+                kdit::commands::bench::BenchCommand::Sync(a) => report(
+                    kdit::commands::bench::sync::bench_sync(&a, &mut std::io::stdout()).await,
+                ),
             }
         })?),
         Command::Sandbox(args) => {

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kdit::job::load::{Kind, parse_text};
-use kdit::rows::source::{Cell, Column};
 use kdit::job::spec::JobSpec;
+use kdit::rows::source::{Cell, Column};
 use kdit::rows::transform::{Mapping, Transformer};
 use proptest::prelude::*;
 use support::cli::{Kdit, repo};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use kdit::job::query::StoredQuery;
-use kdit::rows::source::{Cell, RowDecoder, RunContext, Source, SourceConfig, SourceError};
 use kdit::job::spec::ParamValue;
+use kdit::rows::source::{Cell, RowDecoder, RunContext, Source, SourceConfig, SourceError};
 use support::pg::TestDb;
 
 async fn source(db: &TestDb) -> Source {
@@ -652,9 +652,9 @@ async fn tls_modes_connect_or_explain() {
 
 // ---- rows → profiles -------------------------------------------------------------------
 
-use kdit::rows::{RowOutcome, RowsError, prepare};
 use kdit::job::spec::JobSpec;
 use kdit::rows::transform::{ProfileRow, Reject, Rule};
+use kdit::rows::{RowOutcome, RowsError, prepare};
 use serde_json::json;
 
 fn make_job(profiles_yaml: &str, sql: &str) -> JobSpec {
@@ -1142,9 +1142,10 @@ async fn check_prints_one_line_per_check() {
     .unwrap();
     let job_path = dir.path().join("weekly.yaml");
     let mut out = Vec::new();
-    let ok = kdit::commands::inspect::check_job(&job, &job_path, SourceConfig::parse(&db.url), &mut out)
-        .await
-        .unwrap();
+    let ok =
+        kdit::commands::inspect::check_job(&job, &job_path, SourceConfig::parse(&db.url), &mut out)
+            .await
+            .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(!ok, "{text}");
     let lines: Vec<&str> = text.lines().collect();

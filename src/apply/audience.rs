@@ -8,17 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::job::compile::Job;
+use crate::job::segment::{condition_count, definition, describe, normalise};
+use crate::job::spec::{SegmentSpec, TagCatalog};
 use crate::klaviyo::{Client, KlaviyoError};
 use crate::plan::{SegmentAction, SegmentChange, TagChange, TagGroupConflict};
-use crate::job::segment::parse_condition;
-use crate::job::spec::{ConditionGroupSpec, SegmentSpec, TagCatalog};
 use crate::state::{State, StateError, Tagged};
-
-/// Klaviyo's cap on conditions in one segment.
-pub const MAX_CONDITIONS: usize = 100;
 
 /// Errors of the audience side.
 #[derive(Debug, thiserror::Error)]
@@ -29,126 +26,6 @@ pub enum AudienceError {
     State(#[from] StateError),
     #[error("{0}")]
     Other(String),
-}
-
-/// The condition texts of a segment, group by group.
-fn groups(spec: &SegmentSpec) -> Vec<Vec<&str>> {
-    spec.definition
-        .all
-        .iter()
-        .map(|g| match g {
-            ConditionGroupSpec::One(c) => vec![c.as_str()],
-            ConditionGroupSpec::Any(a) => a.any.iter().map(String::as_str).collect(),
-        })
-        .collect()
-}
-
-/// How many conditions a segment has.
-pub fn condition_count(spec: &SegmentSpec) -> usize {
-    groups(spec).iter().map(Vec::len).sum()
-}
-
-/// The Klaviyo definition a segment spec asks for; list names resolved by `list_id`
-/// (a name without an id stays as the name, for plans made before the list exists).
-pub fn definition(
-    spec: &SegmentSpec,
-    list_id: &dyn Fn(&str) -> Option<String>,
-) -> Result<Value, String> {
-    let mut condition_groups = Vec::new();
-    for group in groups(spec) {
-        let mut conditions = Vec::new();
-        for text in group {
-            let c = parse_condition(text).map_err(|e| e.message)?;
-            conditions.push(c.to_klaviyo(list_id));
-        }
-        condition_groups.push(json!({ "conditions": conditions }));
-    }
-    Ok(json!({ "condition_groups": condition_groups }))
-}
-
-/// A definition in a form where equal meanings compare equal: nulls dropped, numbers as
-/// floats (Klaviyo may answer `500` for `500.0`).
-pub fn normalise(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), normalise(v)))
-                .collect::<Map<String, Value>>(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(normalise).collect()),
-        Value::Number(n) => n.as_f64().map(|f| json!(f)).unwrap_or_else(|| v.clone()),
-        other => other.clone(),
-    }
-}
-
-fn short(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("{s:?}"),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
-            _ => n.to_string(),
-        },
-        Value::Array(a) => format!("[{}]", a.iter().map(short).collect::<Vec<_>>().join(", ")),
-        other => other.to_string(),
-    }
-}
-
-/// One Klaviyo condition, compactly: `properties['ltv'] > 500`, `in list "VIP"`.
-pub fn describe_condition(c: &Value, list_names: &HashMap<String, String>) -> String {
-    match c["type"].as_str() {
-        Some("profile-group-membership") => {
-            let id = c["group_ids"][0].as_str().unwrap_or("?");
-            let name = list_names.get(id).map(String::as_str).unwrap_or(id);
-            let not = if c["is_member"].as_bool() == Some(false) {
-                "not "
-            } else {
-                ""
-            };
-            format!("{not}in list {name:?}")
-        }
-        Some("profile-property") => {
-            let f = &c["filter"];
-            let op = match (f["type"].as_str(), f["operator"].as_str().unwrap_or("?")) {
-                (_, "equals") => "=",
-                (_, "not-equals") => "!=",
-                (_, "greater-than") => ">",
-                (_, "greater-than-or-equal") => ">=",
-                (_, "less-than") => "<",
-                (_, "less-than-or-equal") => "<=",
-                (Some("list"), "contains") => "has",
-                (Some("list"), "not-contains") => "not has",
-                (_, "is-set") => "is set",
-                (_, "not-set") => "is not set",
-                (_, other) => other,
-            };
-            let prop = c["property"].as_str().unwrap_or("?");
-            match f.get("value") {
-                Some(v) => format!("{prop} {op} {}", short(v)),
-                None => format!("{prop} {op}"),
-            }
-        }
-        Some(other) => format!("({other} condition)"),
-        None => "(unreadable condition)".into(),
-    }
-}
-
-/// A definition's groups, each as one line (`a or b`).
-pub fn describe(def: &Value, list_names: &HashMap<String, String>) -> Vec<String> {
-    def["condition_groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|g| {
-            g["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| describe_condition(c, list_names))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        })
-        .collect()
 }
 
 /// What to do about one segment, comparing the wanted definition with Klaviyo's.
@@ -638,95 +515,11 @@ pub async fn preview(
     Ok(client.segment_members(&seg.id, limit).await?)
 }
 
-/// The `meta` every bulk-imported profile of the job carries: its profile tags appended to
-/// the tag property (`meta.patch_properties.append`), so tags other jobs put there stay.
-/// `None` when the job has no profile tags.
-pub fn profile_tags_meta(job: &Job) -> Option<String> {
-    if job.spec.tags.profiles.is_empty() {
-        return None;
-    }
-    let mut append = Map::new();
-    append.insert(job.tag_property.clone(), json!(job.spec.tags.profiles));
-    Some(json!({"patch_properties": {"append": append}}).to_string())
-}
-
-/// What the profile tags add to each profile's hash: empty without tags, so the hashes of
-/// jobs without profile tags stay as they were.
-pub fn profile_tags_salt(job: &Job) -> Vec<u8> {
-    profile_tags_meta(job)
-        .map(|m| format!("\0tags\0{m}").into_bytes())
-        .unwrap_or_default()
-}
-
-/// `kdit segment …` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum SegmentCommand {
-    /// Show a segment's members as Klaviyo computed them (waits while it is processing).
-    Preview(SegmentPreviewArgs),
-}
-
-/// Options of `kdit segment preview`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SegmentPreviewArgs {
-    /// The segment's name in Klaviyo.
-    pub name: String,
-    /// Most members shown.
-    #[arg(long, default_value_t = 20)]
-    pub limit: usize,
-    /// Mask emails and phone numbers.
-    #[arg(long)]
-    pub mask: bool,
-    /// Longest wait, in seconds, for Klaviyo to finish computing the segment.
-    #[arg(long, default_value_t = 30)]
-    pub wait: u64,
-    #[command(flatten)]
-    pub klaviyo: crate::commands::run::KlaviyoArgs,
-}
-
-/// `kdit segment preview NAME`: prints one member a line.
-pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStatus {
-    let target = match crate::commands::run::Target::new(&args.klaviyo).await {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::exit::ExitStatus::Failure;
-        }
-    };
-    match preview(
-        &target.client,
-        &args.name,
-        args.limit,
-        Duration::from_secs(args.wait),
-    )
-    .await
-    {
-        Ok(members) => {
-            for m in &members {
-                if args.mask {
-                    println!("{}", crate::plan::mask(m));
-                } else {
-                    println!("{m}");
-                }
-            }
-            eprintln!(
-                "{} of segment \"{}\" shown (--limit {})",
-                crate::plan::render::thousands(members.len() as u64),
-                args.name,
-                args.limit
-            );
-            crate::exit::ExitStatus::Success
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            crate::exit::ExitStatus::Failure
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::spec::{AnyGroup, SegmentDefinition};
+    use crate::job::spec::{AnyGroup, ConditionGroupSpec, SegmentDefinition};
+    use serde_json::json;
 
     fn spec(all: Vec<ConditionGroupSpec>) -> SegmentSpec {
         SegmentSpec {

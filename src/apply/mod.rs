@@ -20,13 +20,14 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
+use crate::apply::spill::{Entry, Spill};
+use crate::digest::{Fingerprint, Hash};
 use crate::job::compile::Job;
-use crate::plan::diff::Action;
 use crate::klaviyo::watch::Watcher;
 use crate::klaviyo::{BULK_MAX_BYTES, Client, KlaviyoError, Stats};
 use crate::plan::Plan;
-use crate::apply::spill::{Entry, Spill};
-use crate::state::{Confirmed, Fingerprint, Hash, State, StateError};
+use crate::plan::diff::Action;
+use crate::state::{Confirmed, State, StateError};
 
 /// A row that did not make it into Klaviyo (rejected before sending, or refused by Klaviyo).
 #[derive(Debug, Clone, Serialize)]
@@ -216,7 +217,7 @@ pub async fn apply(
         run_id,
         state,
         seq: 0,
-        meta: crate::apply::audience::profile_tags_meta(job).map(Arc::from),
+        meta: job.profile_tags_meta().map(Arc::from),
         consent: job.spec.consent.is_some(),
         totals: Totals {
             report: &mut report,
@@ -379,7 +380,7 @@ async fn change_consent(client: &Client, job: &Job, o: &mut BatchOutcome) {
     use crate::plan::consent::{ConsentAction, Subject, in_future, profile_entry};
     let Some(c) = &job.spec.consent else { return };
     let names = |v: &[crate::job::spec::ConsentChannel]| -> Vec<&'static str> {
-        v.iter().map(|c| crate::plan::consent::channel_name(*c)).collect()
+        v.iter().map(|c| c.name()).collect()
     };
     let (sub_channels, unsub_channels) = (names(&c.subscribe), names(&c.unsubscribe));
     let source = format!("kdit {}", job.name());

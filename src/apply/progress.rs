@@ -54,7 +54,7 @@ impl Progress {
     pub fn update(&self, rows: u64, confirmed: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(rows);
-            bar.set_message(format!("{} confirmed", crate::plan::render::thousands(confirmed)));
+            bar.set_message(format!("{} confirmed", crate::output::thousands(confirmed)));
         } else if let Some(plain) = &self.plain {
             let mut p = plain.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -63,9 +63,9 @@ impl Progress {
                 let secs = now.duration_since(p.0).as_secs_f64().max(0.001);
                 eprintln!(
                     "progress: {}/{} rows, {} profiles confirmed, {:.0} rows/s",
-                    crate::plan::render::thousands(rows),
-                    crate::plan::render::thousands(self.total),
-                    crate::plan::render::thousands(confirmed),
+                    crate::output::thousands(rows),
+                    crate::output::thousands(self.total),
+                    crate::output::thousands(confirmed),
                     rows as f64 / secs
                 );
             }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::digest::Fingerprint;
 use crate::plan::diff::{Action, Rejected};
-use crate::state::Fingerprint;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -149,7 +149,7 @@ mod hex16 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(h: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::state::hex(h))
+        s.serialize_str(&crate::digest::hex(h))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {

@@ -14,10 +14,10 @@ use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 use crate::job::query::StoredQuery;
-use crate::rows::{RowOutcome, RowsError, prepare};
-use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
 use crate::job::spec::ParamValue;
+use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
 use crate::rows::transform::{ProfileRow, Reject, cell_to_json_lossy};
+use crate::rows::{RowOutcome, RowsError, prepare};
 
 /// Output format for rows and previews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

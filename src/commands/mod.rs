@@ -5,4 +5,5 @@ pub mod bench;
 pub mod inspect;
 pub mod query;
 pub mod run;
+pub mod segment;
 pub mod tags;

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use crate::exit::ExitStatus;
 use crate::job::compile::Job;
 use crate::job::diagnostic::{Format, Severity};
-use crate::exit::ExitStatus;
-use crate::sync::feed::PgRows;
 use crate::klaviyo::{ApiKey, Client, Config};
-use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use crate::rows::source::{Interrupt, Source, SourceConfig};
+use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use crate::state::State;
+use crate::sync::feed::PgRows;
 use crate::sync::{self, Output};
 
 /// Environment variables kdit reads (documented in the README).

@@ -16,12 +16,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::apply::audience::{AudienceError, TagIds, catalog_group, group_conflicts, group_for};
-use crate::job::compile::{Job, Project};
 use crate::exit::ExitStatus;
+use crate::job::compile::{Job, Project};
+use crate::job::spec::TagCatalog;
 use crate::klaviyo::Client;
 use crate::klaviyo::audience::LiveTag;
 use crate::plan::TagGroupConflict;
-use crate::job::spec::TagCatalog;
 
 /// Most list or segment ids sent in one tag-relationship call (Klaviyo's maximum is not
 /// documented; the emulator, and kdit, keep to 100).
@@ -432,7 +432,7 @@ pub fn render_bulk(
         let n = resources.iter().filter(|r| r.kind == kind).count();
         format!(
             "{} {} {}",
-            crate::plan::render::thousands(n as u64),
+            crate::output::thousands(n as u64),
             if n == 1 {
                 kind.to_string()
             } else {
@@ -523,7 +523,7 @@ fn changed(resources: &[Resource], steps: &[Step]) -> Option<String> {
         .map(|(n, one, many)| {
             format!(
                 "{} {}",
-                crate::plan::render::thousands(n),
+                crate::output::thousands(n),
                 if n == 1 { one } else { many }
             )
         })

@@ -7,6 +7,10 @@
 
 use std::fmt;
 
+/// The profile property carrying a row's consent values through the diff and the state.
+/// Never sent to Klaviyo; a job may not map it itself.
+pub const CONSENT_CARRIER: &str = "kdit_consent";
+
 /// Klaviyo's standard (top-level) profile attributes a job may set.
 pub const STANDARD: &[&str] = &[
     "email",

@@ -231,12 +231,12 @@ pub fn compile(
             }
         };
         if let FieldPath::Property(parts) = &fpath
-            && parts.first().map(String::as_str) == Some(crate::plan::consent::CARRIER)
+            && parts.first().map(String::as_str) == Some(crate::job::attributes::CONSENT_CARRIER)
         {
             out.push(loaded.at_key(
                 err(
                     "reserved-property",
-                    format!("`properties.{}` is reserved for kdit's consent bookkeeping", crate::plan::consent::CARRIER),
+                    format!("`properties.{}` is reserved for kdit's consent bookkeeping", crate::job::attributes::CONSENT_CARRIER),
                 )
                 .hint("pick another property name; consent columns go under `consent:` (`consented_at`, `unsubscribe_column`)"),
                 &pointer,
@@ -465,15 +465,15 @@ pub fn compile(
                 ),
             );
         }
-        let count = crate::apply::audience::condition_count(segment);
-        if count > crate::apply::audience::MAX_CONDITIONS {
+        let count = crate::job::segment::condition_count(segment);
+        if count > crate::job::segment::MAX_CONDITIONS {
             out.push(loaded.at_key(
                 err(
                     "too-many-conditions",
                     format!(
                         "segment `{}` has {count} conditions; Klaviyo allows at most {}",
                         segment.name,
-                        crate::apply::audience::MAX_CONDITIONS
+                        crate::job::segment::MAX_CONDITIONS
                     ),
                 )
                 .hint("split it into several segments, or use `in [\"a\", \"b\"]` for several values"),
@@ -807,5 +807,29 @@ fn check_template(
                 );
             }
         }
+    }
+}
+impl Job {
+    /// The `meta` every bulk-imported profile of the job carries: its profile tags appended to
+    /// the tag property (`meta.patch_properties.append`), so tags other jobs put there stay.
+    /// `None` when the job has no profile tags.
+    pub fn profile_tags_meta(&self) -> Option<String> {
+        if self.spec.tags.profiles.is_empty() {
+            return None;
+        }
+        let mut append = serde_json::Map::new();
+        append.insert(
+            self.tag_property.clone(),
+            serde_json::json!(self.spec.tags.profiles),
+        );
+        Some(serde_json::json!({"patch_properties": {"append": append}}).to_string())
+    }
+
+    /// What the profile tags add to each profile's hash: empty without tags, so the hashes of
+    /// jobs without profile tags stay as they were.
+    pub fn profile_tags_salt(&self) -> Vec<u8> {
+        self.profile_tags_meta()
+            .map(|m| format!("\0tags\0{m}").into_bytes())
+            .unwrap_or_default()
     }
 }

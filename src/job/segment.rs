@@ -4,7 +4,11 @@
 //! `in list "Weekly Active"`). Out: a `Condition`, which renders as one of Klaviyo's
 //! `profile-property` / `profile-group-membership` condition objects. Pure.
 
-use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::job::spec::{ConditionGroupSpec, SegmentSpec};
 
 use crate::job::attributes::FieldPath;
 
@@ -292,6 +296,129 @@ fn list_op(operator: &str, value: Option<&Tok>) -> Result<Value, String> {
         Some(Tok::Num(n)) => Ok(json!({"type": "list", "operator": operator, "value": n})),
         _ => Err("`has` takes a quoted string or a number".into()),
     }
+}
+
+/// Klaviyo's cap on conditions in one segment.
+pub const MAX_CONDITIONS: usize = 100;
+
+/// The condition texts of a segment, group by group.
+fn groups(spec: &SegmentSpec) -> Vec<Vec<&str>> {
+    spec.definition
+        .all
+        .iter()
+        .map(|g| match g {
+            ConditionGroupSpec::One(c) => vec![c.as_str()],
+            ConditionGroupSpec::Any(a) => a.any.iter().map(String::as_str).collect(),
+        })
+        .collect()
+}
+
+/// How many conditions a segment has.
+pub fn condition_count(spec: &SegmentSpec) -> usize {
+    groups(spec).iter().map(Vec::len).sum()
+}
+
+/// The Klaviyo definition a segment spec asks for; list names resolved by `list_id`
+/// (a name without an id stays as the name, for plans made before the list exists).
+pub fn definition(
+    spec: &SegmentSpec,
+    list_id: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, String> {
+    let mut condition_groups = Vec::new();
+    for group in groups(spec) {
+        let mut conditions = Vec::new();
+        for text in group {
+            let c = parse_condition(text).map_err(|e| e.message)?;
+            conditions.push(c.to_klaviyo(list_id));
+        }
+        condition_groups.push(json!({ "conditions": conditions }));
+    }
+    Ok(json!({ "condition_groups": condition_groups }))
+}
+
+/// A definition in a form where equal meanings compare equal: nulls dropped, numbers as
+/// floats (Klaviyo may answer `500` for `500.0`).
+pub fn normalise(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), normalise(v)))
+                .collect::<Map<String, Value>>(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalise).collect()),
+        Value::Number(n) => n.as_f64().map(|f| json!(f)).unwrap_or_else(|| v.clone()),
+        other => other.clone(),
+    }
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        Value::Array(a) => format!("[{}]", a.iter().map(short).collect::<Vec<_>>().join(", ")),
+        other => other.to_string(),
+    }
+}
+
+/// One Klaviyo condition, compactly: `properties['ltv'] > 500`, `in list "VIP"`.
+pub fn describe_condition(c: &Value, list_names: &HashMap<String, String>) -> String {
+    match c["type"].as_str() {
+        Some("profile-group-membership") => {
+            let id = c["group_ids"][0].as_str().unwrap_or("?");
+            let name = list_names.get(id).map(String::as_str).unwrap_or(id);
+            let not = if c["is_member"].as_bool() == Some(false) {
+                "not "
+            } else {
+                ""
+            };
+            format!("{not}in list {name:?}")
+        }
+        Some("profile-property") => {
+            let f = &c["filter"];
+            let op = match (f["type"].as_str(), f["operator"].as_str().unwrap_or("?")) {
+                (_, "equals") => "=",
+                (_, "not-equals") => "!=",
+                (_, "greater-than") => ">",
+                (_, "greater-than-or-equal") => ">=",
+                (_, "less-than") => "<",
+                (_, "less-than-or-equal") => "<=",
+                (Some("list"), "contains") => "has",
+                (Some("list"), "not-contains") => "not has",
+                (_, "is-set") => "is set",
+                (_, "not-set") => "is not set",
+                (_, other) => other,
+            };
+            let prop = c["property"].as_str().unwrap_or("?");
+            match f.get("value") {
+                Some(v) => format!("{prop} {op} {}", short(v)),
+                None => format!("{prop} {op}"),
+            }
+        }
+        Some(other) => format!("({other} condition)"),
+        None => "(unreadable condition)".into(),
+    }
+}
+
+/// A definition's groups, each as one line (`a or b`).
+pub fn describe(def: &Value, list_names: &HashMap<String, String>) -> Vec<String> {
+    def["condition_groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            g["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| describe_condition(c, list_names))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        })
+        .collect()
 }
 
 #[cfg(test)]

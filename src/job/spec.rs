@@ -444,6 +444,16 @@ pub enum ConsentChannel {
     Sms,
 }
 
+impl ConsentChannel {
+    /// Klaviyo's name for the channel.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsentChannel::Email => "email",
+            ConsentChannel::Sms => "sms",
+        }
+    }
+}
+
 /// Batching of profile writes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -19,22 +19,12 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::job::compile::Job;
+use crate::job::spec::{FieldMapping, FieldSource, JobSpec, NullPolicy, ValueType};
 use crate::plan::diff::Action;
-use crate::job::spec::{ConsentChannel, FieldMapping, FieldSource, JobSpec, NullPolicy, ValueType};
 
-/// The profile property carrying a row's consent values through the diff and the state.
-/// Never sent to Klaviyo; a job may not map it itself.
-pub const CARRIER: &str = "kdit_consent";
+use crate::job::attributes::CONSENT_CARRIER as CARRIER;
 const AT: &str = "consented_at";
 const UNSUBSCRIBE: &str = "unsubscribe";
-
-/// Klaviyo's names for channels.
-pub fn channel_name(c: ConsentChannel) -> &'static str {
-    match c {
-        ConsentChannel::Email => "email",
-        ConsentChannel::Sms => "sms",
-    }
-}
 
 /// Whether the job reads consent values from columns (so rows carry them).
 pub fn reads_columns(spec: &JobSpec) -> bool {

@@ -8,8 +8,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::digest::{Fingerprint, Hash, hash_payload, hex, row_mix};
 use crate::plan::{FieldChange, ListChange, Plan, RejectCount, UpdateSample};
-use crate::state::{Fingerprint, Hash, Snapshot, hash_payload, hex, row_mix};
+use crate::state::Snapshot;
 
 /// A profile as the job wants it.
 #[derive(Debug, Clone)]
@@ -45,7 +46,7 @@ pub enum RowOutcome {
     Reject(Rejected),
     /// A row the state knows by its fingerprint (`KnownRows`): its profile is unchanged and
     /// already in every list, so it was not transformed. `index` is its entry's
-    /// (`Snapshot::see_index`), `mix` its share of the rows digest (`state::row_mix`).
+    /// (`Snapshot::see_index`), `mix` its share of the rows digest (`digest::row_mix`).
     Known {
         row: u64,
         index: u32,
@@ -141,7 +142,7 @@ impl<'s> Differ<'s> {
             h.update(&self.salt);
             hash.copy_from_slice(&h.finalize()[..16]);
         }
-        self.mix(Snapshot::key_hash(&d.key), &hash);
+        self.mix(crate::digest::key_hash(&d.key), &hash);
         self.plan.rows += 1;
         let (action, add_lists) = match self.snapshot.see(&d.key) {
             None => (Action::Create, self.all_lists),

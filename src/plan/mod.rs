@@ -11,8 +11,8 @@ pub mod render;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::plan::diff::Rejected;
 use crate::job::spec::Threshold;
+use crate::plan::diff::Rejected;
 
 /// The plan file's format version.
 pub const FORMAT_VERSION: u32 = 1;
@@ -206,9 +206,7 @@ impl Plan {
     ) {
         let Some(c) = &job.spec.consent else { return };
         let names = |v: &[crate::job::spec::ConsentChannel]| {
-            v.iter()
-                .map(|c| crate::plan::consent::channel_name(*c).to_string())
-                .collect()
+            v.iter().map(|c| c.name().to_string()).collect()
         };
         self.consent = names(&c.subscribe);
         self.consented_at = c.consented_at.clone();

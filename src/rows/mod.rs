@@ -8,9 +8,9 @@
 //! `prepare` reads the query file from disk; `open` talks to PostgreSQL.
 
 pub mod source;
-pub mod transform;
 #[cfg(test)]
 mod testing;
+pub mod transform;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -23,16 +23,17 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
+use crate::digest::Fingerprint;
+use crate::job::spec::{Defaults, JobSpec, Threshold};
 use crate::rows::source::{
     Cell, Column, Interrupt, RowDecoder, Rows, RunContext, Source, SourceError, Undecodable,
     decode_row, row_fingerprint,
 };
-use crate::job::spec::{Defaults, JobSpec, Threshold};
-use crate::state::{Fingerprint, KnownRows, Recognised};
 use crate::rows::transform::{
     ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, RowBuilder,
     Transformer, check_invalid,
 };
+use crate::state::{KnownRows, Recognised};
 
 /// Why a job's rows cannot be produced.
 #[derive(Debug, thiserror::Error)]

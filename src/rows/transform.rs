@@ -38,11 +38,11 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::job::attributes::{FieldPath, MAX_PROPERTY_NAME};
-use crate::rows::source::{Cell, Column, format_datetime, write_datetime};
 use crate::job::spec::{
     Defaults, NullPolicy, ProfileKey, ProfilesSpec, Threshold, Transform, ValueType,
 };
 use crate::job::template::SimpleTemplate;
+use crate::rows::source::{Cell, Column, format_datetime, write_datetime};
 
 /// Longest email Klaviyo accepts.
 pub const MAX_EMAIL: usize = 100;
@@ -66,7 +66,7 @@ pub struct ProfileRow {
     pub unset: Vec<FieldPath>,
     /// The fingerprint of the row (`source::row_fingerprint`), when the source made one.
     #[serde(skip)]
-    pub source: Option<crate::state::Fingerprint>,
+    pub source: Option<crate::digest::Fingerprint>,
     /// `Snapshot::key_hash` of `key`, worked out on the thread that built the row.
     #[serde(skip)]
     pub key_hash: u64,
@@ -911,7 +911,7 @@ impl RowBuilder {
         }
         Ok(ProfileRow {
             row_number,
-            key_hash: crate::state::Snapshot::key_hash(&key),
+            key_hash: crate::digest::key_hash(&key),
             key,
             attributes,
             unset,

@@ -8,27 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::digest::{Fingerprint, Hash, row_mix};
+use crate::digest::{key_hash, prefetch};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 use tokio_postgres::Client as PgClient;
-
-/// A payload's fingerprint: the first 16 bytes of SHA-256 over its canonical JSON.
-pub type Hash = [u8; 16];
-
-/// Hashes a profile payload (attributes as serialised JSON, plus fields to unset).
-pub fn hash_payload(attributes: &RawValue, unset: &[String]) -> Hash {
-    let mut h = Sha256::new();
-    h.update(attributes.get().as_bytes());
-    for u in unset {
-        h.update([0u8]);
-        h.update(u.as_bytes());
-    }
-    let full = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
-    out
-}
 
 /// Schema migrations, applied in order; `{schema}` is replaced by the state schema's name.
 const MIGRATIONS: &[&str] = &[
@@ -476,45 +460,6 @@ fn shrink<T>(v: &mut Vec<T>) {
     }
 }
 
-/// Asks the CPU to start loading the cache line holding `item`. Lookups of a batch are issued
-/// in stages, each prefetching what the next reads: a million-entry table lives in main memory,
-/// and a hundred misses waited on together cost little more than one waited on alone.
-#[inline(always)]
-fn prefetch<T>(item: Option<&T>) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(item) = item {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: SSE is part of x86_64's baseline; a prefetch is a hint that reads nothing the
-        // program sees and cannot fault, and the pointer comes from a live reference anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((item as *const T).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = item;
-}
-
-/// A row fingerprint (`source::row_fingerprint`).
-pub type Fingerprint = [u8; 16];
-
-/// What a row's contribution to a plan's rows digest is: its payload hash tied to its key (see
-/// `diff::Differ`), the same whether the row was recognised or transformed. The payload hash
-/// is already a SHA-256 digest; the mix only has to make sums over different sets of rows
-/// differ, which a non-linear mix of both halves with the key does (a linear one would let
-/// two keys swap payloads unnoticed), at a few nanoseconds instead of a second SHA-256.
-pub fn row_mix(key_hash: u64, hash: &Hash) -> u128 {
-    fn fmix(mut x: u64) -> u64 {
-        // SplitMix64's finaliser.
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-    let half = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-    let lo = half(&hash[..8]) ^ key_hash;
-    let hi = half(&hash[8..]) ^ key_hash.rotate_left(29);
-    let a = fmix(lo ^ fmix(hi));
-    let b = fmix(hi ^ a);
-    (u128::from(b) << 64) | u128::from(a)
-}
-
 /// A row `KnownRows` recognised: its state entry's index (`Snapshot::see_index`), its key
 /// hash, and its contribution to the rows digest (`row_mix`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -621,14 +566,6 @@ impl KnownRows {
 }
 
 impl Snapshot {
-    /// The in-memory hash of a key (SipHash; stable within one process, which is all it needs).
-    pub fn key_hash(key: &str) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut h = std::hash::DefaultHasher::new();
-        key.hash(&mut h);
-        h.finish()
-    }
-
     /// Room for `entries` entries (and as many known rows), so loading a large state does
     /// not copy its vectors as they grow.
     pub fn reserve(&mut self, entries: usize) {
@@ -638,7 +575,7 @@ impl Snapshot {
 
     /// Adds an entry; call `seal` once all are in. Returns its index.
     pub fn insert(&mut self, key: &str, entry: Entry) -> u32 {
-        self.insert_hashed(Snapshot::key_hash(key), entry)
+        self.insert_hashed(key_hash(key), entry)
     }
 
     fn insert_hashed(&mut self, key_hash: u64, entry: Entry) -> u32 {
@@ -685,7 +622,7 @@ impl Snapshot {
 
     /// Marks a key seen in this run's rows; its entry, if it has one.
     pub fn see(&mut self, key: &str) -> Option<&Entry> {
-        let i = self.keys.position(Snapshot::key_hash(key))?;
+        let i = self.keys.position(key_hash(key))?;
         self.see_index(i as u32);
         Some(&self.keys.entries[i].1)
     }
@@ -693,7 +630,7 @@ impl Snapshot {
     /// Whether the diff saw a key in this run's rows (false for a key the state lacks).
     pub fn seen(&self, key: &str) -> bool {
         self.keys
-            .position(Snapshot::key_hash(key))
+            .position(key_hash(key))
             .is_some_and(|i| self.seen[i / 64] & (1 << (i % 64)) != 0)
     }
 
@@ -707,7 +644,7 @@ impl Snapshot {
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
         self.keys
-            .position(Snapshot::key_hash(key))
+            .position(key_hash(key))
             .map(|i| &self.keys.entries[i].1)
     }
 
@@ -994,7 +931,7 @@ impl<'a> State<'a> {
             let lists = job_bits(u64::from_be_bytes(mask));
             count += 1;
             let key = std::str::from_utf8(key).map_err(|e| e.to_string())?;
-            let at = snap.insert_hashed(Snapshot::key_hash(key), Entry { hash, lists });
+            let at = snap.insert_hashed(key_hash(key), Entry { hash, lists });
             if let Some(fp) = source.and_then(|s| Fingerprint::try_from(s).ok())
                 && lists & all_lists == all_lists
             {
@@ -1187,7 +1124,7 @@ impl<'a> State<'a> {
                 &format!(
                     "select key, payload->'properties'->'{c}' from {s}.payloads
                      where job = $1 and payload->'properties' ? '{c}'",
-                    c = crate::plan::consent::CARRIER
+                    c = crate::job::attributes::CONSENT_CARRIER
                 ),
                 &[&job],
             )
@@ -1516,14 +1453,12 @@ pub struct RunRecord {
     pub summary: Value,
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::hash_payload;
     use serde_json::json;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn payload_hashes_change_with_any_field() {
@@ -1544,7 +1479,7 @@ mod tests {
 
     #[test]
     fn row_mixes_tell_keys_and_payloads_apart_in_any_sum() {
-        let (a, b) = (Snapshot::key_hash("a@x.com"), Snapshot::key_hash("b@x.com"));
+        let (a, b) = (key_hash("a@x.com"), key_hash("b@x.com"));
         let (ha, hb): (Hash, Hash) = ([1; 16], [2; 16]);
         let sum = |rows: &[(u64, Hash)]| {
             rows.iter()
@@ -1593,7 +1528,7 @@ mod tests {
                 );
                 let fp: Fingerprint = Sha256::digest(key.as_bytes())[..16].try_into().unwrap();
                 let found = known.get(&fp).expect("a known row");
-                assert_eq!(found.key_hash, Snapshot::key_hash(&key), "{n}: {key}");
+                assert_eq!(found.key_hash, key_hash(&key), "{n}: {key}");
                 assert_eq!(found.mix, row_mix(found.key_hash, &[i as u8; 16]));
                 assert!(snap.see_index(found.index));
                 assert!(snap.seen(&key), "{n}: {key}");

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::job::compile::Job;
-use crate::plan::diff::{Desired, Rejected, RowOutcome};
-use crate::rows::{self, JobQuery};
-use crate::rows::source::{Interrupt, Source};
 use crate::job::spec::JobSpec;
+use crate::plan::diff::{Desired, Rejected, RowOutcome};
+use crate::rows::source::{Interrupt, Source};
+use crate::rows::{self, JobQuery};
 use crate::state::KnownRows;
 use crate::sync::{Feed, QueryDone, RowSource};
 
@@ -46,7 +46,7 @@ impl PgRows {
             &spec.profiles,
             defaults,
             &job.spec.query.columns,
-            crate::apply::audience::profile_tags_salt(job),
+            job.profile_tags_salt(),
         ))
         .map_err(|e| e.to_string())?;
         Ok(PgRows {

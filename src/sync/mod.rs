@@ -16,17 +16,17 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::apply::progress::Progress;
+use crate::apply::spill::{Refresh, Spill, ToSend};
 use crate::apply::{
     ApplyError, Failure, Report, Settings, apply, record_fingerprints, resolve_lists,
 };
-use crate::job::compile::Job;
-use crate::plan::diff::{Differ, RowOutcome};
 use crate::exit::ExitStatus;
+use crate::job::compile::Job;
 use crate::klaviyo::Client;
-use crate::plan::{FORMAT_VERSION, Plan};
-use crate::apply::progress::Progress;
+use crate::plan::diff::{Differ, RowOutcome};
 use crate::plan::render::{self, Options};
-use crate::apply::spill::{Refresh, Spill, ToSend};
+use crate::plan::{FORMAT_VERSION, Plan};
 use crate::state::{KnownRows, State, StateError};
 
 /// Rows flowing from the source: outcomes on a bounded channel, in batches (one hand-over per
@@ -134,8 +134,7 @@ pub async fn make_plan(
         },
     );
     let feeding = std::time::Instant::now();
-    let mut differ =
-        Differ::new(&mut snapshot, &lists, base).with_salt(crate::apply::audience::profile_tags_salt(job));
+    let mut differ = Differ::new(&mut snapshot, &lists, base).with_salt(job.profile_tags_salt());
     let spill_error =
         |e: std::io::Error| SyncError::Other(format!("cannot write the plan's work file: {e}"));
     while let Some(batch) = rx.recv().await {
@@ -213,7 +212,11 @@ pub async fn make_plan(
         vec![Vec::new(); list_names.len()]
     };
     for (l, keys) in plan.lists.iter_mut().zip(&removals) {
-        l.remove_samples = keys.iter().take(crate::plan::diff::SAMPLES).cloned().collect();
+        l.remove_samples = keys
+            .iter()
+            .take(crate::plan::diff::SAMPLES)
+            .cloned()
+            .collect();
     }
     let audience = crate::apply::audience::plan(job, client, state).await?;
     plan.segments = audience.segments;
@@ -278,8 +281,8 @@ pub fn stale_reason(saved: &Plan, fresh: &Plan) -> Option<String> {
     if saved.rows_digest != fresh.rows_digest {
         return Some(format!(
             "the query's result changed since the plan was made ({} rows then, {} now)",
-            render::thousands(saved.rows),
-            render::thousands(fresh.rows)
+            crate::output::thousands(saved.rows),
+            crate::output::thousands(fresh.rows)
         ));
     }
     None
@@ -451,14 +454,14 @@ async fn run_locked(
     if !out.quiet {
         eprintln!(
             "done: {} created, {} updated, {} unchanged, {} rejected, {} failed; {} list adds, {} removals; {} API calls ({} rate-limited, {} retries) in {:.1}s",
-            render::thousands(report.created),
-            render::thousands(report.updated),
-            render::thousands(report.unchanged),
-            render::thousands(report.rejected),
-            render::thousands(report.failed),
-            render::thousands(report.list_adds),
-            render::thousands(report.list_removals),
-            render::thousands(report.api.total_calls),
+            crate::output::thousands(report.created),
+            crate::output::thousands(report.updated),
+            crate::output::thousands(report.unchanged),
+            crate::output::thousands(report.rejected),
+            crate::output::thousands(report.failed),
+            crate::output::thousands(report.list_adds),
+            crate::output::thousands(report.list_removals),
+            crate::output::thousands(report.api.total_calls),
             report.api.rate_limited,
             report.api.retries,
             report.seconds
@@ -485,13 +488,13 @@ async fn run_locked(
         if report.subscribed > 0 {
             audience.push(format!(
                 "{} profiles subscribed",
-                render::thousands(report.subscribed)
+                crate::output::thousands(report.subscribed)
             ));
         }
         if report.unsubscribed > 0 {
             audience.push(format!(
                 "{} profiles unsubscribed",
-                render::thousands(report.unsubscribed)
+                crate::output::thousands(report.unsubscribed)
             ));
         }
         if !audience.is_empty() {

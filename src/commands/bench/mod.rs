@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::rows::{RowOutcome, prepare};
-use crate::rows::source::{Source, SourceConfig};
 use crate::job::spec::JobSpec;
+use crate::rows::source::{Source, SourceConfig};
+use crate::rows::{RowOutcome, prepare};
 
 /// `kdit bench …`
 #[derive(Debug, clap::Args)]
@@ -199,7 +199,7 @@ pub(crate) async fn seed(cfg: &SourceConfig, rows: u64, out: &mut dyn Write) -> 
     writeln!(
         out,
         "seeded {} rows in {:.1} s",
-        crate::plan::render::thousands(rows),
+        crate::output::thousands(rows),
         started.elapsed().as_secs_f64()
     )?;
     Ok(source)

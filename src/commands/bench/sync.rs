@@ -19,8 +19,8 @@ use serde_json::Value;
 use crate::commands::bench::{QUERY, Scratch, seed, time_copy};
 use crate::klaviyo::client::{ApiKey, Client, Config};
 use crate::klaviyo::ratelimit::Tier;
-use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use crate::rows::source::{Source, SourceConfig};
+use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use reqwest::Method;
 
 #[derive(Debug, clap::Args)]
@@ -356,9 +356,9 @@ async fn scenarios(
             out,
             "{:<26} {:>10} {:>8.2} {:>12} {:>9} {:>6} {:>7.1} MB",
             m.scenario,
-            crate::plan::render::thousands(rows),
+            crate::output::thousands(rows),
             m.seconds,
-            crate::plan::render::thousands((rows as f64 / m.seconds) as u64),
+            crate::output::thousands((rows as f64 / m.seconds) as u64),
             m.calls,
             m.rate_limited,
             mb(m.peak_rss)
@@ -369,16 +369,16 @@ async fn scenarios(
             out,
             "{:<26} {:>10} {:>8.2}",
             "psql COPY TO STDOUT",
-            crate::plan::render::thousands(rows),
+            crate::output::thousands(rows),
             copy
         )?;
         let first = &results[0];
         writeln!(
             out,
             "first sync: {} profiles in {} API calls = one call per {} profiles; no-change re-run = {:.2}× COPY",
-            crate::plan::render::thousands(first.profiles_sent),
+            crate::output::thousands(first.profiles_sent),
             first.calls,
-            crate::plan::render::thousands(first.profiles_sent / first.calls.max(1)),
+            crate::output::thousands(first.profiles_sent / first.calls.max(1)),
             results[1].seconds / copy
         )?;
     }
