@@ -72,3 +72,49 @@ pub fn prefetch<T>(item: Option<&T>) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = item;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payload_hashes_change_with_any_field() {
+        let raw = |v: serde_json::Value| serde_json::value::to_raw_value(&v).unwrap();
+        let a = hash_payload(&raw(json!({"email": "a@x.com", "first_name": "A"})), &[]);
+        let b = hash_payload(&raw(json!({"email": "a@x.com", "first_name": "B"})), &[]);
+        let c = hash_payload(
+            &raw(json!({"email": "a@x.com", "first_name": "A"})),
+            &["plan".into()],
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            a,
+            hash_payload(&raw(json!({"email": "a@x.com", "first_name": "A"})), &[])
+        );
+    }
+
+    #[test]
+    fn row_mixes_tell_keys_and_payloads_apart_in_any_sum() {
+        let (a, b) = (key_hash("a@x.com"), key_hash("b@x.com"));
+        let (ha, hb): (Hash, Hash) = ([1; 16], [2; 16]);
+        let sum = |rows: &[(u64, Hash)]| {
+            rows.iter()
+                .fold(0u128, |s, (k, h)| s.wrapping_add(row_mix(*k, h)))
+        };
+        // Order does not matter; which key has which payload does.
+        assert_eq!(sum(&[(a, ha), (b, hb)]), sum(&[(b, hb), (a, ha)]));
+        assert_ne!(sum(&[(a, ha), (b, hb)]), sum(&[(a, hb), (b, ha)]));
+        assert_ne!(row_mix(a, &ha), row_mix(b, &ha));
+        assert_ne!(row_mix(a, &ha), row_mix(a, &hb));
+        // Every bit of the payload hash counts.
+        for byte in 0..16 {
+            for bit in 0..8 {
+                let mut h = ha;
+                h[byte] ^= 1 << bit;
+                assert_ne!(row_mix(a, &h), row_mix(a, &ha), "byte {byte} bit {bit}");
+            }
+        }
+    }
+}
