@@ -254,12 +254,14 @@ impl<'a> State<'a> {
 
     /// Loads the job's state for the diff. `lists` are the job's list names, in order.
     pub async fn snapshot(&self, job: &str, lists: &[String]) -> Result<Snapshot, StateError> {
-        let name = job;
-        let job = self.scope(job);
-        let job = job.as_str();
+        // The ledger (`runs`) keys a job by its name; the profile state (`profiles`,
+        // `list_bits`, `versions`) by the job scoped to the Klaviyo account.
+        let runs_job = job;
+        let profiles_job = self.scope(job);
+        let profiles_job = profiles_job.as_str();
         let s = &self.schema;
         // Which bit of the stored membership mask is which of the job's lists.
-        let bits = self.list_bits(job, lists).await?;
+        let bits = self.list_bits(profiles_job, lists).await?;
         // The last finished run: shown in the plan, and its row count sizes the vectors.
         let last = self
             .db
@@ -269,7 +271,7 @@ impl<'a> State<'a> {
                             coalesce((summary->>'rows')::bigint, 0)
                      from {s}.runs where job = $1 and status in ('ok', 'partial') order by id desc limit 1"
                 ),
-                &[&name],
+                &[&runs_job],
             )
             .await?;
         let mut snap = Snapshot::default();
@@ -286,7 +288,7 @@ impl<'a> State<'a> {
             .db
             .query_opt(
                 &format!("select generation from {s}.versions where job = $1"),
-                &[&job],
+                &[&profiles_job],
             )
             .await?
             .map_or(0, |r| r.get(0));
@@ -298,7 +300,7 @@ impl<'a> State<'a> {
             .copy_out(&format!(
                 "copy (select key, hash, lists, source from {s}.profiles where job = {})
                  to stdout (format binary)",
-                literal(job)
+                literal(profiles_job)
             ))
             .await?;
         futures::pin_mut!(copy);
