@@ -13,7 +13,7 @@ use ulid::Ulid;
 
 use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, ts};
 use super::server::Shared;
-use super::store::{Field, Profile, ProfileInput, validate_identifier};
+use super::store::{Profile, ProfileField, ProfileInput, validate_identifier};
 
 /// Channels the sandbox records: (request path, stored key).
 const CHANNELS: &[(&str, &str, &str)] = &[
@@ -142,7 +142,7 @@ fn parse_items(
                 Some(Value::String(s)) => {
                     validate_identifier(k, s.trim())
                         .map_err(|e| e.pointer(format!("{ptr}/attributes/{k}")))?;
-                    *slot = Field::Set(s.trim().to_string());
+                    *slot = ProfileField::Set(s.trim().to_string());
                 }
                 Some(_) => {
                     return Err(ApiError::invalid(format!("'{k}' must be a string."))
@@ -203,7 +203,9 @@ fn parse_items(
             } else {
                 &input.phone_number
             };
-            if !matches!(needs, Field::Set(_)) && p.get("id").and_then(Value::as_str).is_none() {
+            if !matches!(needs, ProfileField::Set(_))
+                && p.get("id").and_then(Value::as_str).is_none()
+            {
                 return Err(ApiError::invalid(format!(
                     "A {channel} subscription needs the profile's {}.",
                     if *channel == "email" {

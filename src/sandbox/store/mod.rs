@@ -1,12 +1,15 @@
 //! The sandbox's account state: profiles (indexed by id, email, phone and external id), lists
 //! with their members, segments, tags and tag groups, bulk import jobs. Handlers mutate it under
-//! one lock; it does no I/O except `save`/`load` for `--state-file`.
+//! one lock. No I/O here: `persist` saves and loads it for `--state-file`, and `input` parses
+//! the profile writes it applies.
 //!
 //! Profiles are kept compact for million-profile benchmarks: identifiers as boxed strings and
 //! every other attribute as one serialized JSON object, parsed only when read or written.
 
+pub mod input;
+mod persist;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 
 use hyper::StatusCode;
 use rand::rngs::StdRng;
@@ -15,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use ulid::Ulid;
 
+pub use self::input::{
+    LOCATION, ProfileField, ProfileInput, SCALARS, missing_identifier, parse_profile,
+    validate_identifier,
+};
 use super::http::{ApiError, now_millis, ts};
 
 /// One profile.
@@ -72,240 +79,6 @@ impl Profile {
         );
         a
     }
-}
-
-/// Writable string attributes besides identifiers.
-pub const SCALARS: &[&str] = &[
-    "first_name",
-    "last_name",
-    "organization",
-    "locale",
-    "title",
-    "image",
-];
-pub const LOCATION: &[&str] = &[
-    "address1",
-    "address2",
-    "city",
-    "country",
-    "latitude",
-    "longitude",
-    "region",
-    "zip",
-    "timezone",
-    "ip",
-];
-
-/// A value in a write: left alone, cleared, or set.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Field {
-    #[default]
-    Absent,
-    Null,
-    Set(String),
-}
-
-/// A validated profile write (create, update, upsert, or one bulk row).
-#[derive(Debug, Clone, Default)]
-pub struct ProfileInput {
-    pub email: Field,
-    pub phone_number: Field,
-    pub external_id: Field,
-    /// Other attributes to merge; `Value::Null` clears (never present for bulk rows).
-    pub other: Map<String, Value>,
-    pub append: Map<String, Value>,
-    pub unappend: Map<String, Value>,
-    pub unset: Vec<String>,
-}
-
-impl ProfileInput {
-    pub fn has_identifier(&self) -> bool {
-        [&self.email, &self.phone_number, &self.external_id]
-            .iter()
-            .any(|f| matches!(f, Field::Set(_)))
-    }
-}
-
-/// Parses `attributes` (and `meta`) of a profile body. `nulls_clear` is false for bulk import,
-/// where Klaviyo ignores nulls instead of clearing fields. `prefix` is the JSON pointer of the
-/// attributes object, for error sources.
-pub fn parse_profile(
-    attrs: &Map<String, Value>,
-    meta: Option<&Value>,
-    nulls_clear: bool,
-    prefix: &str,
-) -> Result<ProfileInput, ApiError> {
-    let mut input = ProfileInput::default();
-    for (k, v) in attrs {
-        let ptr = || format!("{prefix}/{k}");
-        if v.is_null() && !nulls_clear {
-            continue;
-        }
-        match k.as_str() {
-            "email" | "phone_number" | "external_id" => {
-                let f = match v {
-                    Value::Null => Field::Null,
-                    Value::String(s) => {
-                        let s = s.trim().to_string();
-                        validate_identifier(k, &s).map_err(|e| e.pointer(ptr()))?;
-                        Field::Set(s)
-                    }
-                    _ => {
-                        return Err(
-                            ApiError::invalid(format!("'{k}' must be a string.")).pointer(ptr())
-                        );
-                    }
-                };
-                match k.as_str() {
-                    "email" => input.email = f,
-                    "phone_number" => input.phone_number = f,
-                    _ => input.external_id = f,
-                }
-            }
-            "_kx" | "anonymous_id" => {}
-            "first_name" | "last_name" | "organization" | "locale" | "title" | "image" => {
-                if !(v.is_string() || v.is_null()) {
-                    return Err(
-                        ApiError::invalid(format!("'{k}' must be a string.")).pointer(ptr())
-                    );
-                }
-                input.other.insert(k.clone(), v.clone());
-            }
-            "location" => match v {
-                Value::Null => {
-                    input.other.insert(k.clone(), Value::Null);
-                }
-                Value::Object(loc) => {
-                    let mut clean = Map::new();
-                    for (lk, lv) in loc {
-                        if !LOCATION.contains(&lk.as_str()) {
-                            return Err(ApiError::invalid(format!(
-                                "'{lk}' is not a valid location field."
-                            ))
-                            .pointer(format!("{}/{lk}", ptr())));
-                        }
-                        let ok = match lk.as_str() {
-                            "latitude" | "longitude" => {
-                                lv.is_string() || lv.is_number() || lv.is_null()
-                            }
-                            _ => lv.is_string() || lv.is_null(),
-                        };
-                        if !ok {
-                            return Err(ApiError::invalid(format!(
-                                "Invalid value for location '{lk}'."
-                            ))
-                            .pointer(format!("{}/{lk}", ptr())));
-                        }
-                        if lv.is_null() && !nulls_clear {
-                            continue;
-                        }
-                        clean.insert(lk.clone(), lv.clone());
-                    }
-                    input.other.insert(k.clone(), Value::Object(clean));
-                }
-                _ => {
-                    return Err(ApiError::invalid("'location' must be an object.").pointer(ptr()));
-                }
-            },
-            "properties" => match v {
-                Value::Null => {
-                    input.other.insert(k.clone(), Value::Null);
-                }
-                Value::Object(props) => {
-                    let props = if nulls_clear {
-                        props.clone()
-                    } else {
-                        props
-                            .iter()
-                            .filter(|(_, v)| !v.is_null())
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect()
-                    };
-                    input.other.insert(k.clone(), Value::Object(props));
-                }
-                _ => {
-                    return Err(ApiError::invalid("'properties' must be an object.").pointer(ptr()));
-                }
-            },
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "'{other}' is not a valid field for the resource 'profile'."
-                ))
-                .pointer(ptr()));
-            }
-        }
-    }
-    if let Some(meta) = meta.filter(|m| !m.is_null()) {
-        let meta_ptr = prefix.trim_end_matches("/attributes").to_string() + "/meta";
-        let Some(meta) = meta.as_object() else {
-            return Err(ApiError::invalid("'meta' must be an object.").pointer(meta_ptr));
-        };
-        if let Some(pp) = meta.get("patch_properties").filter(|v| !v.is_null()) {
-            let ptr = format!("{meta_ptr}/patch_properties");
-            let pp = pp.as_object().ok_or_else(|| {
-                ApiError::invalid("'patch_properties' must be an object.").pointer(&ptr)
-            })?;
-            for (k, v) in pp {
-                match (k.as_str(), v) {
-                    (_, Value::Null) => {}
-                    ("append", Value::Object(m)) => input.append = m.clone(),
-                    ("unappend", Value::Object(m)) => input.unappend = m.clone(),
-                    ("unset", Value::String(s)) => input.unset = vec![s.clone()],
-                    ("unset", Value::Array(a)) => {
-                        for item in a {
-                            let s = item.as_str().ok_or_else(|| {
-                                ApiError::invalid("'unset' must name properties as strings.")
-                                    .pointer(format!("{ptr}/unset"))
-                            })?;
-                            input.unset.push(s.to_string());
-                        }
-                    }
-                    _ => {
-                        return Err(ApiError::invalid(format!(
-                            "Invalid patch_properties operation '{k}'."
-                        ))
-                        .pointer(format!("{ptr}/{k}")));
-                    }
-                }
-            }
-        }
-    }
-    Ok(input)
-}
-
-/// Klaviyo's identifier rules: email ≤ 100 characters with valid syntax, phone in E.164.
-pub fn validate_identifier(kind: &str, value: &str) -> Result<(), ApiError> {
-    match kind {
-        "email" => {
-            if value.chars().count() > 100 {
-                return Err(ApiError::invalid(
-                    "Email address must be at most 100 characters.",
-                ));
-            }
-            if !email_address::EmailAddress::is_valid(value) || !value.contains('.') {
-                return Err(ApiError::invalid(format!(
-                    "Invalid email address: '{value}'."
-                )));
-            }
-        }
-        "phone_number" => {
-            let digits = value.strip_prefix('+').unwrap_or("");
-            let ok = (8..=15).contains(&digits.len())
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && !digits.starts_with('0');
-            if !ok {
-                return Err(ApiError::invalid(format!(
-                    "Invalid phone number format (Example of a valid phone number format: +12345678901): '{value}'."
-                )));
-            }
-        }
-        _ => {
-            if value.is_empty() {
-                return Err(ApiError::invalid("external_id must not be empty."));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -661,17 +434,17 @@ impl Store {
     /// Who owns each identifier in `input` (email, phone, external id order).
     fn owners(&self, input: &ProfileInput) -> Vec<Ulid> {
         let mut v = Vec::new();
-        if let Field::Set(e) = &input.email
+        if let ProfileField::Set(e) = &input.email
             && let Some(id) = self.find_email(e)
         {
             v.push(id);
         }
-        if let Field::Set(p) = &input.phone_number
+        if let ProfileField::Set(p) = &input.phone_number
             && let Some(id) = self.find_phone(p)
         {
             v.push(id);
         }
-        if let Field::Set(x) = &input.external_id
+        if let ProfileField::Set(x) = &input.external_id
             && let Some(id) = self.find_external(x)
         {
             v.push(id);
@@ -749,10 +522,10 @@ impl Store {
             return Err(profile_not_found(&id.to_string()));
         };
         // Clearing every identifier would leave a profile nobody can find.
-        let after = |f: &Field, cur: &Option<Box<str>>| match f {
-            Field::Absent => cur.is_some(),
-            Field::Null => false,
-            Field::Set(_) => true,
+        let after = |f: &ProfileField, cur: &Option<Box<str>>| match f {
+            ProfileField::Absent => cur.is_some(),
+            ProfileField::Null => false,
+            ProfileField::Set(_) => true,
         };
         if !(after(&input.email, &p.email)
             || after(&input.phone_number, &p.phone_number)
@@ -848,89 +621,18 @@ impl Store {
         *n += 1;
         Ok(())
     }
-
-    /// Writes lists, segments, tags and profiles to `path` (bulk jobs are not kept).
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let snap = Snapshot {
-            seed: self.seed,
-            account_id: Some(self.account_id.clone()),
-            profiles: self
-                .profiles
-                .values()
-                .map(|p| SavedProfile {
-                    id: p.id.to_string(),
-                    email: p.email.as_deref().map(str::to_string),
-                    phone_number: p.phone_number.as_deref().map(str::to_string),
-                    external_id: p.external_id.as_deref().map(str::to_string),
-                    created: p.created,
-                    updated: p.updated,
-                    doc: p.doc.to_string(),
-                    subscriptions: p.subscriptions.as_deref().map(str::to_string),
-                })
-                .collect(),
-            lists: self.lists.clone(),
-            segments: self.segments.clone(),
-            tag_groups: self.tag_groups.clone(),
-            tags: self.tags.clone(),
-        };
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&snap)?)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    }
-
-    pub fn load(path: &Path, seed: u64) -> anyhow::Result<Store> {
-        let snap: Snapshot = serde_json::from_slice(&std::fs::read(path)?)?;
-        let mut s = Store::new(seed);
-        s.seed = snap.seed;
-        if let Some(id) = snap.account_id {
-            s.account_id = id;
-        }
-        s.lists = snap.lists;
-        s.segments = snap.segments;
-        if !snap.tag_groups.is_empty() {
-            s.tag_groups = snap.tag_groups;
-        }
-        s.tags = snap.tags;
-        for p in snap.profiles {
-            let id = Ulid::from_string(&p.id)?;
-            // The profile goes in first: the indexes confirm hits against it.
-            s.profiles.insert(Profile {
-                id,
-                email: p.email.map(String::into_boxed_str),
-                phone_number: p.phone_number.map(String::into_boxed_str),
-                external_id: p.external_id.map(String::into_boxed_str),
-                created: p.created,
-                updated: p.updated,
-                doc: p.doc.into_boxed_str(),
-                subscriptions: p.subscriptions.map(String::into_boxed_str),
-            });
-            if let Some(p) = s.profiles.get(&id) {
-                if let Some(e) = &p.email {
-                    s.by_email.insert(e, id, &s.profiles);
-                }
-                if let Some(ph) = &p.phone_number {
-                    s.by_phone.insert(ph, id, &s.profiles);
-                }
-                if let Some(x) = &p.external_id {
-                    s.by_external.insert(x, id, &s.profiles);
-                }
-            }
-        }
-        Ok(s)
-    }
 }
 
 fn set_ident(
     index: &mut IdentIndex,
     profiles: &ProfileTable,
     slot: &mut Option<Box<str>>,
-    field: &Field,
+    field: &ProfileField,
     id: Ulid,
 ) -> bool {
     match field {
-        Field::Absent => false,
-        Field::Null => {
+        ProfileField::Absent => false,
+        ProfileField::Null => {
             if let Some(old) = slot.take() {
                 index.remove(&old, id);
                 true
@@ -938,7 +640,7 @@ fn set_ident(
                 false
             }
         }
-        Field::Set(v) => {
+        ProfileField::Set(v) => {
             if slot.as_deref() == Some(v.as_str()) {
                 return false;
             }
@@ -985,38 +687,8 @@ fn patch_properties(props: &mut Map<String, Value>, input: &ProfileInput) {
         props.remove(k);
     }
 }
-
-pub fn missing_identifier() -> ApiError {
-    ApiError::invalid("At least one identifier (email, phone_number or external_id) is required.")
-        .pointer("/data/attributes")
-}
-
 pub fn profile_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("A profile with id {id} does not exist."))
-}
-
-#[derive(Serialize, Deserialize)]
-struct SavedProfile {
-    id: String,
-    email: Option<String>,
-    phone_number: Option<String>,
-    external_id: Option<String>,
-    created: i64,
-    updated: i64,
-    doc: String,
-    subscriptions: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
-    seed: u64,
-    #[serde(default)]
-    account_id: Option<String>,
-    profiles: Vec<SavedProfile>,
-    lists: BTreeMap<String, List>,
-    segments: BTreeMap<String, Segment>,
-    tag_groups: BTreeMap<String, TagGroup>,
-    tags: BTreeMap<String, Tag>,
 }
 
 /// Serializes `BTreeMap<Ulid, i64>` with string keys (ulid's serde support is not enabled).
@@ -1058,7 +730,8 @@ mod tests {
     use super::*;
 
     fn input(email: Option<&str>, phone: Option<&str>, ext: Option<&str>) -> ProfileInput {
-        let f = |v: Option<&str>| v.map_or(Field::Absent, |s| Field::Set(s.to_string()));
+        let f =
+            |v: Option<&str>| v.map_or(ProfileField::Absent, |s| ProfileField::Set(s.to_string()));
         ProfileInput {
             email: f(email),
             phone_number: f(phone),
@@ -1092,8 +765,8 @@ mod tests {
         assert_eq!(s.find_email("nobody@example.com"), None);
         // Change and clear identifiers; old values stop matching, new ones match.
         let change = ProfileInput {
-            email: Field::Set("new0@example.com".into()),
-            external_id: Field::Null,
+            email: ProfileField::Set("new0@example.com".into()),
+            external_id: ProfileField::Null,
             ..ProfileInput::default()
         };
         s.apply(ids[0], &change).expect("applied");
