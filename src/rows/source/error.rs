@@ -219,7 +219,7 @@ impl ErrorMapper {
     }
 }
 
-/// An error and its sources, each said once.
+/// An error's message followed by its sources', each left out when the text says it already.
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();

@@ -32,6 +32,7 @@ use crate::job::query::{BindValue, ParamType, RenderedQuery};
 pub use self::config::{DATABASE_URL, DEFAULT_CONNECT_TIMEOUT, SourceConfig, SslMode, redact};
 pub use self::decode::{Decoder, RowDecoder, Undecodable, decode_row, row_fingerprint};
 pub use self::error::{SourceError, SqlFailure};
+/// The values and columns of the source's rows (defined in `rows::cell`, which is pure).
 pub use crate::rows::cell::{Cell, Column};
 
 /// Asks a running query to stop: the server gets a cancel request and the query ends with

@@ -98,7 +98,9 @@ fn paths<S: serde::Serializer>(p: &[FieldPath], s: S) -> Result<S::Ok, S::Error>
 }
 
 impl Mapping {
-    /// Checks the query's columns against the mapping, before any row is read.
+    /// Checks the query's columns against the mapping, before any row is read. (The checks
+    /// are `Mapping::bind_columns`, in `mapping`; this half makes the `Transformer`, so
+    /// `mapping` needs nothing from this file.)
     pub fn bind(self: &Arc<Self>, columns: &[Column]) -> Result<Transformer, Vec<ColumnProblem>> {
         Ok(Transformer {
             builder: Arc::new(RowBuilder {
