@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use kdit::job::load::{Kind, parse_text};
 use kdit::job::spec::JobSpec;
-use kdit::rows::source::{Cell, Column};
+use kdit::rows::cell::{Cell, Column};
 use kdit::rows::transform::{Mapping, Transformer};
 use proptest::prelude::*;
 use support::cli::{Kdit, repo};

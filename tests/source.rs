@@ -8,7 +8,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use kdit::job::query::StoredQuery;
 use kdit::job::spec::ParamValue;
-use kdit::rows::source::{Cell, RowDecoder, RunContext, Source, SourceConfig, SourceError};
+use kdit::rows::cell::Cell;
+use kdit::rows::source::{RowDecoder, RunContext, Source, SourceConfig, SourceError};
 use support::pg::TestDb;
 
 async fn source(db: &TestDb) -> Source {
@@ -654,7 +655,7 @@ async fn tls_modes_connect_or_explain() {
 
 use kdit::job::spec::JobSpec;
 use kdit::rows::transform::{ProfileRow, Reject, Rule};
-use kdit::rows::{RowOutcome, RowsError, prepare};
+use kdit::rows::{RowsError, StreamedRow as RowOutcome, prepare};
 use serde_json::json;
 
 fn make_job(profiles_yaml: &str, sql: &str) -> JobSpec {

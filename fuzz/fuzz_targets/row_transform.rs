@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use kdit::job::load::{Kind, parse_text};
-use kdit::rows::source::{Cell, Column};
 use kdit::job::spec::JobSpec;
+use kdit::rows::cell::{Cell, Column};
 use kdit::rows::transform::{MAX_PROFILE_BYTES, Mapping, ProfileRow, Reject, Transformer};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
