@@ -305,7 +305,7 @@ pub async fn plan(args: PlanArgs) -> ExitStatus {
     };
     sync::print_plan(&plan, &out);
     if let Some(path) = &args.out {
-        if let Err(e) = sync::save_plan(&plan, path) {
+        if let Err(e) = crate::plan::file::save(&plan, path) {
             return fail(e);
         }
         eprintln!(
@@ -425,7 +425,7 @@ fn stop_on_ctrl_c() -> Stop {
 
 /// `kdit apply PLAN`.
 pub async fn apply(args: ApplyPlanArgs) -> ExitStatus {
-    let plan = match sync::load_plan(&args.plan) {
+    let plan = match crate::plan::file::load(&args.plan) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
