@@ -150,11 +150,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     }
 }
 
-/// Prints an error chain and maps a cancelled query to the interrupted status.
+/// Prints an error chain and maps a cancelled query to the interrupted status. A job path
+/// refused by `load_job` was reported already: its status stands, nothing more is printed.
 fn report<T>(r: anyhow::Result<T>) -> ExitStatus {
     match r {
         Ok(_) => ExitStatus::Success,
         Err(e) => {
+            if let Some(failed) = e.downcast_ref::<kdit::commands::connect::Failed>() {
+                return failed.status();
+            }
             eprintln!("error: {e:#}");
             let cancelled = e.chain().any(|c| {
                 matches!(

@@ -41,18 +41,60 @@ pub struct KlaviyoArgs {
     pub rate_limits: RateLimits,
 }
 
-/// A failure to report and the exit status it means.
-pub struct Failed(pub ExitStatus);
+/// Why no job was loaded. The problem is already printed on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Failed {
+    /// The path does not exist or cannot be searched.
+    #[error("the job path cannot be read (reported above)")]
+    Path,
+    /// The path holds more than one job, and the command acts on one.
+    #[error("the path holds more than one job (reported above)")]
+    SeveralJobs,
+    /// The job is invalid, or the path holds none.
+    #[error("the job is invalid (reported above)")]
+    Invalid,
+}
 
-/// Loads and checks one job, printing its problems to stderr.
+impl Failed {
+    /// The exit status it means: usage for a path that names no job or several.
+    pub fn status(self) -> ExitStatus {
+        match self {
+            Failed::Path | Failed::SeveralJobs => ExitStatus::Usage,
+            Failed::Invalid => ExitStatus::InvalidJobs,
+        }
+    }
+}
+
+/// Loads and checks the one job at `path` (a job file, or a folder holding one), printing
+/// its problems to stderr. A path holding several jobs is refused before anything connects:
+/// the command would otherwise act on one of them, unasked.
 pub fn load_job(path: &Path) -> Result<Job, Failed> {
     let v = match crate::job::workspace::validate(&[path.to_path_buf()]) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
-            return Err(Failed(ExitStatus::Usage));
+            return Err(Failed::Path);
         }
     };
+    let files: Vec<String> = v
+        .files
+        .iter()
+        .filter(|f| f.kind == "job")
+        .map(|f| f.path.display().to_string())
+        .collect();
+    if files.len() > 1 {
+        eprintln!(
+            "error: {} holds {} jobs: {}; name one",
+            path.display(),
+            files.len(),
+            files.join(", ")
+        );
+        eprintln!(
+            "hint: give the file of the one job to act on, e.g. {}",
+            files[0]
+        );
+        return Err(Failed::SeveralJobs);
+    }
     let errors = v
         .diagnostics
         .iter()
@@ -62,7 +104,7 @@ pub fn load_job(path: &Path) -> Result<Job, Failed> {
         let mut buf = Vec::new();
         let _ = crate::commands::validate::render(&v, Format::Human, &mut buf);
         eprint!("{}", String::from_utf8_lossy(&buf));
-        return Err(Failed(ExitStatus::InvalidJobs));
+        return Err(Failed::Invalid);
     }
     Ok(v.jobs.into_iter().next().expect("one valid job"))
 }
@@ -181,7 +223,7 @@ impl Session {
         job_path: &Path,
         klaviyo: &KlaviyoArgs,
     ) -> Result<Session, ExitStatus> {
-        let job = load_job(job_path).map_err(|Failed(s)| s)?;
+        let job = load_job(job_path).map_err(Failed::status)?;
         let source = connect().await.map_err(fail)?;
         let target = Target::new(klaviyo).await.map_err(fail)?;
         let db = source.client().await.map_err(fail)?;

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, anyhow};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
+use crate::commands::connect::Failed;
 use crate::job::query::StoredQuery;
 use crate::job::spec::ParamValue;
 use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
@@ -226,11 +227,13 @@ pub async fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<bool> {
 /// Loads a job through `validate`'s loader (problems printed with `file:line:col`), and
 /// makes the project's defaults part of it so the query sees them.
 fn checked_job(path: &Path) -> Result<crate::job::compile::Job> {
-    let mut job = crate::commands::connect::load_job(path).map_err(|_| {
-        anyhow::anyhow!(
+    let mut job = crate::commands::connect::load_job(path).map_err(|failed| match failed {
+        // Refused as a usage error (exit 64), already said: `main` prints nothing more.
+        Failed::SeveralJobs => anyhow::Error::new(failed),
+        Failed::Path | Failed::Invalid => anyhow::anyhow!(
             "{} is not a valid job file (problems above)",
             path.display()
-        )
+        ),
     })?;
     if let Some(defaults) = job.project.as_ref().and_then(|p| p.spec.defaults.clone()) {
         apply_defaults(&mut job.spec, &defaults);

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::commands::connect::{
-    Failed, KlaviyoArgs, Session, connect, holder, load_job, open_state, state_schema,
-    stop_on_ctrl_c,
+    KlaviyoArgs, Session, connect, holder, load_job, open_state, state_schema, stop_on_ctrl_c,
 };
 use crate::commands::fail;
 use crate::exit::ExitStatus;
@@ -235,7 +234,7 @@ pub async fn apply(args: ApplyPlanArgs) -> ExitStatus {
 pub async fn history(args: HistoryArgs) -> ExitStatus {
     let job = match load_job(&args.job) {
         Ok(j) => j,
-        Err(Failed(s)) => return s,
+        Err(failed) => return failed.status(),
     };
     let source = match connect().await {
         Ok(s) => s,
