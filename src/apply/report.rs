@@ -150,3 +150,30 @@ pub fn write_rejects(path: &Path, failures: &[Failure]) -> std::io::Result<()> {
     }
     std::fs::write(path, text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_what_changed_and_the_audience_only_when_it_changed() {
+        let mut r = Report {
+            created: 1_204,
+            updated: 3,
+            list_adds: 1_204,
+            seconds: 2.345,
+            ..Report::default()
+        };
+        r.api.total_calls = 12;
+        assert_eq!(
+            r.summary(),
+            "done: 1,204 created, 3 updated, 0 unchanged, 0 rejected, 0 failed; 1,204 list adds, 0 removals; 12 API calls (0 rate-limited, 0 retries) in 2.3s\n"
+        );
+        r.segments_created = vec!["VIP".into()];
+        r.tags_added = 2;
+        r.subscribed = 1_000;
+        assert!(r.summary().ends_with(
+            "\naudience: 1 segments created, 2 tags added, 1,000 profiles subscribed\n"
+        ));
+    }
+}

@@ -85,3 +85,48 @@ pub fn stale_reason(saved: &Plan, fresh: &Plan) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_plan_reads_back_and_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.json");
+        let plan = Plan {
+            format_version: FORMAT_VERSION,
+            job: "vip".into(),
+            rows: 3,
+            ..Plan::default()
+        };
+        save(&plan, &path).unwrap();
+        let back = load(&path).unwrap();
+        assert_eq!((back.job.as_str(), back.rows), ("vip", 3));
+        assert_eq!(stale_reason(&plan, &back), None);
+        let moved = Plan {
+            rows_digest: "other".into(),
+            rows: 4,
+            ..back.clone()
+        };
+        assert_eq!(
+            stale_reason(&plan, &moved).unwrap(),
+            "the query's result changed since the plan was made (3 rows then, 4 now)"
+        );
+        save(
+            &Plan {
+                format_version: 0,
+                ..plan
+            },
+            &path,
+        )
+        .unwrap();
+        assert_eq!(
+            load(&path).unwrap_err().to_string(),
+            format!(
+                "{} has plan format 0, this kdit reads format 1; make a new plan",
+                path.display()
+            )
+        );
+    }
+}
