@@ -1,10 +1,7 @@
-//! The command line: clap-derive types, parsed once, then dispatched by `main`.
-
-use std::path::PathBuf;
+//! The command line: clap-derive types, parsed once, then dispatched by `main`. Each
+//! subcommand's arguments live beside the command, in `commands/`.
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::job::diagnostic::Format;
 
 /// kdit keeps Klaviyo in step with customer data in PostgreSQL.
 ///
@@ -38,12 +35,12 @@ pub enum Command {
     ///
     /// Needs no database and no credentials. Exit status: 0 valid, 65 invalid job files,
     /// 64 usage error (e.g. a path that does not exist).
-    Validate(ValidateArgs),
+    Validate(crate::commands::validate::ValidateArgs),
     /// Print the JSON Schema of job files (or, with --project, of kdit.yaml).
     ///
     /// The committed copies live in schemas/; editors with yaml-language-server use them
     /// for completion and hover docs.
-    Schema(SchemaArgs),
+    Schema(crate::commands::validate::SchemaArgs),
     /// Show what a run would change in Klaviyo: profiles, list members, lists to create.
     ///
     /// Reads the query and the state; writes nothing. `-o plan.json` saves the plan for
@@ -103,34 +100,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Subcommand)]
 pub enum QueryCommand {
     /// List stored queries (.sql files), their parameters and which jobs use them.
-    List(QueryListArgs),
+    List(crate::commands::query::QueryListArgs),
     /// Run a stored query (read-only) and show its first rows.
     Run(crate::commands::inspect::QueryRunArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct QueryListArgs {
-    /// Job files or folders (default: jobs/).
-    #[arg(default_value = "jobs")]
-    pub paths: Vec<PathBuf>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ValidateArgs {
-    /// Job files or folders to check (folders are searched for *.yaml and *.yml).
-    #[arg(default_value = "jobs")]
-    pub paths: Vec<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Human)]
-    pub format: Format,
-}
-
-#[derive(Debug, Args)]
-pub struct SchemaArgs {
-    /// Print the schema of the project file (kdit.yaml) instead of job files.
-    #[arg(long)]
-    pub project: bool,
 }

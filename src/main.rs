@@ -68,51 +68,11 @@ fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
-        Command::Validate(args) => {
-            let v = match kdit::job::workspace::validate(&args.paths) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    eprintln!("hint: give job files or folders that exist (default: jobs/)");
-                    return Ok(ExitStatus::Usage);
-                }
-            };
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            kdit::job::workspace::render(&v, args.format, &mut out)?;
-            out.flush()?;
-            Ok(if v.errors() > 0 {
-                ExitStatus::InvalidJobs
-            } else {
-                ExitStatus::Success
-            })
-        }
-        Command::Schema(args) => {
-            let schema = if args.project {
-                kdit::job::spec::project_schema()
-            } else {
-                kdit::job::spec::job_schema()
-            };
-            println!("{}", serde_json::to_string_pretty(&schema)?);
-            Ok(ExitStatus::Success)
-        }
+        Command::Validate(args) => Ok(kdit::commands::validate::command(&args)?),
+        Command::Schema(args) => Ok(kdit::commands::validate::schema(&args)?),
         Command::Query {
             command: QueryCommand::List(args),
-        } => {
-            let entries = match kdit::commands::query::list(&args.paths) {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(ExitStatus::Usage);
-                }
-            };
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
-            } else {
-                print!("{}", kdit::commands::query::render(&entries));
-            }
-            Ok(ExitStatus::Success)
-        }
+        } => Ok(kdit::commands::query::command(&args)?),
         Command::Plan(args) => Ok(block_on(kdit::commands::run::plan(args))?),
         Command::Run(mut args) => {
             args.apply.quiet = cli.quiet;
@@ -180,14 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             report(kdit::commands::inspect::preview(&args, &mut std::io::stdout()).await)
         })?),
         Command::Bench(args) => Ok(block_on(async {
-            match args.command {
-                kdit::commands::bench::BenchCommand::Source(a) => {
-                    report(kdit::commands::bench::bench_source(&a, &mut std::io::stdout()).await)
-                }
-                kdit::commands::bench::BenchCommand::Sync(a) => report(
-                    kdit::commands::bench::sync::bench_sync(&a, &mut std::io::stdout()).await,
-                ),
-            }
+            report(kdit::commands::bench::command(&args, &mut std::io::stdout()).await)
         })?),
         Command::Sandbox(args) => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -197,11 +150,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     }
 }
 
-/// Prints an error chain and maps a cancelled query to the interrupted status.
+/// Prints an error chain and maps a cancelled query to the interrupted status. A job path
+/// refused by `load_job` was reported already: its status stands, nothing more is printed.
 fn report<T>(r: anyhow::Result<T>) -> ExitStatus {
     match r {
         Ok(_) => ExitStatus::Success,
         Err(e) => {
+            if let Some(failed) = e.downcast_ref::<kdit::commands::connect::Failed>() {
+                return failed.status();
+            }
             eprintln!("error: {e:#}");
             let cancelled = e.chain().any(|c| {
                 matches!(
@@ -223,15 +180,14 @@ fn report<T>(r: anyhow::Result<T>) -> ExitStatus {
     }
 }
 
-/// mimalloc: the transform allocates and frees small strings and maps per row on several
-/// threads, where glibc's allocator spent a fifth of the time.
+/// mimalloc: the row stage allocates and frees small strings and payloads per row on its
+/// (long-lived) transform threads, where glibc's allocator spent a fifth of the time.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc (v3) keeps freed memory for a second before handing it back to the OS. Rows are
-/// transformed on short-lived threads and a run frees its snapshot and row batches in bulk,
-/// so that second kept 15–25 MB more resident at a million rows than the run ever used at
-/// once. 10 ms (mimalloc v2's default) hands it back promptly, at no measured cost in time.
+/// mimalloc (v3) keeps freed memory for a second before handing it back to the OS. A run
+/// frees its snapshot and row batches in bulk, so that second kept 15–25 MB more resident
+/// at a million rows than the run ever used at once. 10 ms (mimalloc v2's default) hands it back promptly, at no measured cost in time.
 /// `MIMALLOC_PURGE_DELAY`, when set, still wins.
 fn tune_allocator() {
     /// `mi_option_purge_delay` in mimalloc's `mi_option_t` (the same in v2 and v3).

@@ -1207,7 +1207,7 @@ async fn preview_shows_profiles_and_rejects() {
         path,
         &src,
         3,
-        kdit::commands::inspect::Format::Table,
+        kdit::commands::inspect::RowsFormat::Table,
         None,
         &mut out,
     )
@@ -1232,7 +1232,7 @@ Rejected
         path,
         &src,
         1,
-        kdit::commands::inspect::Format::Json,
+        kdit::commands::inspect::RowsFormat::Json,
         None,
         &mut out,
     )

@@ -683,3 +683,58 @@ jobs/queries/unused.sql
 ",
         );
 }
+
+#[test]
+fn commands_acting_on_one_job_refuse_a_path_holding_several() {
+    // `plan`, `run`, `apply` (through its plan's job file), `check`, `preview` and `history`
+    // act on one job: given a folder of several, they refuse (usage, 64) before anything
+    // connects, rather than act on the first. The database named here cannot be reached, so
+    // a command that went on would fail differently.
+    let plan = r#"{"format_version": 1, "job": "alpha", "job_file": "jobs", "query": "inline SQL",
+        "query_seconds": 0.0, "rows": 0, "creates": 0, "updates": 0, "unchanged": 0,
+        "rejected": 0, "create_samples": [], "update_samples": [], "reject_counts": [],
+        "reject_samples": [], "lists": [], "state_profiles": 0, "last_run": null,
+        "batch_size": 1000, "guards": [], "rows_digest": "", "state_version": ""}"#;
+    let folder = || {
+        Kdit::new()
+            .file("jobs/a.yaml", VALID.replace("demo", "alpha"))
+            .file("jobs/b.yaml", VALID.replace("demo", "beta"))
+            // Invalid: the refusal comes first, whatever the jobs hold.
+            .file("jobs/c.yaml", "version: 1\nname: gamma\n")
+            .file("plan.json", plan)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/nowhere")
+            .env("KLAVIYO_API_KEY", "pk_not_a_key")
+    };
+    let refusal = "error: jobs holds 3 jobs: jobs/a.yaml, jobs/b.yaml, jobs/c.yaml; name one
+hint: give the file of the one job to act on, e.g. jobs/a.yaml
+";
+    let commands: [&[&str]; 7] = [
+        &["plan", "jobs"],
+        &["run", "jobs"],
+        &["run", "--dry-run", "jobs"],
+        &["apply", "plan.json"],
+        &["check", "jobs"],
+        &["preview", "jobs"],
+        &["history", "jobs"],
+    ];
+    for args in commands {
+        let mut run = folder().args(args).run();
+        // The command's name in front, so a failure says which one.
+        run.stderr = format!("{args:?}\n{}", run.stderr);
+        run.code(64)
+            .stdout("")
+            .stderr(&format!("{args:?}\n{refusal}"));
+    }
+    // The folder is named as given.
+    Kdit::new()
+        .file("jobs/a.yaml", VALID.replace("demo", "alpha"))
+        .file("jobs/b.yaml", VALID.replace("demo", "beta"))
+        .args(&["plan", "jobs/"])
+        .run()
+        .code(64)
+        .stderr(
+            "error: jobs/ holds 2 jobs: jobs/a.yaml, jobs/b.yaml; name one
+hint: give the file of the one job to act on, e.g. jobs/a.yaml
+",
+        );
+}

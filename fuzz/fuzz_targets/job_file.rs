@@ -11,11 +11,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use kdit::commands::validate::render;
 use kdit::job::compile::{Project, compile};
 use kdit::job::diagnostic::{Diagnostic, Format, Severity};
 use kdit::job::load::{Kind, load_bytes};
 use kdit::job::spec::JobSpec;
-use kdit::job::workspace::{FileResult, Projects, Validation, render};
+use kdit::job::workspace::{FileResult, Projects, Validation};
 use libfuzzer_sys::fuzz_target;
 
 /// The repository's `jobs/`: a job there resolves `file: queries/…` to the real stored queries.

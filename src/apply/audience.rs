@@ -1,9 +1,11 @@
 //! The audience side of a job: segments kept as code and Klaviyo tags on the job's lists and
 //! segments.
 //!
-//! In: a compiled job, list ids, the Klaviyo client. Out: the plan's `Segments` and `Tags`
-//! lines (`plan`), then the same changes carried out (`apply`). The pure half (definitions,
-//! normalisation, compact descriptions) is unit-tested here; the rest is Klaviyo I/O.
+//! In: a compiled job, list ids, the Klaviyo client, the state (the segments and tags kdit
+//! manages). Out: the plan's `Segments` and `Tags` lines (`plan`, reading Klaviyo at plan
+//! time), then the same changes carried out (`apply`). A segment's comparison with Klaviyo's
+//! (`segment_change`, over `job::segment`'s definitions, normalisation and compact
+//! descriptions) is pure and unit-tested here; the rest is Klaviyo and PostgreSQL I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

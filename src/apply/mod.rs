@@ -1,13 +1,16 @@
-//! Apply: rows in, Klaviyo changed, state recorded only after Klaviyo confirms.
+//! Apply: a plan in, Klaviyo changed, state recorded only after Klaviyo confirms.
 //!
-//! In: the job, the rows (a channel fed by the source), the state store and the Klaviyo
-//! client. Out: a `Report` of every row. Profiles go in bulk import jobs (≤ 10,000 / 5 MB,
-//! several in flight), grouped by the lists they must join; per-profile import errors are tied
-//! back to rows; a batch Klaviyo refuses whole is split so valid rows still go; mirror
-//! removals go by Klaviyo id, looked up by the job's key. I/O.
+//! In: the job, the plan and its work file (`spill`: every profile to send, every rejected
+//! row), the state store and the Klaviyo client. Out: a `Report` of every row and the rows
+//! that failed. Profiles go in bulk import jobs (≤ 10,000 / 5 MB, several in flight), grouped
+//! by the lists they must join; per-profile import errors are tied back to rows; a batch
+//! Klaviyo refuses whole is split so valid rows still go; consent changes follow a confirmed
+//! batch (`consent`); mirror removals go by Klaviyo id, looked up by the job's key. I/O.
 
 pub mod audience;
+pub mod consent;
 pub mod progress;
+pub mod report;
 pub mod spill;
 
 use std::collections::{HashMap, HashSet};
@@ -15,64 +18,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::apply::spill::{Entry, Spill};
+use crate::apply::consent::{Consenting, change_consent};
+use crate::apply::report::{Failure, Report};
+use crate::apply::spill::{Spill, Spilled};
 use crate::digest::{Fingerprint, Hash};
 use crate::job::compile::Job;
 use crate::klaviyo::watch::Watcher;
-use crate::klaviyo::{BULK_MAX_BYTES, Client, KlaviyoError, Stats};
-use crate::plan::Plan;
-use crate::plan::diff::Action;
+use crate::klaviyo::{BULK_MAX_BYTES, Client, KlaviyoError};
+use crate::plan::{Action, Plan};
 use crate::state::{Confirmed, State, StateError};
-
-/// A row that did not make it into Klaviyo (rejected before sending, or refused by Klaviyo).
-#[derive(Debug, Clone, Serialize)]
-pub struct Failure {
-    pub row: u64,
-    pub key: String,
-    pub field: String,
-    pub rule: String,
-    pub message: String,
-}
-
-/// What a run did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
-    pub format_version: u32,
-    pub job: String,
-    pub run_id: i64,
-    pub status: String,
-    pub seconds: f64,
-    pub rows: u64,
-    pub created: u64,
-    pub updated: u64,
-    pub unchanged: u64,
-    pub rejected: u64,
-    pub failed: u64,
-    pub confirmed: u64,
-    pub bulk_jobs: u64,
-    pub cleared: u64,
-    pub lists_created: Vec<String>,
-    pub list_adds: u64,
-    pub list_removals: u64,
-    pub segments_created: Vec<String>,
-    pub segments_updated: Vec<String>,
-    pub tags_added: u64,
-    /// Profiles subscribed to marketing (`consent.subscribe`).
-    pub subscribed: u64,
-    /// Profiles unsubscribed from marketing (`consent.unsubscribe`).
-    #[serde(default)]
-    pub unsubscribed: u64,
-    /// Tags taken off lists and segments (dropped from the job).
-    #[serde(default)]
-    pub tags_removed: u64,
-    pub api: Stats,
-    pub success_rate: f64,
-}
 
 /// Errors that stop a run.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +129,7 @@ pub async fn record_fingerprints(
         |e: std::io::Error| ApplyError::Source(format!("reading the plan's work file: {e}"));
     let mut chunk: Vec<(String, Fingerprint)> = Vec::new();
     for entry in spill.read().map_err(unreadable)? {
-        if let Entry::Refresh(r) = entry.map_err(unreadable)? {
+        if let Spilled::Refresh(r) = entry.map_err(unreadable)? {
             chunk.push((r.key, r.source));
             if chunk.len() >= REFRESH_CHUNK {
                 state.refresh_sources(job.name(), &chunk).await?;
@@ -240,8 +198,8 @@ pub async fn apply(
         }
         match entry.map_err(unreadable)? {
             // Recorded by `record_fingerprints`, sends or not.
-            Entry::Refresh(_) => continue,
-            Entry::Reject(r) => {
+            Spilled::Refresh(_) => continue,
+            Spilled::Reject(r) => {
                 seen += 1;
                 batches.totals.failures.push(Failure {
                     row: r.row,
@@ -251,7 +209,7 @@ pub async fn apply(
                     message: r.message,
                 });
             }
-            Entry::Send(s) => {
+            Spilled::Send(s) => {
                 seen += 1;
                 let size = s.attributes.get().len() + 32 + meta_len;
                 let bits = s.adds;
@@ -374,82 +332,10 @@ async fn record(
     Ok(())
 }
 
-/// Carries out the consent changes of a confirmed batch (`consent`): subscriptions, then
-/// unsubscriptions. A refused job is a failure of its rows (the profiles themselves are in).
-async fn change_consent(client: &Client, job: &Job, o: &mut BatchOutcome) {
-    use crate::plan::consent::{ConsentAction, Subject, in_future, profile_entry};
-    let Some(c) = &job.spec.consent else { return };
-    let names = |v: &[crate::job::spec::ConsentChannel]| -> Vec<&'static str> {
-        v.iter().map(|c| c.name()).collect()
-    };
-    let (sub_channels, unsub_channels) = (names(&c.subscribe), names(&c.unsubscribe));
-    let source = format!("kdit {}", job.name());
-    for subscribe in [true, false] {
-        let mut rows: Vec<(u64, String)> = Vec::new();
-        let mut entries = Vec::new();
-        for i in &o.confirmed {
-            let at = match (&i.consent, subscribe) {
-                (Some(ConsentAction::Subscribe { consented_at }), true) => consented_at.clone(),
-                (Some(ConsentAction::Unsubscribe), false) => None,
-                _ => continue,
-            };
-            if at.as_deref().is_some_and(in_future) {
-                o.failures.push(Failure {
-                    row: i.row,
-                    key: i.key.clone(),
-                    field: "consent.consented_at".into(),
-                    rule: "consented_at".into(),
-                    message: format!(
-                        "consent time {} is in the future; Klaviyo takes only past times in a historical import (the profile was sent, not subscribed)",
-                        at.unwrap_or_default()
-                    ),
-                });
-                continue;
-            }
-            let (consent, channels) = if subscribe {
-                ("SUBSCRIBED", &sub_channels)
-            } else {
-                ("UNSUBSCRIBED", &unsub_channels)
-            };
-            if let Some(e) = profile_entry(&Subject::of(&i.attributes, at), channels, consent) {
-                entries.push(e);
-                rows.push((i.row, i.key.clone()));
-            }
-        }
-        if entries.is_empty() {
-            continue;
-        }
-        let historical = subscribe && c.consented_at.is_some();
-        match client
-            .subscription_jobs(&entries, subscribe, historical, &source)
-            .await
-        {
-            Ok(()) if subscribe => o.subscribed += entries.len() as u64,
-            Ok(()) => o.unsubscribed += entries.len() as u64,
-            Err(e) => {
-                let (rule, what) = if subscribe {
-                    ("subscribe", "subscribed")
-                } else {
-                    ("unsubscribe", "unsubscribed")
-                };
-                for (row, key) in rows {
-                    o.failures.push(Failure {
-                        row,
-                        key,
-                        field: "consent".into(),
-                        rule: rule.into(),
-                        message: format!("the profile was sent but not {what}: {e}"),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// How often the watcher asks Klaviyo about bulk jobs in flight.
 /// Unchanged rows' fingerprints recorded in one statement.
 const REFRESH_CHUNK: usize = 5_000;
 
+/// How often the watcher asks Klaviyo about bulk jobs in flight.
 const POLL_INTERVAL: Duration = Duration::from_millis(750);
 
 /// Running totals of an apply.
@@ -530,7 +416,22 @@ impl Batches<'_, '_> {
         record(&outcome, self.job, self.run_id, self.state).await?;
         let mut outcome = outcome;
         if self.consent {
-            change_consent(self.client, self.job, &mut outcome).await;
+            let consenting: Vec<Consenting> = outcome
+                .confirmed
+                .iter()
+                .filter_map(|i| {
+                    Some(Consenting {
+                        row: i.row,
+                        key: &i.key,
+                        attributes: &i.attributes,
+                        action: i.consent.as_ref()?,
+                    })
+                })
+                .collect();
+            let done = change_consent(self.client, self.job, &consenting).await;
+            outcome.subscribed += done.subscribed;
+            outcome.unsubscribed += done.unsubscribed;
+            outcome.failures.extend(done.failures);
         }
         self.totals.add(outcome);
         Ok(true)

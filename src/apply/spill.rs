@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::digest::Fingerprint;
-use crate::plan::diff::{Action, Rejected};
+use crate::plan::{Action, Rejected};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -117,22 +117,23 @@ impl Spill {
     }
 
     /// Reads the spill back, in the order it was written.
-    pub fn read(&self) -> std::io::Result<impl Iterator<Item = std::io::Result<Entry>>> {
+    pub fn read(&self) -> std::io::Result<impl Iterator<Item = std::io::Result<Spilled>>> {
         let reader = BufReader::with_capacity(256 * 1024, File::open(&self.path)?);
         Ok(reader.lines().map(|line| {
             let line = line?;
             match serde_json::from_str::<Line>(&line) {
-                Ok(Line::Send(s)) => Ok(Entry::Send(s)),
-                Ok(Line::Reject(r)) => Ok(Entry::Reject(r)),
-                Ok(Line::Refresh(r)) => Ok(Entry::Refresh(r)),
+                Ok(Line::Send(s)) => Ok(Spilled::Send(s)),
+                Ok(Line::Reject(r)) => Ok(Spilled::Reject(r)),
+                Ok(Line::Refresh(r)) => Ok(Spilled::Refresh(r)),
                 Err(e) => Err(std::io::Error::other(format!("spill file is damaged: {e}"))),
             }
         }))
     }
 }
 
-/// One line read back.
-pub enum Entry {
+/// One line of the work file, read back: a profile to send, a rejected row, or an unchanged
+/// row's fingerprint to record.
+pub enum Spilled {
     Send(ToSend),
     Reject(Rejected),
     Refresh(Refresh),
@@ -170,14 +171,14 @@ mod hex16_opt {
 
     pub fn serialize<S: Serializer>(h: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
         match h {
-            Some(h) => super::hex16::serialize(h, s),
+            Some(h) => crate::apply::spill::hex16::serialize(h, s),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 16]>, D::Error> {
         #[derive(Deserialize)]
-        struct Wrapped(#[serde(with = "super::hex16")] [u8; 16]);
+        struct Wrapped(#[serde(with = "crate::apply::spill::hex16")] [u8; 16]);
         Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
     }
 }
@@ -214,11 +215,11 @@ mod tests {
             })
             .unwrap();
         spill.close().unwrap();
-        let lines: Vec<Entry> = spill.read().unwrap().map(Result::unwrap).collect();
+        let lines: Vec<Spilled> = spill.read().unwrap().map(Result::unwrap).collect();
         assert!(
-            matches!(&lines[0], Entry::Send(s) if s.hash == [7; 16] && s.source == Some([9; 16]) && s.consent == Some(crate::plan::consent::ConsentAction::Unsubscribe) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
+            matches!(&lines[0], Spilled::Send(s) if s.hash == [7; 16] && s.source == Some([9; 16]) && s.consent == Some(crate::plan::consent::ConsentAction::Unsubscribe) && s.attributes.get() == r#"{"email":"a@x.com"}"#)
         );
-        assert!(matches!(&lines[1], Entry::Reject(r) if r.row == 2));
+        assert!(matches!(&lines[1], Spilled::Reject(r) if r.row == 2));
         let path = spill.path.clone();
         drop(spill);
         assert!(!path.exists());

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, anyhow};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
+use crate::commands::connect::Failed;
 use crate::job::query::StoredQuery;
 use crate::job::spec::ParamValue;
 use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
@@ -21,23 +22,10 @@ use crate::rows::{RowOutcome, RowsError, prepare};
 
 /// Output format for rows and previews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Format {
+pub enum RowsFormat {
     #[default]
     Table,
     Json,
-}
-
-/// `kdit query …`
-#[derive(Debug, clap::Args)]
-pub struct QueryArgs {
-    #[command(subcommand)]
-    pub command: QueryCommand,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum QueryCommand {
-    /// Run a stored query (read-only) and show its first rows.
-    Run(QueryRunArgs),
 }
 
 /// `kdit query run NAME|FILE`
@@ -56,7 +44,7 @@ pub struct QueryRunArgs {
     #[arg(long, value_parser = crate::job::spec::parse_duration)]
     pub timeout: Option<std::time::Duration>,
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub format: RowsFormat,
 }
 
 /// `kdit check JOB`
@@ -75,7 +63,7 @@ pub struct PreviewArgs {
     #[arg(long, default_value_t = 10)]
     pub limit: u64,
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub format: RowsFormat,
 }
 
 /// Parses `name=value`; the value is read as YAML (so `12` is a number, `[a, b]` a list).
@@ -129,7 +117,7 @@ pub async fn query_run(args: &QueryRunArgs, out: &mut dyn Write) -> Result<()> {
     }
     let n = rows.finish().await?;
     match args.format {
-        Format::Json => {
+        RowsFormat::Json => {
             let list: Vec<Value> = data
                 .iter()
                 .map(|r| {
@@ -144,7 +132,7 @@ pub async fn query_run(args: &QueryRunArgs, out: &mut dyn Write) -> Result<()> {
                 .collect();
             writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
         }
-        Format::Table => {
+        RowsFormat::Table => {
             let cells: Vec<Vec<String>> = data
                 .iter()
                 .map(|r| {
@@ -239,11 +227,13 @@ pub async fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<bool> {
 /// Loads a job through `validate`'s loader (problems printed with `file:line:col`), and
 /// makes the project's defaults part of it so the query sees them.
 fn checked_job(path: &Path) -> Result<crate::job::compile::Job> {
-    let mut job = crate::commands::run::load_job(path).map_err(|_| {
-        anyhow::anyhow!(
+    let mut job = crate::commands::connect::load_job(path).map_err(|failed| match failed {
+        // Refused as a usage error (exit 64), already said: `main` prints nothing more.
+        Failed::SeveralJobs => anyhow::Error::new(failed),
+        Failed::Path | Failed::Invalid => anyhow::anyhow!(
             "{} is not a valid job file (problems above)",
             path.display()
-        )
+        ),
     })?;
     if let Some(defaults) = job.project.as_ref().and_then(|p| p.spec.defaults.clone()) {
         apply_defaults(&mut job.spec, &defaults);
@@ -396,7 +386,7 @@ pub async fn preview_job(
     job_path: &Path,
     source: &Source,
     limit: u64,
-    format: Format,
+    format: RowsFormat,
     interrupt: Option<Interrupt>,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -414,7 +404,7 @@ pub async fn preview_job(
     }
     let totals = stream.finish().await?;
     write_preview(out, format, &job.profiles.fields, &profiles, &rejects)?;
-    if format == Format::Table {
+    if format == RowsFormat::Table {
         writeln!(
             out,
             "{} rows read (limit {limit}): {} profiles, {} rejected",
@@ -427,20 +417,20 @@ pub async fn preview_job(
 /// Writes profiles and rejects as a table (one column per mapped field) or JSON.
 pub fn write_preview(
     out: &mut dyn Write,
-    format: Format,
+    format: RowsFormat,
     fields: &IndexMap<String, crate::job::spec::FieldSource>,
     profiles: &[ProfileRow],
     rejects: &[Reject],
 ) -> Result<()> {
     match format {
-        Format::Json => {
+        RowsFormat::Json => {
             let doc = json!({
                 "profiles": profiles,
                 "rejects": rejects,
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         }
-        Format::Table => {
+        RowsFormat::Table => {
             let mut header = vec!["row".to_string()];
             header.extend(fields.keys().cloned());
             let rows: Vec<Vec<String>> = profiles

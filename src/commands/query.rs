@@ -1,8 +1,8 @@
 //! `kdit query list`: the stored queries of a project, their parameters, and which jobs use
 //! them.
 //!
-//! In: paths (job files or folders). Out: `QueryEntry`s and their rendering. Reads files
-//! through `validate`; no database.
+//! In: paths (job files or folders). Out: `QueryEntry`s, rendered as text or JSON on stdout.
+//! Reads files through `validate`; no database.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,8 +10,36 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::exit::ExitStatus;
 use crate::job::query::StoredQuery;
 use crate::job::workspace::{PathError, validate};
+
+#[derive(Debug, clap::Args)]
+pub struct QueryListArgs {
+    /// Job files or folders (default: jobs/).
+    #[arg(default_value = "jobs")]
+    pub paths: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kdit query list`.
+pub fn command(args: &QueryListArgs) -> serde_json::Result<ExitStatus> {
+    let entries = match list(&args.paths) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitStatus::Usage);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        print!("{}", render(&entries));
+    }
+    Ok(ExitStatus::Success)
+}
 
 /// One stored query.
 #[derive(Debug, Clone, Serialize)]

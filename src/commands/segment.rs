@@ -26,12 +26,12 @@ pub struct SegmentPreviewArgs {
     #[arg(long, default_value_t = 30)]
     pub wait: u64,
     #[command(flatten)]
-    pub klaviyo: crate::commands::run::KlaviyoArgs,
+    pub klaviyo: crate::commands::connect::KlaviyoArgs,
 }
 
 /// `kdit segment preview NAME`: prints one member a line.
 pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStatus {
-    let target = match crate::commands::run::Target::new(&args.klaviyo).await {
+    let target = match crate::commands::connect::Target::new(&args.klaviyo).await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

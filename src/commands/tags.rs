@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::apply::audience::{AudienceError, TagIds, catalog_group, group_conflicts, group_for};
+use crate::commands::fail;
 use crate::exit::ExitStatus;
 use crate::job::compile::{Job, Project};
 use crate::job::spec::TagCatalog;
@@ -53,7 +54,7 @@ pub struct ShowArgs {
     #[arg(long)]
     pub offline: bool,
     #[command(flatten)]
-    pub klaviyo: crate::commands::run::KlaviyoArgs,
+    pub klaviyo: crate::commands::connect::KlaviyoArgs,
 }
 
 /// Options of `kdit tags add` / `kdit tags remove`.
@@ -78,7 +79,7 @@ pub struct BulkArgs {
     #[arg(long)]
     pub project: Option<PathBuf>,
     #[command(flatten)]
-    pub klaviyo: crate::commands::run::KlaviyoArgs,
+    pub klaviyo: crate::commands::connect::KlaviyoArgs,
     /// The global `-q`: no `hint:` / `done:` lines on stderr (errors still show).
     #[arg(skip)]
     pub quiet: bool,
@@ -206,7 +207,8 @@ fn project(explicit: Option<&Path>, start: &Path) -> Result<Option<Project>, Str
             jobs: Vec::new(),
             diagnostics: diags,
         };
-        let _ = crate::job::workspace::render(&v, crate::job::diagnostic::Format::Human, &mut out);
+        let _ =
+            crate::commands::validate::render(&v, crate::job::diagnostic::Format::Human, &mut out);
         return Err(format!(
             "the project file is invalid:\n{}",
             String::from_utf8_lossy(&out).trim_end()
@@ -260,11 +262,6 @@ async fn matching(client: &Client, args: &BulkArgs) -> Result<Vec<Resource>, Aud
     Ok(out)
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitStatus {
-    eprintln!("error: {msg}");
-    ExitStatus::Failure
-}
-
 /// `kdit tags add|remove`.
 pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
     if args.lists.is_empty() && args.segments.is_empty() {
@@ -312,7 +309,7 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
         }
         return ExitStatus::InvalidJobs;
     }
-    let target = match crate::commands::run::Target::new(&args.klaviyo).await {
+    let target = match crate::commands::connect::Target::new(&args.klaviyo).await {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
@@ -634,7 +631,7 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
     let live = if args.offline {
         None
     } else {
-        let target = match crate::commands::run::Target::new(&args.klaviyo).await {
+        let target = match crate::commands::connect::Target::new(&args.klaviyo).await {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");

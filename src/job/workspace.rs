@@ -1,17 +1,17 @@
 //! `kdit validate`: every job file and project file under the given paths, checked offline,
 //! all problems reported at once.
 //!
-//! In: paths (files or folders). Out: a `Validation` (files, compiled jobs, diagnostics) and
-//! its rendering. Reads files through `load`; touches no database or network.
+//! In: paths (files or folders). Out: a `Validation` (files, compiled jobs, diagnostics),
+//! rendered by the `validate` command. Reads files through `load`; touches no database or
+//! network.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::job::compile::{Job, Project, compile};
-use crate::job::diagnostic::{Diagnostic, Format, Severity, render_github, render_human};
+use crate::job::diagnostic::{Diagnostic, Severity};
 use crate::job::load::{Kind, load};
 use crate::job::spec::{JobSpec, ProjectSpec};
 
@@ -333,56 +333,4 @@ pub fn validate(paths: &[PathBuf]) -> Result<Validation, PathError> {
         v.diagnostics.extend(diags);
     }
     Ok(v)
-}
-
-/// Writes the validation in the chosen format.
-pub fn render(v: &Validation, format: Format, out: &mut dyn Write) -> std::io::Result<()> {
-    match format {
-        Format::Human => {
-            for d in &v.diagnostics {
-                writeln!(out, "{}", render_human(d))?;
-            }
-            let jobs = v.files.iter().filter(|f| f.kind == "job").count();
-            let invalid = v.files.iter().filter(|f| f.errors > 0).count();
-            let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
-            let mut tail = String::new();
-            if v.warnings() > 0 {
-                tail = format!(", {}", plural(v.warnings(), "warning"));
-            }
-            if invalid == 0 {
-                writeln!(out, "ok: {} valid{tail}", plural(jobs, "job file"))?;
-            } else {
-                writeln!(
-                    out,
-                    "error: {} of {} invalid ({}{tail})",
-                    invalid,
-                    plural(v.files.len(), "file"),
-                    plural(v.errors(), "error")
-                )?;
-            }
-        }
-        Format::Json => {
-            let doc = serde_json::json!({
-                "format_version": 1,
-                "valid": v.errors() == 0,
-                "files": v.files,
-                "diagnostics": v.diagnostics,
-            });
-            serde_json::to_writer_pretty(&mut *out, &doc)?;
-            writeln!(out)?;
-        }
-        Format::Github => {
-            for d in &v.diagnostics {
-                write!(out, "{}", render_github(d))?;
-            }
-            let invalid = v.files.iter().filter(|f| f.errors > 0).count();
-            writeln!(
-                out,
-                "kdit validate: {} files checked, {invalid} invalid, {} errors",
-                v.files.len(),
-                v.errors()
-            )?;
-        }
-    }
-    Ok(())
 }

@@ -1,26 +1,28 @@
-//! Consent from columns: `consent.consented_at` (historical imports) and
-//! `consent.unsubscribe` + `unsubscribe_column`.
+//! Consent from columns, planned: `consent.subscribe` for created profiles,
+//! `consent.consented_at` (historical imports) and `consent.unsubscribe` +
+//! `unsubscribe_column`.
 //!
 //! In: the job's consent settings, each row's consent values, what kdit last confirmed for
-//! the row. Out: per profile to send, the consent change it carries (`ConsentAction`), the
-//! plan's counts, and — after Klaviyo confirmed the profile — the subscription bulk jobs
-//! (create ≤ 1,000, delete ≤ 100 a call). Pure except `carry_out` (Klaviyo).
+//! the row. Out: the job spec the rows are read with (`with_carrier`), per profile to send
+//! the consent change it carries (`ConsentAction`), and the plan's counts. Pure: the
+//! subscription calls are `apply::consent`'s, after Klaviyo confirmed the profile.
 //!
 //! How the values travel: the consent columns are read as two hidden fields under the
 //! profile property `kdit_consent` (typed `datetime` and `boolean` by the transform, so bad
 //! values are rejected rows like any other). They are part of the profile's hash and of the
 //! payload kept in the state — so a changed consent column re-sends the row and kdit knows
-//! what it last applied — and are taken out of every profile before it is sent to Klaviyo.
+//! what it last applied — and are taken out of every profile before it is sent to Klaviyo
+//! (`strip`).
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use crate::job::compile::Job;
 use crate::job::spec::{FieldMapping, FieldSource, JobSpec, NullPolicy, ValueType};
-use crate::plan::diff::Action;
+use crate::plan::Action;
 
 use crate::job::attributes::CONSENT_CARRIER as CARRIER;
 const AT: &str = "consented_at";
@@ -216,61 +218,10 @@ impl Planner {
     }
 }
 
-/// One profile's part in a subscription job.
-pub struct Subject {
-    pub email: Option<String>,
-    pub phone_number: Option<String>,
-    pub consented_at: Option<String>,
-}
-
-impl Subject {
-    pub fn of(attributes: &RawValue, consented_at: Option<String>) -> Subject {
-        let a: Value = serde_json::from_str(attributes.get()).unwrap_or(Value::Null);
-        Subject {
-            email: a["email"].as_str().map(str::to_string),
-            phone_number: a["phone_number"].as_str().map(str::to_string),
-            consented_at,
-        }
-    }
-}
-
-/// The `profiles.data` entry of one subject for a subscription job: `consent` is
-/// `SUBSCRIBED` or `UNSUBSCRIBED`; a channel is asked only when the profile has its
-/// identifier. `None` when no channel applies.
-pub fn profile_entry(s: &Subject, channels: &[&str], consent: &str) -> Option<Value> {
-    let mut attributes = serde_json::Map::new();
-    let mut subs = serde_json::Map::new();
-    let mut params = json!({ "consent": consent });
-    if let Some(at) = &s.consented_at {
-        params["consented_at"] = json!(at);
-    }
-    if let Some(e) = &s.email {
-        attributes.insert("email".into(), json!(e));
-        if channels.contains(&"email") {
-            subs.insert("email".into(), json!({ "marketing": params.clone() }));
-        }
-    }
-    if let Some(p) = &s.phone_number {
-        attributes.insert("phone_number".into(), json!(p));
-        if channels.contains(&"sms") {
-            subs.insert("sms".into(), json!({ "marketing": params }));
-        }
-    }
-    if subs.is_empty() {
-        return None;
-    }
-    attributes.insert("subscriptions".into(), Value::Object(subs));
-    Some(json!({"type": "profile", "attributes": attributes}))
-}
-
-/// Whether an RFC 3339 time lies in the future (Klaviyo refuses those as `consented_at`).
-pub fn in_future(at: &str) -> bool {
-    chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|t| t > chrono::Utc::now())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn raw(v: Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(&v).unwrap()
@@ -288,23 +239,5 @@ mod tests {
             strip(&b).get(),
             r#"{"email":"a@x.com","properties":{"ltv":1}}"#
         );
-    }
-
-    #[test]
-    fn subscription_entries_follow_the_spec_shape() {
-        let s = Subject {
-            email: Some("a@x.com".into()),
-            phone_number: None,
-            consented_at: Some("2020-01-01T00:00:00Z".into()),
-        };
-        let e = profile_entry(&s, &["email", "sms"], "SUBSCRIBED").unwrap();
-        assert_eq!(
-            e["attributes"]["subscriptions"]["email"]["marketing"]["consented_at"],
-            "2020-01-01T00:00:00Z"
-        );
-        assert!(e["attributes"]["subscriptions"].get("sms").is_none());
-        assert!(profile_entry(&s, &["sms"], "UNSUBSCRIBED").is_none());
-        assert!(in_future("2999-01-01T00:00:00Z"));
-        assert!(!in_future("2000-01-01T00:00:00Z"));
     }
 }

@@ -2,17 +2,18 @@
 //! with `kdit plan -o`, checked again by `kdit apply` before anything is sent.
 //!
 //! Holds counts, samples and fingerprints — never the rows — so plans stay small whatever
-//! the row count. Pure.
+//! the row count. Also the plan's vocabulary shared by the diff, the work file and apply
+//! (`Action`, `Rejected`). Pure; `file` alone reads and writes (plan files).
 
 pub mod consent;
 pub mod diff;
+pub mod file;
 pub mod render;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::job::spec::Threshold;
-use crate::plan::diff::Rejected;
 
 /// The plan file's format version.
 pub const FORMAT_VERSION: u32 = 1;
@@ -84,6 +85,28 @@ pub struct Plan {
     pub rows_digest: String,
     /// Fingerprint of the state the plan was made against.
     pub state_version: String,
+}
+
+/// A row that will not be sent, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub row: u64,
+    /// The key, masked when personal.
+    pub key: String,
+    pub field: String,
+    pub rule: String,
+    pub message: String,
+}
+
+/// What to do with a row's profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    /// Same payload, but not yet in every list the job adds it to.
+    ListsOnly,
+    Unchanged,
 }
 
 /// One profile's changed fields.

@@ -2,7 +2,7 @@
 //! diff through a bounded channel (so reading, diffing and sending overlap while memory stays
 //! flat).
 //!
-//! In: a compiled job, its mapping, a source pool. Out: a `sync::Feed` each time one is asked
+//! In: a compiled job, its mapping, a source pool. Out: a `plan::diff::Feed` each time one is asked
 //! for (plan and apply each read the rows once). I/O (PostgreSQL).
 
 use std::sync::Arc;
@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 
 use crate::job::compile::Job;
 use crate::job::spec::JobSpec;
-use crate::plan::diff::{Desired, Rejected, RowOutcome};
+use crate::plan::Rejected;
+use crate::plan::diff::{Desired, Feed, QueryDone, RowOutcome, RowSource};
 use crate::rows::source::{Interrupt, Source};
 use crate::rows::{self, JobQuery};
 use crate::state::KnownRows;
-use crate::sync::{Feed, QueryDone, RowSource};
 
 /// Rows handed to the diff at a time.
 const FEED_BATCH: usize = 512;

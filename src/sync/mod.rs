@@ -1,9 +1,16 @@
-//! The sync commands — `plan`, `run`, `apply`, `history` — wiring the stages together:
-//! rows from the source, state from PostgreSQL, lists from Klaviyo, the diff into a plan,
-//! the plan rendered, then applied.
+//! The order of the stages. `make_plan`: the query starts, the state's snapshot loads
+//! meanwhile, the rows go through the diff into a `Plan` (each profile to send and each
+//! rejected row written to the plan's work file), then the removals, the audience and the
+//! guards. `run`, under the job's run lock (recorded in the ledger): the plan is made, a saved
+//! plan is held to it (`plan::file::stale_reason`), a tripped guard stops the run before any
+//! write, unchanged rows' fingerprints are recorded, lists are resolved, segments and tags
+//! applied, then the profiles (`apply`); the state's statistics are refreshed after a large
+//! write, and the report and rejects files written.
 //!
-//! In: a compiled job, a row feed, a state store, a Klaviyo client. Out: plans, reports,
-//! exit statuses. I/O through the stages it calls; no logic of its own beyond the order.
+//! In: a compiled job, a `RowSource`, a state store, a Klaviyo client, output options. Out: a
+//! plan, or a run's exit status and `Report`. I/O through the stages it calls; it prints the
+//! plan (stdout), and on stderr the guard's refusal, the interruption notice and the run's
+//! summary.
 
 pub mod feed;
 
@@ -13,48 +20,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
 use crate::apply::progress::Progress;
+use crate::apply::report::{Report, spilled_rejects, write_rejects};
 use crate::apply::spill::{Refresh, Spill, ToSend};
-use crate::apply::{
-    ApplyError, Failure, Report, Settings, apply, record_fingerprints, resolve_lists,
-};
+use crate::apply::{ApplyError, Settings, apply, record_fingerprints, resolve_lists};
 use crate::exit::ExitStatus;
 use crate::job::compile::Job;
 use crate::klaviyo::Client;
-use crate::plan::diff::{Differ, RowOutcome};
+use crate::plan::diff::{Differ, RowOutcome, RowSource};
 use crate::plan::render::{self, Options};
 use crate::plan::{FORMAT_VERSION, Plan};
-use crate::state::{KnownRows, State, StateError};
-
-/// Rows flowing from the source: outcomes on a bounded channel, in batches (one hand-over per
-/// row would cost as much as a no-change run's diff), and the task producing them (which
-/// reports the row count and query time, or the error that stopped it). An error ends the
-/// outcomes: every row before it has been handed over.
-pub type Feed = (
-    mpsc::Receiver<Result<Vec<RowOutcome>, String>>,
-    JoinHandle<Result<QueryDone, String>>,
-);
-
-/// How a query went.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueryDone {
-    pub rows: u64,
-    pub seconds: f64,
-}
-
-/// Something that can run the job's query (again) and feed its rows.
-pub trait RowSource: Send + Sync {
-    /// Starts the query at once; its rows are read once `known` arrives (the state is read
-    /// meanwhile, while the server works towards the first row). Rows whose fingerprint is in
-    /// `known` may come as `RowOutcome::Known` (unchanged, not transformed). If `known` never
-    /// arrives (its sender dropped), the feed ends with an error.
-    fn feed(&self, known: tokio::sync::oneshot::Receiver<Arc<KnownRows>>) -> Feed;
-    /// The query as shown in plans: file name (or "inline SQL") and parameters.
-    fn label(&self) -> String;
-}
+use crate::state::{State, StateError};
 
 /// Output options shared by plan, run and apply.
 #[derive(Debug, Clone, Default)]
@@ -242,52 +218,6 @@ pub fn print_plan(plan: &Plan, out: &Output) {
     }
 }
 
-/// Writes a plan file (`kdit plan -o`).
-pub fn save_plan(plan: &Plan, path: &Path) -> Result<(), SyncError> {
-    let text = serde_json::to_string_pretty(plan).map_err(|e| SyncError::Other(e.to_string()))?;
-    std::fs::write(path, text)
-        .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))
-}
-
-/// Reads a plan file.
-pub fn load_plan(path: &Path) -> Result<Plan, SyncError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SyncError::Other(format!("cannot read {}: {e}", path.display())))?;
-    let plan: Plan = serde_json::from_str(&text)
-        .map_err(|e| SyncError::Other(format!("{} is not a kdit plan: {e}", path.display())))?;
-    if plan.format_version != FORMAT_VERSION {
-        return Err(SyncError::Other(format!(
-            "{} has plan format {}, this kdit reads format {FORMAT_VERSION}; make a new plan",
-            path.display(),
-            plan.format_version
-        )));
-    }
-    Ok(plan)
-}
-
-/// Why a saved plan no longer applies, if it doesn't.
-pub fn stale_reason(saved: &Plan, fresh: &Plan) -> Option<String> {
-    if saved.job != fresh.job {
-        return Some(format!(
-            "it is a plan for job `{}`, not `{}`",
-            saved.job, fresh.job
-        ));
-    }
-    if saved.state_version != fresh.state_version {
-        return Some(
-            "the state moved since the plan was made (another run applied changes)".into(),
-        );
-    }
-    if saved.rows_digest != fresh.rows_digest {
-        return Some(format!(
-            "the query's result changed since the plan was made ({} rows then, {} now)",
-            crate::output::thousands(saved.rows),
-            crate::output::thousands(fresh.rows)
-        ));
-    }
-    None
-}
-
 /// Profiles written by one run from which the state's statistics are refreshed at its end.
 const ANALYZE_AFTER: u64 = 1_000;
 /// The share of the state (1 in N profiles) a run must write for `profiles` to be vacuumed at
@@ -342,7 +272,7 @@ async fn run_locked(
         .map_err(|e| SyncError::Other(format!("cannot create the plan's work file: {e}")))?;
     let (plan, removals) = make_plan(job, rows, state, client, Some(&mut spill)).await?;
     if let Some(saved) = saved {
-        if let Some(why) = stale_reason(saved, &plan) {
+        if let Some(why) = crate::plan::file::stale_reason(saved, &plan) {
             return Err(SyncError::Other(format!(
                 "the saved plan is stale: {why}; run `kdit plan` again"
             )));
@@ -358,7 +288,9 @@ async fn run_locked(
     record_fingerprints(job, state, &spill).await?;
     if !plan.has_changes() {
         if let Some(path) = &out.rejects {
-            write_rejects(path, &spilled_rejects(&spill)?)?;
+            let rejects = spilled_rejects(&spill)
+                .map_err(|e| SyncError::Other(format!("reading the plan's work file: {e}")))?;
+            write_rejects(path, &rejects).map_err(|e| cannot_write(path, e))?;
         }
         // Nothing to send; the ledger still records what the run saw.
         let report = Report {
@@ -373,10 +305,7 @@ async fn run_locked(
             ..Report::default()
         };
         if let Some(path) = &out.report {
-            let text = serde_json::to_string_pretty(&report)
-                .map_err(|e| SyncError::Other(e.to_string()))?;
-            std::fs::write(path, text)
-                .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))?;
+            save_report(path, &report)?;
         }
         let status = if plan.rejected > 0 {
             ExitStatus::PartialFailure
@@ -443,63 +372,13 @@ async fn run_locked(
     }
     report.seconds = started.elapsed().as_secs_f64();
     if let Some(path) = &out.report {
-        let text =
-            serde_json::to_string_pretty(&report).map_err(|e| SyncError::Other(e.to_string()))?;
-        std::fs::write(path, text)
-            .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))?;
+        save_report(path, &report)?;
     }
     if let Some(path) = &out.rejects {
-        write_rejects(path, &failures)?;
+        write_rejects(path, &failures).map_err(|e| cannot_write(path, e))?;
     }
     if !out.quiet {
-        eprintln!(
-            "done: {} created, {} updated, {} unchanged, {} rejected, {} failed; {} list adds, {} removals; {} API calls ({} rate-limited, {} retries) in {:.1}s",
-            crate::output::thousands(report.created),
-            crate::output::thousands(report.updated),
-            crate::output::thousands(report.unchanged),
-            crate::output::thousands(report.rejected),
-            crate::output::thousands(report.failed),
-            crate::output::thousands(report.list_adds),
-            crate::output::thousands(report.list_removals),
-            crate::output::thousands(report.api.total_calls),
-            report.api.rate_limited,
-            report.api.retries,
-            report.seconds
-        );
-        let mut audience = Vec::new();
-        if !report.segments_created.is_empty() {
-            audience.push(format!(
-                "{} segments created",
-                report.segments_created.len()
-            ));
-        }
-        if !report.segments_updated.is_empty() {
-            audience.push(format!(
-                "{} segments updated",
-                report.segments_updated.len()
-            ));
-        }
-        if report.tags_added > 0 {
-            audience.push(format!("{} tags added", report.tags_added));
-        }
-        if report.tags_removed > 0 {
-            audience.push(format!("{} tags removed", report.tags_removed));
-        }
-        if report.subscribed > 0 {
-            audience.push(format!(
-                "{} profiles subscribed",
-                crate::output::thousands(report.subscribed)
-            ));
-        }
-        if report.unsubscribed > 0 {
-            audience.push(format!(
-                "{} profiles unsubscribed",
-                crate::output::thousands(report.unsubscribed)
-            ));
-        }
-        if !audience.is_empty() {
-            eprintln!("audience: {}", audience.join(", "));
-        }
+        eprint!("{}", report.summary());
         if let Some(path) = &out.report {
             eprintln!("report: {}", path.display());
         }
@@ -512,48 +391,12 @@ async fn run_locked(
     Ok((status, Some(report)))
 }
 
-/// Every rejected row the plan found.
-fn spilled_rejects(spill: &Spill) -> Result<Vec<Failure>, SyncError> {
-    let mut out = Vec::new();
-    let read_error =
-        |e: std::io::Error| SyncError::Other(format!("reading the plan's work file: {e}"));
-    for entry in spill.read().map_err(read_error)? {
-        if let crate::apply::spill::Entry::Reject(r) = entry.map_err(read_error)? {
-            out.push(Failure {
-                row: r.row,
-                key: r.key,
-                field: r.field,
-                rule: r.rule,
-                message: r.message,
-            });
-        }
-    }
-    Ok(out)
+fn cannot_write(path: &Path, e: std::io::Error) -> SyncError {
+    SyncError::Other(format!("cannot write {}: {e}", path.display()))
 }
 
-/// Writes rejected and failed rows: CSV when the file ends in `.csv`, JSON lines otherwise.
-pub fn write_rejects(path: &Path, failures: &[Failure]) -> Result<(), SyncError> {
-    let mut text = String::new();
-    let csv = path.extension().is_some_and(|e| e == "csv");
-    if csv {
-        text.push_str("row,key,field,rule,message\n");
-    }
-    for f in failures {
-        if csv {
-            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-            text.push_str(&format!(
-                "{},{},{},{},{}\n",
-                f.row,
-                q(&f.key),
-                q(&f.field),
-                q(&f.rule),
-                q(&f.message)
-            ));
-        } else {
-            text.push_str(&serde_json::to_string(f).unwrap_or_default());
-            text.push('\n');
-        }
-    }
-    std::fs::write(path, text)
-        .map_err(|e| SyncError::Other(format!("cannot write {}: {e}", path.display())))
+/// Writes the run's report (`--report`).
+fn save_report(path: &Path, report: &Report) -> Result<(), SyncError> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| SyncError::Other(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| cannot_write(path, e))
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::commands::bench::{QUERY, Scratch, seed, time_copy};
+use crate::commands::bench::scratch::{QUERY, Scratch, seed, time_copy};
 use crate::klaviyo::client::{ApiKey, Client, Config};
 use crate::klaviyo::ratelimit::Tier;
 use crate::rows::source::{Source, SourceConfig};
