@@ -21,7 +21,7 @@ pub fn hash_payload(attributes: &RawValue, unset: &[String]) -> Hash {
     out
 }
 
-/// A row fingerprint (`source::row_fingerprint`).
+/// A row fingerprint (`rows::source::decode::row_fingerprint`).
 pub type Fingerprint = [u8; 16];
 
 /// The in-memory hash of a key (SipHash; stable within one process, which is all it needs).

@@ -655,7 +655,7 @@ async fn tls_modes_connect_or_explain() {
 
 use kdit::job::spec::JobSpec;
 use kdit::rows::transform::{ProfileRow, Reject, Rule};
-use kdit::rows::{RowsError, StreamedRow as RowOutcome, prepare};
+use kdit::rows::{RowsError, StreamedRow, prepare};
 use serde_json::json;
 
 fn make_job(profiles_yaml: &str, sql: &str) -> JobSpec {
@@ -679,9 +679,9 @@ async fn profiles_of(
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     while let Some(r) = stream.next().await {
         match r.unwrap() {
-            RowOutcome::Profile(p) => ok.push(p),
-            RowOutcome::Rejected(r) => bad.push(r),
-            RowOutcome::Known { .. } => panic!("no known rows were given"),
+            StreamedRow::Profile(p) => ok.push(p),
+            StreamedRow::Rejected(r) => bad.push(r),
+            StreamedRow::Known { .. } => panic!("no known rows were given"),
         }
     }
     let totals = stream.finish().await.unwrap();
@@ -851,17 +851,17 @@ async fn rows_in_many_batches_come_out_in_order_with_duplicates_across_batches()
         while let Some(r) = stream.next().await {
             row += 1;
             match r.unwrap() {
-                RowOutcome::Profile(p) => {
+                StreamedRow::Profile(p) => {
                     assert!(row <= 7000, "row {row} should be a duplicate");
                     assert_eq!(p.row_number, row);
                     assert_eq!(p.key, format!("u{}@example.com", row % 7000));
                     assert_eq!(p.attribute_map()["properties"]["n"], row);
                 }
-                RowOutcome::Rejected(r) => {
+                StreamedRow::Rejected(r) => {
                     assert!(row > 7000, "row {row} was refused: {r}");
                     assert_eq!((r.row_number, r.rule), (row, Rule::DuplicateKey));
                 }
-                RowOutcome::Known { .. } => panic!("no known rows were given"),
+                StreamedRow::Known { .. } => panic!("no known rows were given"),
             }
         }
         let totals = stream.finish().await.unwrap();
@@ -908,15 +908,15 @@ async fn unread_columns_change_no_outcome() {
     while let Some(cells) = rows.next().await {
         n += 1;
         general.push(match transformer.row(n, cells.unwrap()) {
-            Ok(p) => RowOutcome::Profile(p),
-            Err(r) => RowOutcome::Rejected(r),
+            Ok(p) => StreamedRow::Profile(p),
+            Err(r) => StreamedRow::Rejected(r),
         });
     }
     rows.finish().await.unwrap();
     assert_eq!(fast.len(), 3000);
-    assert!(fast.iter().any(|o| matches!(o, RowOutcome::Rejected(_))));
-    let memo = |o: &RowOutcome| match o {
-        RowOutcome::Profile(p) => p.attribute_map()["properties"]
+    assert!(fast.iter().any(|o| matches!(o, StreamedRow::Rejected(_))));
+    let memo = |o: &StreamedRow| match o {
+        StreamedRow::Profile(p) => p.attribute_map()["properties"]
             .get("memo")
             .and_then(|m| m.as_str().map(str::len)),
         _ => None,
@@ -983,13 +983,13 @@ async fn phone_keys_and_guards() {
         outcomes.push(r.unwrap());
     }
     let totals = stream.finish().await.unwrap();
-    assert!(matches!(&outcomes[0], RowOutcome::Profile(p) if p.key == "+12015550123"));
-    assert!(matches!(&outcomes[1], RowOutcome::Profile(p) if p.key == "+12015550124"));
+    assert!(matches!(&outcomes[0], StreamedRow::Profile(p) if p.key == "+12015550123"));
+    assert!(matches!(&outcomes[1], StreamedRow::Profile(p) if p.key == "+12015550124"));
     assert!(
-        matches!(&outcomes[2], RowOutcome::Rejected(r) if r.rule == Rule::PhoneE164 && r.key.is_none())
+        matches!(&outcomes[2], StreamedRow::Rejected(r) if r.rule == Rule::PhoneE164 && r.key.is_none())
     );
     assert!(
-        matches!(&outcomes[3], RowOutcome::Rejected(r) if r.rule == Rule::DuplicateKey && r.key.as_deref() == Some("+1******0123"))
+        matches!(&outcomes[3], StreamedRow::Rejected(r) if r.rule == Rule::DuplicateKey && r.key.as_deref() == Some("+1******0123"))
     );
     assert_eq!((totals.rows, totals.profiles, totals.rejected), (4, 2, 2));
     // guards.max_invalid: 1 in the test job
@@ -1104,11 +1104,11 @@ async fn batches_on_several_threads_match_one_thread() {
         let bad = n % 777 == 0;
         let first = !bad && seen.insert(n % 3000);
         match o {
-            RowOutcome::Profile(p) => {
+            StreamedRow::Profile(p) => {
                 assert_eq!(p.row_number, n);
                 assert!(first, "row {n} should not be a profile");
             }
-            RowOutcome::Rejected(r) => {
+            StreamedRow::Rejected(r) => {
                 assert_eq!(r.row_number, n);
                 let want = if bad {
                     Rule::EmailSyntax
@@ -1118,7 +1118,7 @@ async fn batches_on_several_threads_match_one_thread() {
                 assert!(!first, "row {n} should be a profile");
                 assert_eq!(r.rule, want, "row {n}");
             }
-            RowOutcome::Known { .. } => panic!("no known rows were given"),
+            StreamedRow::Known { .. } => panic!("no known rows were given"),
         }
     }
 }

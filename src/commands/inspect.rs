@@ -18,7 +18,7 @@ use crate::job::query::StoredQuery;
 use crate::job::spec::ParamValue;
 use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
 use crate::rows::transform::{ProfileRow, Reject, cell_to_json_lossy};
-use crate::rows::{RowOutcome, RowsError, prepare};
+use crate::rows::{RowsError, StreamedRow, prepare};
 
 /// Output format for rows and previews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -396,10 +396,10 @@ pub async fn preview_job(
     let mut rejects: Vec<Reject> = Vec::new();
     while let Some(r) = stream.next().await {
         match r.map_err(RowsError::from)? {
-            RowOutcome::Profile(p) => profiles.push(p),
-            RowOutcome::Rejected(r) => rejects.push(r),
+            StreamedRow::Profile(p) => profiles.push(p),
+            StreamedRow::Rejected(r) => rejects.push(r),
             // Only a stream told to skip known rows yields these; a preview shows every row.
-            RowOutcome::Known { .. } => {}
+            StreamedRow::Known { .. } => {}
         }
     }
     let totals = stream.finish().await?;

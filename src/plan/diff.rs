@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::digest::{Fingerprint, Hash, hash_payload, hex, row_mix};
 use crate::plan::{Action, FieldChange, ListChange, Plan, RejectCount, Rejected, UpdateSample};
-use crate::state::{KnownRows, Snapshot};
+use crate::state::snapshot::{KnownRows, Snapshot};
 
 /// Rows flowing from the source: outcomes on a bounded channel, in batches (one hand-over per
 /// row would cost as much as a no-change run's diff), and the task producing them (which
@@ -368,7 +368,7 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Entry;
+    use crate::state::snapshot::Entry;
     use serde_json::json;
 
     fn desired(row: u64, key: &str, name: &str) -> Desired {

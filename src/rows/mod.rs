@@ -16,7 +16,3 @@ mod testing;
 pub mod transform;
 
 pub use stream::{JobQuery, ProfileStream, RowTotals, RowsError, StreamedRow, prepare};
-
-/// The old name of `StreamedRow`, kept only while `sync::feed`, `commands::inspect` and
-/// `commands::bench` still name it (it clashed with `plan::diff::RowOutcome`).
-pub use stream::StreamedRow as RowOutcome;

@@ -16,7 +16,7 @@ use crate::digest::Fingerprint;
 use crate::rows::cell::{Cell, Column};
 use crate::rows::source::decode::{RowDecoder, Undecodable, row_fingerprint};
 use crate::rows::transform::{ProfileRow, Reject, RowBuilder};
-use crate::state::{KnownRows, Recognised};
+use crate::state::snapshot::{KnownRows, Recognised};
 
 /// What a transform thread made of a row.
 pub(super) enum BuiltRow {

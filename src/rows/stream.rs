@@ -29,7 +29,7 @@ use crate::rows::transform::{
     ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, Transformer,
     check_invalid,
 };
-use crate::state::{KnownRows, Recognised};
+use crate::state::snapshot::{KnownRows, Recognised};
 
 /// Why a job's rows cannot be produced.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use tokio_postgres::Client as PgClient;
 use self::copy::{CopyReader, literal};
 use self::migrations::{MIGRATIONS, bump_sql};
 
-pub use self::snapshot::{Entry, KnownRows, Recognised, Snapshot};
+use self::snapshot::{Entry, Snapshot};
 
 /// A catalog tag kdit put on a list or segment for a job.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use crate::plan::Rejected;
 use crate::plan::diff::{Desired, Feed, QueryDone, RowOutcome, RowSource};
 use crate::rows::source::{Interrupt, Source};
 use crate::rows::{self, JobQuery};
-use crate::state::KnownRows;
+use crate::state::snapshot::KnownRows;
 
 /// Rows handed to the diff at a time.
 const FEED_BATCH: usize = 512;
@@ -131,19 +131,19 @@ async fn produce(
             }
         };
         let outcome = match next {
-            rows::RowOutcome::Profile(p) => RowOutcome::Profile(Desired {
+            rows::StreamedRow::Profile(p) => RowOutcome::Profile(Desired {
                 row: p.row_number,
                 key: p.key,
                 attributes: p.attributes,
                 unset: p.unset.iter().map(|f| f.to_string()).collect(),
                 source: p.source,
             }),
-            rows::RowOutcome::Known { row_number, known } => RowOutcome::Known {
+            rows::StreamedRow::Known { row_number, known } => RowOutcome::Known {
                 row: row_number,
                 index: known.index,
                 mix: known.mix,
             },
-            rows::RowOutcome::Rejected(r) => RowOutcome::Reject(Rejected {
+            rows::StreamedRow::Rejected(r) => RowOutcome::Reject(Rejected {
                 row: r.row_number,
                 key: r.key.unwrap_or_default(),
                 field: r

@@ -13,7 +13,7 @@ use anyhow::Result;
 use crate::commands::bench::scratch::{QUERY, Scratch, cpu_seconds, peak_rss, seed, time_copy};
 use crate::job::spec::JobSpec;
 use crate::rows::source::SourceConfig;
-use crate::rows::{RowOutcome, prepare};
+use crate::rows::{StreamedRow, prepare};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchSourceArgs {
@@ -89,7 +89,7 @@ async fn run(args: &BenchSourceArgs, cfg: &SourceConfig, out: &mut dyn Write) ->
     let totals = tokio::spawn(async move {
         let mut bytes = 0usize;
         while let Some(r) = stream.next().await {
-            if let RowOutcome::Profile(p) = r? {
+            if let StreamedRow::Profile(p) = r? {
                 // Stand-in for the next stage: touch the payload so nothing is optimised away.
                 bytes += p.attributes.get().len() + p.key.len();
             }
