@@ -1,4 +1,6 @@
-//! Process exit statuses: one enum, turned into the process exit code in one place (`main`).
+//! Process exit statuses: one enum, turned into the process exit code by `main`. (A second
+//! Ctrl-C still ends the process at once where it is caught, in `rows::source` and
+//! `commands::connect`, with 130.)
 
 /// Every way kdit can end. The numbers are documented in the README's exit-code table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

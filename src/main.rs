@@ -1,5 +1,5 @@
 //! The `kdit` binary: parse the command line, run the command, turn its outcome into the
-//! process exit code (the one place that happens).
+//! process exit code (here, but for a second Ctrl-C, which exits where it is caught).
 
 use std::io::Write;
 

@@ -1,5 +1,6 @@
-//! `kdit validate`: every job file and project file under the given paths, checked offline,
-//! all problems reported at once.
+//! The workspace: every job file and project file under the given paths, found, loaded and
+//! checked offline, all problems reported at once (what `kdit validate` prints, and how the
+//! other commands load their job).
 //!
 //! In: paths (files or folders). Out: a `Validation` (files, compiled jobs, diagnostics),
 //! rendered by the `validate` command. Reads files through `load`; touches no database or
