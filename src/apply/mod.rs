@@ -47,7 +47,7 @@ pub enum ApplyError {
 
 /// One profile on its way to Klaviyo.
 #[derive(Debug, Clone)]
-struct Item {
+struct BatchItem {
     row: u64,
     key: String,
     /// The attributes as serialised JSON: ~300 bytes a profile rather than a tree of values,
@@ -68,7 +68,7 @@ struct Item {
 struct BatchOutcome {
     seq: i32,
     bulk_ids: Vec<String>,
-    confirmed: Vec<Item>,
+    confirmed: Vec<BatchItem>,
     failures: Vec<Failure>,
     /// Profiles subscribed (consent) after this batch.
     subscribed: u64,
@@ -163,7 +163,7 @@ pub async fn apply(
         ..Report::default()
     };
     // Pending batches, by the set of lists their profiles join.
-    let mut buckets: HashMap<u64, (Vec<Item>, usize)> = HashMap::new();
+    let mut buckets: HashMap<u64, (Vec<BatchItem>, usize)> = HashMap::new();
     let mut batches = Batches {
         in_flight: JoinSet::new(),
         client,
@@ -220,7 +220,7 @@ pub async fn apply(
                     batches.send(items, bits).await?;
                 }
                 let bucket = buckets.entry(bits).or_default();
-                bucket.0.push(Item {
+                bucket.0.push(BatchItem {
                     row: s.row,
                     key: s.key,
                     attributes: s.attributes,
@@ -245,7 +245,7 @@ pub async fn apply(
     }
     let interrupted = settings.stop.load(Ordering::Relaxed);
     if !interrupted {
-        let mut rest: Vec<(u64, Vec<Item>)> = buckets
+        let mut rest: Vec<(u64, Vec<BatchItem>)> = buckets
             .into_iter()
             .map(|(bits, (items, _))| (bits, items))
             .filter(|(_, i)| !i.is_empty())
@@ -387,7 +387,7 @@ struct Batches<'a, 'r> {
 
 impl Batches<'_, '_> {
     /// Starts a batch, first waiting for (and recording) one in flight when at the limit.
-    async fn send(&mut self, items: Vec<Item>, bits: u64) -> Result<(), ApplyError> {
+    async fn send(&mut self, items: Vec<BatchItem>, bits: u64) -> Result<(), ApplyError> {
         while self.in_flight.len() >= self.concurrency {
             self.finish_one().await?;
         }
@@ -444,7 +444,7 @@ impl Batches<'_, '_> {
 async fn send_batch(
     client: Client,
     watcher: Watcher,
-    items: Vec<Item>,
+    items: Vec<BatchItem>,
     list_ids: Vec<String>,
     key_field: &'static str,
     seq: i32,
@@ -588,7 +588,11 @@ async fn send_batch(
     out
 }
 
-async fn clear_fields(client: &Client, item: &Item, key_field: &str) -> Result<(), KlaviyoError> {
+async fn clear_fields(
+    client: &Client,
+    item: &BatchItem,
+    key_field: &str,
+) -> Result<(), KlaviyoError> {
     let mut attributes = json!({ key_field: item.key });
     let mut props = Vec::new();
     for field in &item.unset {

@@ -2,7 +2,7 @@
 //! memory holds the state's fingerprints, never the rows.
 //!
 //! In: the job's desired profiles (from `transform`), rejects, and the `Snapshot` from
-//! `state`. Out: a `Decision` per row (what to send) and, at the end, the `Plan`. Also the
+//! `state`. Out: a `RowDecision` per row (what to send) and, at the end, the `Plan`. Also the
 //! diff's input port, `RowSource`: what feeds it rows (`sync::feed` adapts PostgreSQL to it).
 
 use std::sync::Arc;
@@ -77,14 +77,14 @@ pub enum RowOutcome {
 
 /// The diff's verdict on one row.
 #[derive(Debug, Clone, Copy)]
-pub struct Decision {
+pub struct RowDecision {
     pub action: Action,
     pub hash: Hash,
     /// Bits (by the job's list index) of the lists the profile must be added to.
     pub add_lists: u64,
 }
 
-impl Decision {
+impl RowDecision {
     pub fn sends(&self) -> bool {
         self.action != Action::Unchanged
     }
@@ -143,7 +143,7 @@ impl<'s> Differ<'s> {
     }
 
     /// Classifies one desired profile.
-    pub fn observe(&mut self, d: &Desired) -> Decision {
+    pub fn observe(&mut self, d: &Desired) -> RowDecision {
         let mut hash = hash_payload(&d.attributes, &d.unset);
         if !self.salt.is_empty() {
             use sha2::Digest as _;
@@ -194,7 +194,7 @@ impl<'s> Differ<'s> {
                 }
             }
         }
-        Decision {
+        RowDecision {
             action,
             hash,
             add_lists,
