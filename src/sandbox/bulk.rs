@@ -10,7 +10,7 @@ use ulid::Ulid;
 
 use super::http::{ApiError, ApiResult, Reply, Req, data_object, now_millis, ts};
 use super::profiles::{self, cursor_ulid, page_after};
-use super::server::Shared;
+use super::shared::Shared;
 use super::store::{BulkJob, ImportError, JobStatus, parse_profile};
 
 const MAX_PROFILES: usize = 10_000;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::faults::FaultSpec;
 use super::http::ApiError;
-use super::server::{Shared, Stats};
+use super::shared::{Shared, Stats};
 use super::store::{Profile, Store};
 use super::{SandboxList, SandboxProfile, SandboxSegment, SandboxTag, segments};
 

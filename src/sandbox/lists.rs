@@ -15,7 +15,7 @@ use super::http::{
     sparse, ts,
 };
 use super::profiles::{self, cursor_ulid, page_after};
-use super::server::Shared;
+use super::shared::Shared;
 use super::store::{List, Store};
 
 pub fn list_not_found(id: &str) -> ApiError {

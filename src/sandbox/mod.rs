@@ -19,6 +19,7 @@ pub(crate) mod ratelimit;
 mod ratelimit_table;
 mod segments;
 mod server;
+mod shared;
 mod store;
 mod subscriptions;
 mod tags;
@@ -33,9 +34,9 @@ use tokio::task::JoinHandle;
 
 pub use faults::FaultSpec;
 pub use http::REVISION;
-pub use server::{CapturedRequest, LoggedRequest, REQUEST_LOG_SIZE, Stats};
+pub use shared::{CapturedRequest, LoggedRequest, REQUEST_LOG_SIZE, Stats};
 
-use server::Shared;
+use shared::Shared;
 
 /// Options of `kdit sandbox`.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,7 +10,7 @@ use ulid::Ulid;
 
 use super::filter::{self, Cond, Lit};
 use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, sparse};
-use super::server::Shared;
+use super::shared::Shared;
 use super::store::{Profile, Store, parse_profile, profile_not_found};
 
 /// Query parameters every profile collection accepts.

@@ -20,7 +20,7 @@ use super::http::{
     sparse, ts,
 };
 use super::lists::member_page;
-use super::server::Shared;
+use super::shared::Shared;
 use super::store::{Profile, Segment, Store};
 
 fn segment_not_found(id: &str) -> ApiError {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use ulid::Ulid;
 
 use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, ts};
-use super::server::Shared;
+use super::shared::Shared;
 use super::store::{Profile, ProfileField, ProfileInput, validate_identifier};
 
 /// Channels the sandbox records: (request path, stored key).

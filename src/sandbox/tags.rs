@@ -12,7 +12,7 @@ use super::http::{
     ApiError, ApiResult, Reply, Req, attributes, data_object, linkage_ids, opt_bool, opt_str,
     sparse,
 };
-use super::server::Shared;
+use super::shared::Shared;
 use super::store::{Store, Tag, TagGroup};
 
 const MAX_TAGS: usize = 500;
