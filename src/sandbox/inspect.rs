@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::faults::FaultSpec;
 use super::http::ApiError;
+use super::resources::subscriptions_attribute;
 use super::segments;
 use super::shared::{Shared, Stats};
 use super::store::{Profile, Store};
@@ -70,10 +71,7 @@ pub fn profile_view(p: &Profile) -> SandboxProfile {
         phone_number: p.phone_number.as_deref().map(str::to_string),
         external_id: p.external_id.as_deref().map(str::to_string),
         attributes: Value::Object(p.attributes()),
-        subscriptions: p
-            .subscriptions
-            .as_ref()
-            .map(|_| super::subscriptions::render(p)),
+        subscriptions: p.subscriptions.as_ref().map(|_| subscriptions_attribute(p)),
     }
 }
 

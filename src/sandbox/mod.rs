@@ -17,6 +17,7 @@ mod lists;
 mod profiles;
 pub(crate) mod ratelimit;
 mod ratelimit_table;
+mod resources;
 mod segments;
 mod server;
 mod shared;

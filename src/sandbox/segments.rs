@@ -20,35 +20,12 @@ use super::http::{
     sparse, ts,
 };
 use super::lists::member_page;
+use super::resources::{attach_tags, segment_resource};
 use super::shared::Shared;
 use super::store::{Profile, Segment, Store};
 
 fn segment_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("A segment with id {id} does not exist."))
-}
-
-pub fn resource(base: &str, id: &str, s: &Segment) -> Value {
-    let rel = |name: &str| {
-        json!({"links": {
-            "self": format!("{base}/api/segments/{id}/relationships/{name}/"),
-            "related": format!("{base}/api/segments/{id}/{name}/"),
-        }})
-    };
-    json!({
-        "type": "segment",
-        "id": id,
-        "attributes": {
-            "name": s.name,
-            "definition": s.definition,
-            "created": ts(s.created),
-            "updated": ts(s.updated),
-            "is_active": s.is_active,
-            "is_processing": now_millis() < s.processing_until,
-            "is_starred": s.is_starred,
-        },
-        "relationships": {"profiles": rel("profiles"), "tags": rel("tags")},
-        "links": {"self": format!("{base}/api/segments/{id}/")},
-    })
 }
 
 const CONDITION_TYPES: &[&str] = &[
@@ -578,9 +555,9 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     let mut data = Vec::new();
     let mut included = Vec::new();
     for (id, s) in page {
-        let mut r = with_fields(resource(&shared.base_url, id, s), req, None)?;
+        let mut r = with_fields(segment_resource(&shared.base_url, id, s), req, None)?;
         if include {
-            super::tags::attach_tags(
+            attach_tags(
                 &store,
                 &shared.base_url,
                 "segment",
@@ -632,10 +609,10 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .segments
         .get(id)
         .ok_or_else(|| segment_not_found(id))?;
-    let mut r = with_fields(resource(&shared.base_url, id, s), req, n)?;
+    let mut r = with_fields(segment_resource(&shared.base_url, id, s), req, n)?;
     let mut included = Vec::new();
     if include {
-        super::tags::attach_tags(
+        attach_tags(
             &store,
             &shared.base_url,
             "segment",
@@ -684,7 +661,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         processing_until: now + shared.segment_processing.as_millis() as i64,
         members: None,
     };
-    let r = resource(&shared.base_url, &id, &s);
+    let r = segment_resource(&shared.base_url, &id, &s);
     store.segments.insert(id, s);
     Ok(Reply::created(json!({"data": r})))
 }
@@ -762,7 +739,7 @@ pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         s.is_active = a;
     }
     s.updated = now;
-    let r = resource(&shared.base_url, id, s);
+    let r = segment_resource(&shared.base_url, id, s);
     Ok(Reply::ok(json!({"data": r})))
 }
 
