@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::faults::FaultSpec;
 use super::http::ApiError;
+use super::membership::current_members;
 use super::resources::subscriptions_attribute;
-use super::segments;
 use super::shared::{Shared, Stats};
 use super::store::{Profile, Store};
 
@@ -105,7 +105,7 @@ pub fn segments_view(store: &mut Store) -> Vec<SandboxSegment> {
     let ids: Vec<String> = store.segments.keys().cloned().collect();
     let mut out = Vec::new();
     for id in ids {
-        let members = segments::current_members(store, &id).unwrap_or_default();
+        let members = current_members(store, &id).unwrap_or_default();
         if let Some(s) = store.segments.get(&id) {
             out.push(SandboxSegment {
                 id: id.clone(),

@@ -14,6 +14,7 @@ mod filter;
 mod http;
 mod inspect;
 mod lists;
+mod membership;
 mod profiles;
 pub(crate) mod ratelimit;
 mod ratelimit_table;

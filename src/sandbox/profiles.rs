@@ -11,6 +11,7 @@ use ulid::Ulid;
 
 use super::filter::{self, Cond, Lit};
 use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, sparse};
+use super::membership::refresh_members;
 use super::resources::{list_resource, profile_resource, segment_resource};
 use super::shared::Shared;
 use super::store::{Profile, Store, parse_profile, profile_not_found};
@@ -337,7 +338,7 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         let ids: Vec<String> = store.segments.keys().cloned().collect();
         let mut mine = Vec::new();
         for sid in ids {
-            super::segments::refresh_members(&mut store, &sid);
+            refresh_members(&mut store, &sid);
             if let Some(s) = store.segments.get(&sid)
                 && s.members.as_ref().is_some_and(|(_, m)| m.contains_key(&id))
             {
@@ -393,7 +394,7 @@ pub fn groups(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> Ap
     } else {
         let ids: Vec<String> = store.segments.keys().cloned().collect();
         for sid in ids {
-            super::segments::refresh_members(&mut store, &sid);
+            refresh_members(&mut store, &sid);
             let Some(s) = store.segments.get(&sid) else {
                 continue;
             };
