@@ -23,7 +23,7 @@ const CHANNELS: &[(&str, &str, &str)] = &[
 ];
 
 /// One profile of a job, validated: who it is and which channels change.
-struct Item {
+struct ConsentItem {
     id: Option<String>,
     input: ProfileInput,
     channels: Vec<(&'static str, Option<i64>)>,
@@ -34,7 +34,7 @@ fn parse_items(
     max: usize,
     want: &str,
     historical: bool,
-) -> Result<Vec<Item>, ApiError> {
+) -> Result<Vec<ConsentItem>, ApiError> {
     let base = "/data/attributes/profiles/data";
     let profiles = attrs
         .get("profiles")
@@ -152,7 +152,7 @@ fn parse_items(
         if id.is_none() && !input.has_identifier() {
             return Err(super::store::missing_identifier().pointer(format!("{ptr}/attributes")));
         }
-        items.push(Item {
+        items.push(ConsentItem {
             id,
             input,
             channels,
