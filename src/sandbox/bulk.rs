@@ -10,7 +10,8 @@ use ulid::Ulid;
 
 use super::http::{ApiError, ApiResult, Reply, Req, data_object, now_millis, ts};
 use super::profiles::{self, cursor_ulid, page_after};
-use super::server::Shared;
+use super::resources::{list_resource, profile_resource};
+use super::shared::Shared;
 use super::store::{BulkJob, ImportError, JobStatus, parse_profile};
 
 const MAX_PROFILES: usize = 10_000;
@@ -318,7 +319,7 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
                 store
                     .lists
                     .get(l)
-                    .map(|list| super::lists::resource(&shared.base_url, l, list))
+                    .map(|list| list_resource(&shared.base_url, l, list))
             })
             .collect();
         body["included"] = Value::Array(included);
@@ -437,7 +438,7 @@ pub fn profiles(shared: &Arc<Shared>, req: &Req, ids_only: bool) -> ApiResult {
             if ids_only {
                 json!({"type": "profile", "id": p.id.to_string()})
             } else {
-                profiles::resource(p, &shared.base_url, fields.as_deref(), subs, None)
+                profile_resource(p, &shared.base_url, fields.as_deref(), subs, None)
             }
         })
         .collect();
@@ -461,7 +462,7 @@ pub fn lists(shared: &Arc<Shared>, req: &Req, ids_only: bool) -> ApiResult {
                 store
                     .lists
                     .get(l)
-                    .map(|list| super::lists::resource(&shared.base_url, l, list))
+                    .map(|list| list_resource(&shared.base_url, l, list))
             }
         })
         .collect();

@@ -1,19 +1,68 @@
 //! What the sandbox holds, for tests and users: `GET /_sandbox/profiles|lists|segments|tags|stats`,
 //! `GET|POST /_sandbox/faults`, `POST /_sandbox/rate-limits`, `POST /_sandbox/reset`, and the
 //! same views for the in-process `Sandbox` handle. No authentication: the sandbox only listens
-//! on 127.0.0.1. In: the store; out: plain JSON (not JSON:API).
+//! on 127.0.0.1. In: the store; out: plain JSON (not JSON:API), built from the view types
+//! `SandboxProfile`, `SandboxList`, `SandboxSegment` and `SandboxTag` (re-exported by the
+//! sandbox module).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use hyper::{Method, Response, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::faults::FaultSpec;
 use super::http::ApiError;
-use super::server::{Shared, Stats};
+use super::membership::current_members;
+use super::resources::subscriptions_attribute;
+use super::shared::{Shared, Stats};
 use super::store::{Profile, Store};
-use super::{SandboxList, SandboxProfile, SandboxSegment, SandboxTag, segments};
+
+/// A profile as the sandbox holds it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxProfile {
+    pub id: String,
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    pub external_id: Option<String>,
+    /// All attributes as the API returns them (names, location, properties, timestamps).
+    pub attributes: serde_json::Value,
+    /// Consent per channel, once a subscription job touched the profile.
+    pub subscriptions: Option<serde_json::Value>,
+}
+
+/// A list and its member profile ids.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxList {
+    pub id: String,
+    pub name: String,
+    pub opt_in_process: String,
+    pub members: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// A segment, its stored definition and its current members.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxSegment {
+    pub id: String,
+    pub name: String,
+    pub definition: serde_json::Value,
+    pub is_active: bool,
+    pub members: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// A tag with its group and the lists/segments it is on.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxTag {
+    pub id: String,
+    pub name: String,
+    pub group_id: String,
+    pub group_name: String,
+    pub lists: Vec<String>,
+    pub segments: Vec<String>,
+}
 
 pub fn profile_view(p: &Profile) -> SandboxProfile {
     SandboxProfile {
@@ -22,10 +71,7 @@ pub fn profile_view(p: &Profile) -> SandboxProfile {
         phone_number: p.phone_number.as_deref().map(str::to_string),
         external_id: p.external_id.as_deref().map(str::to_string),
         attributes: Value::Object(p.attributes()),
-        subscriptions: p
-            .subscriptions
-            .as_ref()
-            .map(|_| super::subscriptions::render(p)),
+        subscriptions: p.subscriptions.as_ref().map(|_| subscriptions_attribute(p)),
     }
 }
 
@@ -59,7 +105,7 @@ pub fn segments_view(store: &mut Store) -> Vec<SandboxSegment> {
     let ids: Vec<String> = store.segments.keys().cloned().collect();
     let mut out = Vec::new();
     for id in ids {
-        let members = segments::current_members(store, &id).unwrap_or_default();
+        let members = current_members(store, &id).unwrap_or_default();
         if let Some(s) = store.segments.get(&id) {
             out.push(SandboxSegment {
                 id: id.clone(),

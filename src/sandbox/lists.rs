@@ -15,32 +15,12 @@ use super::http::{
     sparse, ts,
 };
 use super::profiles::{self, cursor_ulid, page_after};
-use super::server::Shared;
+use super::resources::{attach_tags, list_resource, profile_resource};
+use super::shared::Shared;
 use super::store::{List, Store};
 
 pub fn list_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("A list with id {id} does not exist."))
-}
-
-pub fn resource(base: &str, id: &str, l: &List) -> Value {
-    let rel = |name: &str| {
-        json!({"links": {
-            "self": format!("{base}/api/lists/{id}/relationships/{name}/"),
-            "related": format!("{base}/api/lists/{id}/{name}/"),
-        }})
-    };
-    json!({
-        "type": "list",
-        "id": id,
-        "attributes": {
-            "name": l.name,
-            "created": ts(l.created),
-            "updated": ts(l.updated),
-            "opt_in_process": l.opt_in_process,
-        },
-        "relationships": {"profiles": rel("profiles"), "tags": rel("tags")},
-        "links": {"self": format!("{base}/api/lists/{id}/")},
-    })
 }
 
 fn with_fields(mut r: Value, req: &Req, count: Option<usize>) -> Result<Value, ApiError> {
@@ -119,9 +99,9 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     let mut data = Vec::new();
     let mut included = Vec::new();
     for (id, l) in page {
-        let mut r = with_fields(resource(&shared.base_url, id, l), req, None)?;
+        let mut r = with_fields(list_resource(&shared.base_url, id, l), req, None)?;
         if include {
-            super::tags::attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
+            attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
         }
         data.push(r);
     }
@@ -143,13 +123,13 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     let id = req.param(0);
     let l = store.lists.get(id).ok_or_else(|| list_not_found(id))?;
     let mut r = with_fields(
-        resource(&shared.base_url, id, l),
+        list_resource(&shared.base_url, id, l),
         req,
         count.then_some(l.members.len()),
     )?;
     let mut included = Vec::new();
     if include {
-        super::tags::attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
+        attach_tags(&store, &shared.base_url, "list", id, &mut r, &mut included);
     }
     let mut body = json!({"data": r, "links": {"self": req.self_link()}});
     if include {
@@ -192,7 +172,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         opt_in_process: opt_in,
         members: Default::default(),
     };
-    let r = resource(&shared.base_url, &id, &l);
+    let r = list_resource(&shared.base_url, &id, &l);
     store.lists.insert(id, l);
     Ok(Reply::created(json!({"data": r})))
 }
@@ -229,7 +209,7 @@ pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         l.opt_in_process = o;
     }
     l.updated = now_millis();
-    let r = resource(&shared.base_url, id, l);
+    let r = list_resource(&shared.base_url, id, l);
     Ok(Reply::ok(json!({"data": r})))
 }
 
@@ -401,7 +381,7 @@ pub fn member_page(
             if ids_only {
                 json!({"type": "profile", "id": p.id.to_string()})
             } else {
-                profiles::resource(
+                profile_resource(
                     p,
                     &shared.base_url,
                     fields.as_deref(),

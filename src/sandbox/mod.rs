@@ -14,11 +14,14 @@ mod filter;
 mod http;
 mod inspect;
 mod lists;
+mod membership;
 mod profiles;
 pub(crate) mod ratelimit;
 mod ratelimit_table;
+mod resources;
 mod segments;
 mod server;
+mod shared;
 mod store;
 mod subscriptions;
 mod tags;
@@ -28,14 +31,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde::Serialize;
 use tokio::task::JoinHandle;
 
 pub use faults::FaultSpec;
 pub use http::REVISION;
-pub use server::{CapturedRequest, LoggedRequest, REQUEST_LOG_SIZE, Stats};
+pub use inspect::{SandboxList, SandboxProfile, SandboxSegment, SandboxTag};
+pub use shared::{CapturedRequest, LoggedRequest, REQUEST_LOG_SIZE, Stats};
 
-use server::Shared;
+use shared::Shared;
 
 /// Options of `kdit sandbox`.
 #[derive(Debug, Clone, clap::Args)]
@@ -107,51 +110,6 @@ impl Default for SandboxConfig {
             capture_bodies: false,
         }
     }
-}
-
-/// A profile as the sandbox holds it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SandboxProfile {
-    pub id: String,
-    pub email: Option<String>,
-    pub phone_number: Option<String>,
-    pub external_id: Option<String>,
-    /// All attributes as the API returns them (names, location, properties, timestamps).
-    pub attributes: serde_json::Value,
-    /// Consent per channel, once a subscription job touched the profile.
-    pub subscriptions: Option<serde_json::Value>,
-}
-
-/// A list and its member profile ids.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SandboxList {
-    pub id: String,
-    pub name: String,
-    pub opt_in_process: String,
-    pub members: Vec<String>,
-    pub tags: Vec<String>,
-}
-
-/// A segment, its stored definition and its current members.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SandboxSegment {
-    pub id: String,
-    pub name: String,
-    pub definition: serde_json::Value,
-    pub is_active: bool,
-    pub members: Vec<String>,
-    pub tags: Vec<String>,
-}
-
-/// A tag with its group and the lists/segments it is on.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SandboxTag {
-    pub id: String,
-    pub name: String,
-    pub group_id: String,
-    pub group_name: String,
-    pub lists: Vec<String>,
-    pub segments: Vec<String>,
 }
 
 /// A running in-process sandbox; stops when dropped.

@@ -1,7 +1,8 @@
 //! Accounts and profiles: `GET /api/accounts`, `GET/POST /api/profiles`,
 //! `GET/PATCH /api/profiles/{id}`, `POST /api/profile-import`. In: routed requests; out:
-//! JSON:API replies, and writes to the store. Also renders profile resources for the list,
-//! segment and bulk-job endpoints.
+//! JSON:API replies, and writes to the store. Also what the list, segment and bulk-job
+//! endpoints share with it: `wants_subscriptions`, the paging helpers (`page_after`,
+//! `cursor_ulid`) and `ident_matches`.
 
 use std::sync::Arc;
 
@@ -10,7 +11,9 @@ use ulid::Ulid;
 
 use super::filter::{self, Cond, Lit};
 use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, sparse};
-use super::server::Shared;
+use super::membership::refresh_members;
+use super::resources::{list_resource, profile_resource, segment_resource};
+use super::shared::Shared;
 use super::store::{Profile, Store, parse_profile, profile_not_found};
 
 /// Query parameters every profile collection accepts.
@@ -52,37 +55,6 @@ pub fn get_accounts(shared: &Arc<Shared>, req: &Req) -> ApiResult {
             "links": {"self": format!("{}/api/accounts/{id}/", shared.base_url)}}],
         "links": req.collection_links(None),
     })))
-}
-
-/// A profile as a JSON:API resource. `extra` adds attributes such as `joined_group_at`.
-pub fn resource(
-    p: &Profile,
-    base: &str,
-    fields: Option<&[String]>,
-    with_subscriptions: bool,
-    extra: Option<(&str, Value)>,
-) -> Value {
-    let id = p.id.to_string();
-    let mut attrs = sparse(p.attributes(), fields);
-    if let Some((k, v)) = extra {
-        attrs.insert(k.to_string(), v);
-    }
-    if with_subscriptions {
-        attrs.insert("subscriptions".into(), super::subscriptions::render(p));
-    }
-    let rel = |name: &str| {
-        json!({"links": {
-            "self": format!("{base}/api/profiles/{id}/relationships/{name}/"),
-            "related": format!("{base}/api/profiles/{id}/{name}/"),
-        }})
-    };
-    json!({
-        "type": "profile",
-        "id": id,
-        "attributes": attrs,
-        "relationships": {"lists": rel("lists"), "segments": rel("segments")},
-        "links": {"self": format!("{base}/api/profiles/{id}/")},
-    })
 }
 
 /// Checks `additional-fields[profile]`; only `subscriptions` is emulated
@@ -284,7 +256,7 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     let data: Vec<Value> = page
         .iter()
         .filter_map(|id| store.profiles.get(id))
-        .map(|p| resource(p, &shared.base_url, fields.as_deref(), subs, None))
+        .map(|p| profile_resource(p, &shared.base_url, fields.as_deref(), subs, None))
         .collect();
     let mut body = json!({
         "data": data,
@@ -327,7 +299,7 @@ fn sorted_list(
     let (page, next) = req.offset_page(items, size)?;
     let data: Vec<Value> = page
         .iter()
-        .map(|p| resource(p, &shared.base_url, fields, subs, None))
+        .map(|p| profile_resource(p, &shared.base_url, fields, subs, None))
         .collect();
     Ok(Reply::ok(json!({
         "data": data,
@@ -353,7 +325,7 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
             .lists
             .iter()
             .filter(|(_, l)| l.members.contains_key(&id))
-            .map(|(lid, l)| (lid.clone(), super::lists::resource(base, lid, l)))
+            .map(|(lid, l)| (lid.clone(), list_resource(base, lid, l)))
             .collect();
         linkage.push((
             "lists",
@@ -366,11 +338,11 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         let ids: Vec<String> = store.segments.keys().cloned().collect();
         let mut mine = Vec::new();
         for sid in ids {
-            super::segments::refresh_members(&mut store, &sid);
+            refresh_members(&mut store, &sid);
             if let Some(s) = store.segments.get(&sid)
                 && s.members.as_ref().is_some_and(|(_, m)| m.contains_key(&id))
             {
-                included.push(super::segments::resource(base, &sid, s));
+                included.push(segment_resource(base, &sid, s));
                 mine.push(sid);
             }
         }
@@ -380,7 +352,7 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .profiles
         .get(&id)
         .ok_or_else(|| profile_not_found(req.param(0)))?;
-    let mut data = resource(p, base, fields.as_deref(), subs, None);
+    let mut data = profile_resource(p, base, fields.as_deref(), subs, None);
     for (rel, ty, ids) in linkage {
         data["relationships"][rel]["data"] =
             ids.iter().map(|i| json!({"type": ty, "id": i})).collect();
@@ -412,7 +384,7 @@ pub fn groups(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> Ap
             data.push(if ids_only {
                 json!({"type": "list", "id": lid})
             } else {
-                let mut r = super::lists::resource(base, lid, l);
+                let mut r = list_resource(base, lid, l);
                 if let Some(Value::Object(a)) = r.get_mut("attributes") {
                     *a = sparse(std::mem::take(a), fields.as_deref());
                 }
@@ -422,7 +394,7 @@ pub fn groups(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> Ap
     } else {
         let ids: Vec<String> = store.segments.keys().cloned().collect();
         for sid in ids {
-            super::segments::refresh_members(&mut store, &sid);
+            refresh_members(&mut store, &sid);
             let Some(s) = store.segments.get(&sid) else {
                 continue;
             };
@@ -432,7 +404,7 @@ pub fn groups(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> Ap
             data.push(if ids_only {
                 json!({"type": "segment", "id": sid})
             } else {
-                let mut r = super::segments::resource(base, &sid, s);
+                let mut r = segment_resource(base, &sid, s);
                 if let Some(Value::Object(a)) = r.get_mut("attributes") {
                     *a = sparse(std::mem::take(a), fields.as_deref());
                 }
@@ -447,7 +419,7 @@ pub fn groups(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> Ap
 
 fn single(shared: &Arc<Shared>, store: &Store, id: Ulid) -> Value {
     match store.profiles.get(&id) {
-        Some(p) => json!({"data": resource(p, &shared.base_url, None, false, None)}),
+        Some(p) => json!({"data": profile_resource(p, &shared.base_url, None, false, None)}),
         None => json!({"data": null}),
     }
 }

@@ -1,54 +1,24 @@
 //! Segments (`/api/segments…`): create and update with a `definition` (100 a day each),
 //! deactivation-only PATCH rule, `is_processing` briefly true after a change, and membership
-//! computed from the profiles the sandbox holds. In: routed requests; out: JSON:API replies.
-//!
-//! Evaluation: condition groups are ANDed, the conditions inside a group ORed. Emulated
-//! condition types: `profile-property` (string, numeric, boolean, list, existence and static
-//! date filters) and `profile-group-membership` (lists). Every other valid condition type is
-//! accepted and stored but matches nobody, since the sandbox has no events, consent history or
-//! predictions to evaluate it against.
+//! computed from the profiles the sandbox holds (see membership.rs). In: routed requests; out:
+//! JSON:API replies.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
-use ulid::Ulid;
+use serde_json::{Value, json};
 
 use super::filter::{self, ListQuery};
 use super::http::{
-    ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, opt_bool, opt_str,
-    sparse, ts,
+    ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, opt_bool, opt_str, sparse,
 };
 use super::lists::member_page;
-use super::server::Shared;
-use super::store::{Profile, Segment, Store};
+use super::membership::refresh_members;
+use super::resources::{attach_tags, segment_resource};
+use super::shared::Shared;
+use super::store::{Segment, Store};
 
 fn segment_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("A segment with id {id} does not exist."))
-}
-
-pub fn resource(base: &str, id: &str, s: &Segment) -> Value {
-    let rel = |name: &str| {
-        json!({"links": {
-            "self": format!("{base}/api/segments/{id}/relationships/{name}/"),
-            "related": format!("{base}/api/segments/{id}/{name}/"),
-        }})
-    };
-    json!({
-        "type": "segment",
-        "id": id,
-        "attributes": {
-            "name": s.name,
-            "definition": s.definition,
-            "created": ts(s.created),
-            "updated": ts(s.updated),
-            "is_active": s.is_active,
-            "is_processing": now_millis() < s.processing_until,
-            "is_starred": s.is_starred,
-        },
-        "relationships": {"profiles": rel("profiles"), "tags": rel("tags")},
-        "links": {"self": format!("{base}/api/segments/{id}/")},
-    })
 }
 
 const CONDITION_TYPES: &[&str] = &[
@@ -253,259 +223,6 @@ fn validate_definition(def: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A profile attribute named the way segment conditions name it.
-fn property(p: &Profile, doc: &Map<String, Value>, name: &str) -> Option<Value> {
-    let s = |v: &Option<Box<str>>| v.as_deref().map(|s| Value::String(s.into()));
-    let inner = |prefix: &str| -> Option<String> {
-        let rest = name.strip_prefix(prefix)?;
-        let key = rest
-            .strip_prefix("['")
-            .and_then(|r| r.strip_suffix("']"))
-            .or_else(|| rest.strip_prefix("[\"").and_then(|r| r.strip_suffix("\"]")))
-            .or_else(|| rest.strip_prefix('.'))?;
-        Some(key.to_string())
-    };
-    if let Some(k) = inner("properties") {
-        return doc.get("properties").and_then(|p| p.get(&k)).cloned();
-    }
-    if let Some(k) = inner("location") {
-        return doc.get("location").and_then(|p| p.get(&k)).cloned();
-    }
-    match name {
-        "email" => s(&p.email),
-        "phone_number" => s(&p.phone_number),
-        "external_id" => s(&p.external_id),
-        "created" => Some(Value::String(ts(p.created))),
-        "updated" => Some(Value::String(ts(p.updated))),
-        other => doc.get(other).cloned(),
-    }
-    .filter(|v| !v.is_null())
-}
-
-fn as_f64(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn as_time(v: &Value) -> Option<i64> {
-    let s = v.as_str()?;
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .ok()
-        .or_else(|| {
-            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|d| d.and_utc().timestamp_millis())
-        })
-}
-
-fn unit_ms(unit: Option<&str>) -> i64 {
-    match unit {
-        Some("hour") => 3_600_000,
-        Some("week") => 7 * 86_400_000,
-        _ => 86_400_000,
-    }
-}
-
-/// One `profile-property` filter against the property's value (`None` when unset).
-fn filter_matches(f: &Value, v: Option<&Value>) -> bool {
-    let ty = f.get("type").and_then(Value::as_str).unwrap_or("");
-    let op = f.get("operator").and_then(Value::as_str).unwrap_or("");
-    let want = f.get("value");
-    if ty == "existence" {
-        return match op {
-            "is-set" => v.is_some(),
-            "not-set" => v.is_none(),
-            _ => false,
-        };
-    }
-    let Some(v) = v else {
-        return false;
-    };
-    match ty {
-        "string" => {
-            let Some(have) = v
-                .as_str()
-                .map(str::to_string)
-                .or_else(|| as_f64(v).map(|n| n.to_string()))
-            else {
-                return false;
-            };
-            let w = want.and_then(Value::as_str).unwrap_or("");
-            let list = || -> Vec<&str> {
-                want.and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default()
-            };
-            match op {
-                "equals" => have == w,
-                "not-equals" => have != w,
-                "contains" => have.contains(w),
-                "not-contains" => !have.contains(w),
-                "starts-with" => have.starts_with(w),
-                "not-starts-with" => !have.starts_with(w),
-                "ends-with" => have.ends_with(w),
-                "not-ends-with" => !have.ends_with(w),
-                "in" => list().contains(&have.as_str()),
-                "not-in" => !list().contains(&have.as_str()),
-                _ => false,
-            }
-        }
-        "numeric" => {
-            let (Some(have), Some(w)) = (as_f64(v), want.and_then(as_f64)) else {
-                return false;
-            };
-            match op {
-                "equals" => have == w,
-                "not-equals" => have != w,
-                "greater-than" => have > w,
-                "greater-than-or-equal" => have >= w,
-                "less-than" => have < w,
-                "less-than-or-equal" => have <= w,
-                _ => false,
-            }
-        }
-        "boolean" => {
-            let have = match v {
-                Value::Bool(b) => Some(*b),
-                Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
-                Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
-                _ => None,
-            };
-            op == "equals" && have.is_some() && have == want.and_then(Value::as_bool)
-        }
-        "list" => {
-            let items: Vec<Value> = match v {
-                Value::Array(a) => a.clone(),
-                other => vec![other.clone()],
-            };
-            let n = items.len() as i64;
-            let k = want.and_then(Value::as_i64).unwrap_or(-1);
-            let contains = |w: &Value| items.iter().any(|i| i == w);
-            match op {
-                "contains" => want.is_some_and(contains),
-                "not-contains" => !want.is_some_and(contains),
-                "length-equals" => n == k,
-                "length-greater-than" => n > k,
-                "length-greater-than-or-equal" => n >= k,
-                "length-less-than" => n < k,
-                "length-less-than-or-equal" => n <= k,
-                _ => false,
-            }
-        }
-        "date" => {
-            let Some(have) = as_time(v) else {
-                return false;
-            };
-            let at = |k: &str| f.get(k).and_then(as_time);
-            let now = now_millis();
-            let span = || {
-                f.get("quantity").and_then(Value::as_i64).unwrap_or(0)
-                    * unit_ms(f.get("unit").and_then(Value::as_str))
-            };
-            match op {
-                "after" => at("date").is_some_and(|d| have > d),
-                "before" => at("date").is_some_and(|d| have < d),
-                "between-static" => {
-                    matches!((at("start"), at("end")), (Some(s), Some(e)) if have >= s && have <= e)
-                }
-                "in-the-last" => have <= now && have >= now - span(),
-                "in-the-next" => have >= now && have <= now + span(),
-                "at-least" => have <= now - span(),
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-fn condition_matches(store: &Store, p: &Profile, doc: &Map<String, Value>, c: &Value) -> bool {
-    match c.get("type").and_then(Value::as_str) {
-        Some("profile-property") => {
-            let name = c.get("property").and_then(Value::as_str).unwrap_or("");
-            let v = property(p, doc, name);
-            c.get("filter")
-                .is_some_and(|f| filter_matches(f, v.as_ref()))
-        }
-        Some("profile-group-membership") => {
-            let is_member = c.get("is_member").and_then(Value::as_bool).unwrap_or(true);
-            let in_any = c
-                .get("group_ids")
-                .and_then(Value::as_array)
-                .is_some_and(|ids| {
-                    ids.iter().filter_map(Value::as_str).any(|g| {
-                        store
-                            .lists
-                            .get(g)
-                            .is_some_and(|l| l.members.contains_key(&p.id))
-                    })
-                });
-            in_any == is_member
-        }
-        _ => false,
-    }
-}
-
-/// Whether a profile is in a segment with this definition.
-pub fn evaluate(store: &Store, p: &Profile, def: &Value) -> bool {
-    let Some(groups) = def.get("condition_groups").and_then(Value::as_array) else {
-        return false;
-    };
-    let doc = p.doc();
-    groups.iter().all(|g| {
-        g.get("conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| condition_matches(store, p, &doc, c)))
-    })
-}
-
-/// Makes sure the segment's member cache is current; false when there is no such segment.
-/// Membership is recomputed only after a write, so relative date filters (`in-the-last`)
-/// are evaluated as of the last change.
-pub fn refresh_members(store: &mut Store, id: &str) -> bool {
-    let version = store.version;
-    let Some(seg) = store.segments.get(id) else {
-        return false;
-    };
-    if seg.members.as_ref().is_some_and(|(v, _)| *v == version) {
-        return true;
-    }
-    let def = seg.definition.clone();
-    let matching: Vec<Ulid> = store
-        .profiles
-        .values()
-        .filter(|p| evaluate(store, p, &def))
-        .map(|p| p.id)
-        .collect();
-    let now = now_millis();
-    let Some(seg) = store.segments.get_mut(id) else {
-        return false;
-    };
-    let before = seg.members.take().map(|(_, m)| m).unwrap_or_default();
-    let members = matching
-        .into_iter()
-        .map(|u| (u, *before.get(&u).unwrap_or(&now)))
-        .collect();
-    seg.members = Some((version, members));
-    true
-}
-
-/// Current members (id → joined time).
-pub fn current_members(store: &mut Store, id: &str) -> Option<BTreeMap<Ulid, i64>> {
-    if !refresh_members(store, id) {
-        return None;
-    }
-    store
-        .segments
-        .get(id)
-        .and_then(|s| s.members.as_ref())
-        .map(|(_, m)| m.clone())
-}
-
 fn with_fields(mut r: Value, req: &Req, count: Option<usize>) -> Result<Value, ApiError> {
     let fields = req.fields("segment")?;
     if let Some(Value::Object(a)) = r.get_mut("attributes") {
@@ -578,9 +295,9 @@ pub fn list(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     let mut data = Vec::new();
     let mut included = Vec::new();
     for (id, s) in page {
-        let mut r = with_fields(resource(&shared.base_url, id, s), req, None)?;
+        let mut r = with_fields(segment_resource(&shared.base_url, id, s), req, None)?;
         if include {
-            super::tags::attach_tags(
+            attach_tags(
                 &store,
                 &shared.base_url,
                 "segment",
@@ -632,10 +349,10 @@ pub fn get(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .segments
         .get(id)
         .ok_or_else(|| segment_not_found(id))?;
-    let mut r = with_fields(resource(&shared.base_url, id, s), req, n)?;
+    let mut r = with_fields(segment_resource(&shared.base_url, id, s), req, n)?;
     let mut included = Vec::new();
     if include {
-        super::tags::attach_tags(
+        attach_tags(
             &store,
             &shared.base_url,
             "segment",
@@ -684,7 +401,7 @@ pub fn create(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         processing_until: now + shared.segment_processing.as_millis() as i64,
         members: None,
     };
-    let r = resource(&shared.base_url, &id, &s);
+    let r = segment_resource(&shared.base_url, &id, &s);
     store.segments.insert(id, s);
     Ok(Reply::created(json!({"data": r})))
 }
@@ -762,7 +479,7 @@ pub fn update(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         s.is_active = a;
     }
     s.updated = now;
-    let r = resource(&shared.base_url, id, s);
+    let r = segment_resource(&shared.base_url, id, s);
     Ok(Reply::ok(json!({"data": r})))
 }
 

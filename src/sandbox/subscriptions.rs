@@ -11,9 +11,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use ulid::Ulid;
 
-use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis, ts};
-use super::server::Shared;
-use super::store::{Profile, ProfileField, ProfileInput, validate_identifier};
+use super::http::{ApiError, ApiResult, Reply, Req, attributes, data_object, now_millis};
+use super::shared::Shared;
+use super::store::{ProfileField, ProfileInput, validate_identifier};
 
 /// Channels the sandbox records: (request path, stored key).
 const CHANNELS: &[(&str, &str, &str)] = &[
@@ -22,78 +22,8 @@ const CHANNELS: &[(&str, &str, &str)] = &[
     ("sms", "transactional", "sms_transactional"),
 ];
 
-/// The `subscriptions` attribute for a profile, in the response schema's shape.
-pub fn render(p: &Profile) -> Value {
-    let stored: Map<String, Value> = p
-        .subscriptions
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    let get = |k: &str| stored.get(k).cloned().unwrap_or(Value::Null);
-    let consent = |v: &Value| {
-        v.get("consent")
-            .and_then(Value::as_str)
-            .unwrap_or("NEVER_SUBSCRIBED")
-            .to_string()
-    };
-    let at = |v: &Value| v.get("at").and_then(Value::as_i64).map(ts);
-    let detail = |v: &Value| v.get("detail").cloned().unwrap_or(Value::Null);
-    let method = |v: &Value| {
-        if v.is_null() {
-            Value::Null
-        } else {
-            json!("API")
-        }
-    };
-    let mut out = Map::new();
-    if p.email.is_some() {
-        let m = get("email_marketing");
-        out.insert(
-            "email".into(),
-            json!({"marketing": {
-                "can_receive_email_marketing": consent(&m) == "SUBSCRIBED",
-                "consent": consent(&m),
-                "consent_timestamp": at(&m),
-                "last_updated": at(&m),
-                "method": method(&m),
-                "method_detail": detail(&m),
-                "custom_method_detail": detail(&m),
-                "double_optin": null,
-                "suppression": [],
-                "list_suppressions": [],
-            }}),
-        );
-    }
-    if p.phone_number.is_some() {
-        let m = get("sms_marketing");
-        let t = get("sms_transactional");
-        out.insert(
-            "sms".into(),
-            json!({
-                "marketing": {
-                    "can_receive_sms_marketing": consent(&m) == "SUBSCRIBED",
-                    "consent": consent(&m),
-                    "consent_timestamp": at(&m),
-                    "method": method(&m),
-                    "method_detail": detail(&m),
-                    "last_updated": at(&m),
-                },
-                "transactional": {
-                    "can_receive_sms_transactional": consent(&t) == "SUBSCRIBED",
-                    "consent": consent(&t),
-                    "consent_timestamp": at(&t),
-                    "method": method(&t),
-                    "method_detail": detail(&t),
-                    "last_updated": at(&t),
-                },
-            }),
-        );
-    }
-    Value::Object(out)
-}
-
 /// One profile of a job, validated: who it is and which channels change.
-struct Item {
+struct ConsentItem {
     id: Option<String>,
     input: ProfileInput,
     channels: Vec<(&'static str, Option<i64>)>,
@@ -104,7 +34,7 @@ fn parse_items(
     max: usize,
     want: &str,
     historical: bool,
-) -> Result<Vec<Item>, ApiError> {
+) -> Result<Vec<ConsentItem>, ApiError> {
     let base = "/data/attributes/profiles/data";
     let profiles = attrs
         .get("profiles")
@@ -222,7 +152,7 @@ fn parse_items(
         if id.is_none() && !input.has_identifier() {
             return Err(super::store::missing_identifier().pointer(format!("{ptr}/attributes")));
         }
-        items.push(Item {
+        items.push(ConsentItem {
             id,
             input,
             channels,

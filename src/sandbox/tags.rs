@@ -12,8 +12,9 @@ use super::http::{
     ApiError, ApiResult, Reply, Req, attributes, data_object, linkage_ids, opt_bool, opt_str,
     sparse,
 };
-use super::server::Shared;
-use super::store::{Store, Tag, TagGroup};
+use super::resources::{attach_group, tag_group_resource, tag_resource, tags_on};
+use super::shared::Shared;
+use super::store::{Tag, TagGroup};
 
 const MAX_TAGS: usize = 500;
 const MAX_GROUPS: usize = 50;
@@ -24,39 +25,6 @@ fn tag_not_found(id: &str) -> ApiError {
 }
 fn group_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("A tag group with id {id} does not exist."))
-}
-
-fn tag_resource(base: &str, id: &str, t: &Tag) -> Value {
-    let rel = |name: &str| {
-        json!({
-            "self": format!("{base}/api/tags/{id}/relationships/{name}/"),
-            "related": format!("{base}/api/tags/{id}/{name}/"),
-        })
-    };
-    json!({
-        "type": "tag",
-        "id": id,
-        "attributes": {"name": t.name},
-        "relationships": {
-            "tag-group": {"data": {"type": "tag-group", "id": t.group}, "links": rel("tag-group")},
-            "lists": {"links": rel("lists")},
-            "segments": {"links": rel("segments")},
-        },
-        "links": {"self": format!("{base}/api/tags/{id}/")},
-    })
-}
-
-fn group_resource(base: &str, id: &str, g: &TagGroup) -> Value {
-    json!({
-        "type": "tag-group",
-        "id": id,
-        "attributes": {"name": g.name, "exclusive": g.exclusive, "default": g.default},
-        "relationships": {"tags": {"links": {
-            "self": format!("{base}/api/tag-groups/{id}/relationships/tags/"),
-            "related": format!("{base}/api/tag-groups/{id}/tags/"),
-        }}},
-        "links": {"self": format!("{base}/api/tag-groups/{id}/")},
-    })
 }
 
 fn fields(mut r: Value, req: &Req, ty: &str) -> Result<Value, ApiError> {
@@ -271,7 +239,7 @@ pub fn group_of(shared: &Arc<Shared>, req: &Req, ids_only: bool) -> ApiResult {
         json!({"type": "tag-group", "id": t.group})
     } else {
         match store.tag_groups.get(&t.group) {
-            Some(g) => group_resource(&shared.base_url, &t.group, g),
+            Some(g) => tag_group_resource(&shared.base_url, &t.group, g),
             None => Value::Null,
         }
     };
@@ -293,21 +261,6 @@ pub fn related(shared: &Arc<Shared>, req: &Req, kind: &str) -> ApiResult {
     Ok(Reply::ok(
         json!({"data": data, "links": req.collection_links(None)}),
     ))
-}
-
-fn tags_on(store: &Store, kind: &str, rid: &str) -> Vec<String> {
-    store
-        .tags
-        .iter()
-        .filter(|(_, t)| {
-            if kind == "list" {
-                t.lists.contains(rid)
-            } else {
-                t.segments.contains(rid)
-            }
-        })
-        .map(|(id, _)| id.clone())
-        .collect()
 }
 
 /// `POST`/`DELETE /api/tags/{id}/relationships/lists|segments`.
@@ -380,41 +333,6 @@ pub fn relate(shared: &Arc<Shared>, req: &Req, kind: &str, add: bool) -> ApiResu
 }
 
 /// `GET /api/lists/{id}/tags` and `/api/segments/{id}/tags` (+ relationships).
-/// For `include=tags` on lists and segments: fills `relationships.tags.data` of `r` and adds
-/// the tags to `included` (each once).
-pub fn attach_tags(
-    store: &Store,
-    base: &str,
-    kind: &str,
-    rid: &str,
-    r: &mut Value,
-    included: &mut Vec<Value>,
-) {
-    let ids = tags_on(store, kind, rid);
-    r["relationships"]["tags"]["data"] = ids
-        .iter()
-        .map(|i| json!({"type": "tag", "id": i}))
-        .collect();
-    for id in ids {
-        if included.iter().any(|v| v["id"] == id.as_str()) {
-            continue;
-        }
-        if let Some(t) = store.tags.get(&id) {
-            included.push(tag_resource(base, &id, t));
-        }
-    }
-}
-
-/// For `include=tag-group` on tags: adds the tag's group to `included` (once).
-fn attach_group(store: &Store, base: &str, t: &Tag, included: &mut Vec<Value>) {
-    if included.iter().any(|v| v["id"] == t.group.as_str()) {
-        return;
-    }
-    if let Some(g) = store.tag_groups.get(&t.group) {
-        included.push(group_resource(base, &t.group, g));
-    }
-}
-
 pub fn for_resource(shared: &Arc<Shared>, req: &Req, kind: &str, ids_only: bool) -> ApiResult {
     let store = shared.store();
     let rid = req.param(0);
@@ -476,7 +394,7 @@ pub fn list_groups(shared: &Arc<Shared>, req: &Req) -> ApiResult {
     let mut data = Vec::new();
     for (id, g) in page {
         data.push(fields(
-            group_resource(&shared.base_url, id, g),
+            tag_group_resource(&shared.base_url, id, g),
             req,
             "tag-group",
         )?);
@@ -494,7 +412,11 @@ pub fn get_group(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         .tag_groups
         .get(id)
         .ok_or_else(|| group_not_found(id))?;
-    let r = fields(group_resource(&shared.base_url, id, g), req, "tag-group")?;
+    let r = fields(
+        tag_group_resource(&shared.base_url, id, g),
+        req,
+        "tag-group",
+    )?;
     Ok(Reply::ok(
         json!({"data": r, "links": {"self": req.self_link()}}),
     ))
@@ -522,7 +444,7 @@ pub fn create_group(shared: &Arc<Shared>, req: &Req) -> ApiResult {
         exclusive,
         default: false,
     };
-    let r = group_resource(&shared.base_url, &id, &g);
+    let r = tag_group_resource(&shared.base_url, &id, &g);
     store.tag_groups.insert(id, g);
     Ok(Reply::created(json!({"data": r})))
 }
