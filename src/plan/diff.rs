@@ -107,7 +107,8 @@ pub struct Differ<'s> {
     list_adds: Vec<u64>,
     list_add_samples: Vec<Vec<String>>,
     /// Mixed into every profile's hash: what a send carries beyond its attributes (the
-    /// job's profile tags), so changing it re-sends. Empty: hashes as before.
+    /// job's profile tags), so changing it re-sends. Empty for a job without profile tags, so
+    /// its hashes are the payload's alone.
     salt: Vec<u8>,
 }
 
