@@ -68,7 +68,7 @@ pub enum Command {
         command: QueryCommand,
     },
     /// Run a local Klaviyo-compatible API server for trying and testing jobs.
-    Sandbox(crate::sandbox::SandboxArgs),
+    Sandbox(crate::commands::sandbox::SandboxArgs),
     /// Segments kept as code: see who is in one.
     Segment {
         #[command(subcommand)]

@@ -1,11 +1,18 @@
 //! The `kdit` binary: parse the command line, run the command, turn its outcome into the
-//! process exit code (here, but for a second Ctrl-C, which exits where it is caught).
+//! process exit code. The only place kdit exits: at the end of `main`, on a usage error, and
+//! on a second Ctrl-C while a command listens for the first (`block_on`). What it prints goes
+//! through `kdit::output`.
+#![expect(
+    clippy::exit,
+    reason = "main is the one place the process exits (`[lints]` denies it elsewhere)"
+)]
 
 use std::io::Write;
 
 use clap::{CommandFactory, Parser};
 use kdit::cli::{Cli, Command, LogFormat, QueryCommand};
 use kdit::exit::ExitStatus;
+use kdit::output;
 
 fn main() {
     tune_allocator();
@@ -26,7 +33,7 @@ fn main() {
     let status = match run(cli) {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::error(format_args!("{e:#}"));
             ExitStatus::Failure
         }
     };
@@ -38,17 +45,16 @@ fn main() {
 /// RUST_LOG, default `warn` (`error` with --quiet). Colour only on a terminal without NO_COLOR.
 /// kdit never logs secrets: connection settings are logged without passwords, API keys never.
 fn init_logging(format: LogFormat, quiet: bool) {
-    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let default = if quiet { "error" } else { "warn" };
     let directives = std::env::var("KDIT_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.to_string());
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
-        eprintln!("warning: ignoring the log filter `{directives}`: {e}");
+        output::warning(format_args!("ignoring the log filter `{directives}`: {e}"));
         EnvFilter::new(default)
     });
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let ansi = output::fancy();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -62,8 +68,15 @@ fn init_logging(format: LogFormat, quiet: bool) {
     };
 }
 
+/// Runs a command's future. A second Ctrl-C while the command listens for the first
+/// (`kdit::commands::connect`) ends the process here (130), even if the command is stuck.
 fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
-    Ok(tokio::runtime::Runtime::new()?.block_on(f))
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.spawn(async {
+        kdit::commands::connect::second_ctrl_c().await;
+        std::process::exit(ExitStatus::Interrupted.code());
+    });
+    Ok(rt.block_on(f))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
@@ -98,11 +111,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         }
         Command::Completions(args) => {
             let mut cmd = Cli::command();
-            clap_complete::generate(args.shell, &mut cmd, "kdit", &mut std::io::stdout());
+            clap_complete::generate(args.shell, &mut cmd, "kdit", &mut output::stdout());
             Ok(ExitStatus::Success)
         }
         Command::Man => {
-            let mut out = std::io::stdout().lock();
+            let mut out = output::stdout().lock();
             clap_mangen::Man::new(Cli::command()).render(&mut out)?;
             out.flush()?;
             Ok(ExitStatus::Success)
@@ -111,10 +124,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Query {
             command: QueryCommand::Run(a),
         } => Ok(block_on(async {
-            report(kdit::commands::inspect::query_run(&a, &mut std::io::stdout()).await)
+            report(kdit::commands::inspect::query_run(&a, &mut output::stdout()).await)
         })?),
         Command::Check(args) => Ok(block_on(async {
-            match kdit::commands::inspect::check(&args, &mut std::io::stdout()).await {
+            match kdit::commands::inspect::check(&args, &mut output::stdout()).await {
                 Ok(true) => ExitStatus::Success,
                 Ok(false) => ExitStatus::Failure,
                 Err(e) => report::<()>(Err(e)),
@@ -137,14 +150,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             }
         })?),
         Command::Preview(args) => Ok(block_on(async {
-            report(kdit::commands::inspect::preview(&args, &mut std::io::stdout()).await)
+            report(kdit::commands::inspect::preview(&args, &mut output::stdout()).await)
         })?),
         Command::Bench(args) => Ok(block_on(async {
-            report(kdit::commands::bench::command(&args, &mut std::io::stdout()).await)
+            report(kdit::commands::bench::command(&args, &mut output::stdout()).await)
         })?),
         Command::Sandbox(args) => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(kdit::sandbox::run(args))?;
+            rt.block_on(kdit::commands::sandbox::command(args))?;
             Ok(ExitStatus::Success)
         }
     }
@@ -159,7 +172,7 @@ fn report<T>(r: anyhow::Result<T>) -> ExitStatus {
             if let Some(failed) = e.downcast_ref::<kdit::commands::connect::Failed>() {
                 return failed.status();
             }
-            eprintln!("error: {e:#}");
+            output::error(format_args!("{e:#}"));
             let cancelled = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<kdit::rows::source::SourceError>(),

@@ -1,13 +1,15 @@
 //! Progress on stderr: a bar with rows, confirmed profiles, rate and ETA on a terminal; one
 //! plain line every few seconds otherwise (CI logs).
 //!
-//! In: counts from `apply`. Out: text on stderr. Quiet mode prints nothing.
+//! In: counts from `apply`. Out: text on stderr, through `output` (which decides whether a
+//! bar is drawn). Quiet mode prints nothing.
 
-use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::output;
 
 /// Reports progress of a run.
 pub struct Progress {
@@ -26,8 +28,7 @@ impl Progress {
                 total,
             };
         }
-        if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Some(bar) = output::bar(total) {
             bar.set_style(
                 ProgressStyle::with_template(
                     "{spinner} {bar:30} {pos}/{len} rows  {msg}  {per_sec}  ETA {eta}",
@@ -54,20 +55,20 @@ impl Progress {
     pub fn update(&self, rows: u64, confirmed: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(rows);
-            bar.set_message(format!("{} confirmed", crate::output::thousands(confirmed)));
+            bar.set_message(format!("{} confirmed", output::thousands(confirmed)));
         } else if let Some(plain) = &self.plain {
             let mut p = plain.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             if now.duration_since(p.1) >= Duration::from_secs(5) {
                 p.1 = now;
                 let secs = now.duration_since(p.0).as_secs_f64().max(0.001);
-                eprintln!(
+                output::say_line(format_args!(
                     "progress: {}/{} rows, {} profiles confirmed, {:.0} rows/s",
-                    crate::output::thousands(rows),
-                    crate::output::thousands(self.total),
-                    crate::output::thousands(confirmed),
+                    output::thousands(rows),
+                    output::thousands(self.total),
+                    output::thousands(confirmed),
                     rows as f64 / secs
-                );
+                ));
             }
         }
     }

@@ -1,13 +1,16 @@
 //! What the commands that touch PostgreSQL and Klaviyo share before any work: the job
 //! loaded and checked (`load_job`), the Klaviyo target (`--sandbox` or the API key), the
 //! source pool and the state store for the account, the run holder's name and the Ctrl-C
-//! handler.
+//! listener (the first Ctrl-C stops the command's stages; the second is `main`'s, which
+//! waits for it with `second_ctrl_c`).
 //!
 //! In: a job path, `KlaviyoArgs` and the environment (`env`). Out: a `Job`, a `Target`, a
 //! `Session`, a `State`, a `Stop`; a `Failed` status once the problem is printed on stderr.
 //! I/O: reads job files, connects to PostgreSQL and Klaviyo, may start a sandbox.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use clap::Args;
 
@@ -16,6 +19,7 @@ use crate::exit::ExitStatus;
 use crate::job::compile::Job;
 use crate::job::diagnostic::{Format, Severity};
 use crate::klaviyo::{ApiKey, Client, Config};
+use crate::output::{self, Hinted};
 use crate::rows::source::{Interrupt, Source, SourceConfig};
 use crate::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use crate::state::State;
@@ -72,7 +76,7 @@ pub fn load_job(path: &Path) -> Result<Job, Failed> {
     let v = match crate::job::workspace::validate(&[path.to_path_buf()]) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
+            output::error(e);
             return Err(Failed::Path);
         }
     };
@@ -83,15 +87,17 @@ pub fn load_job(path: &Path) -> Result<Job, Failed> {
         .map(|f| f.path.display().to_string())
         .collect();
     if files.len() > 1 {
-        eprintln!(
-            "error: {} holds {} jobs: {}; name one",
-            path.display(),
-            files.len(),
-            files.join(", ")
-        );
-        eprintln!(
-            "hint: give the file of the one job to act on, e.g. {}",
-            files[0]
+        output::error(
+            Hinted::new(format!(
+                "{} holds {} jobs: {}; name one",
+                path.display(),
+                files.len(),
+                files.join(", ")
+            ))
+            .hint(format!(
+                "give the file of the one job to act on, e.g. {}",
+                files[0]
+            )),
         );
         return Err(Failed::SeveralJobs);
     }
@@ -103,7 +109,7 @@ pub fn load_job(path: &Path) -> Result<Job, Failed> {
     if errors > 0 || v.jobs.is_empty() {
         let mut buf = Vec::new();
         let _ = crate::commands::validate::render(&v, Format::Human, &mut buf);
-        eprint!("{}", String::from_utf8_lossy(&buf));
+        output::say(String::from_utf8_lossy(&buf));
         return Err(Failed::Invalid);
     }
     Ok(v.jobs.into_iter().next().expect("one valid job"))
@@ -116,7 +122,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub async fn new(args: &KlaviyoArgs) -> Result<Target, String> {
+    pub async fn new(args: &KlaviyoArgs) -> Result<Target, Hinted> {
         if args.sandbox {
             std::fs::create_dir_all(".kdit").map_err(|e| format!("cannot create .kdit/: {e}"))?;
             let sb = Sandbox::start(SandboxConfig {
@@ -135,9 +141,8 @@ impl Target {
             });
         }
         let key = std::env::var(env::KLAVIYO_API_KEY).map_err(|_| {
-            format!(
-                "{} is not set\nhint: export your Klaviyo private API key, or add --sandbox to try the job against a local sandbox",
-                env::KLAVIYO_API_KEY
+            Hinted::new(format!("{} is not set", env::KLAVIYO_API_KEY)).hint(
+                "export your Klaviyo private API key, or add --sandbox to try the job against a local sandbox",
             )
         })?;
         let base = std::env::var(env::KLAVIYO_BASE_URL)
@@ -156,7 +161,7 @@ impl Target {
         if let Some(sb) = &self.sandbox
             && let Err(e) = sb.save()
         {
-            eprintln!("warning: could not save the sandbox's data: {e:#}");
+            output::warning(format_args!("could not save the sandbox's data: {e:#}"));
         }
     }
 }
@@ -185,14 +190,19 @@ pub(crate) async fn open_state<'a>(
     job: &Job,
     target: &Target,
     sandbox: bool,
-) -> Result<State<'a>, String> {
-    let account = target.client.account().await.map_err(|e| match e.status() {
-        Some(400 | 401 | 403) => format!("Klaviyo refused the API key: {e}\nhint: check KLAVIYO_API_KEY (a private key with the scopes kdit needs)"),
-        _ => e.to_string(),
-    })?;
+) -> Result<State<'a>, Hinted> {
+    let account = target
+        .client
+        .account()
+        .await
+        .map_err(|e| match e.status() {
+            Some(400 | 401 | 403) => Hinted::new(format!("Klaviyo refused the API key: {e}"))
+                .hint("check KLAVIYO_API_KEY (a private key with the scopes kdit needs)"),
+            _ => Hinted::new(e.to_string()),
+        })?;
     let state = State::open(db, &state_schema(job, sandbox))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Hinted::new(e.to_string()))?;
     Ok(state.for_account(&account))
 }
 
@@ -239,32 +249,62 @@ impl Session {
 /// What Ctrl-C during `kdit run` sets: `flag` stops the apply after the batches in flight,
 /// `interrupt` cancels a streaming query on the server.
 pub(crate) struct Stop {
-    pub flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub flag: Arc<AtomicBool>,
     pub interrupt: Interrupt,
 }
 
 impl Stop {
     pub(crate) fn fired(&self) -> bool {
-        self.flag.load(std::sync::atomic::Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed)
     }
 }
 
-/// The first Ctrl-C sets the flag and cancels the query; the second ends the process (130).
-pub(crate) fn stop_on_ctrl_c() -> Stop {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (trigger, interrupt) = Interrupt::new();
-    let f = flag.clone();
+/// Told by the listener of the second Ctrl-C; `main` waits for it (`second_ctrl_c`).
+static QUIT: LazyLock<tokio::sync::Notify> = LazyLock::new(tokio::sync::Notify::new);
+
+/// Resolves when Ctrl-C is pressed a second time while a command listens for it: `main`
+/// then ends the process (130). Ctrl-C needs a second way out because, once a command
+/// listens for it, it no longer ends the process, and the cancel request itself may hang.
+pub async fn second_ctrl_c() {
+    QUIT.notified().await;
+}
+
+/// Listens for Ctrl-C: the first says `notice` on stderr and calls `first`; the second is
+/// passed on to `main` (`second_ctrl_c`).
+fn on_ctrl_c(notice: &'static str, first: impl FnOnce() + Send + 'static) {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "stopping: cancelling the query, or letting batches in flight confirm (Ctrl-C again to quit now)"
-            );
-            f.store(true, std::sync::atomic::Ordering::Relaxed);
-            trigger.fire();
+            output::say_line(notice);
+            first();
             if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(ExitStatus::Interrupted.code());
+                QUIT.notify_one();
             }
         }
     });
+}
+
+/// An interrupt that fires when the user presses Ctrl-C (the query is cancelled on the
+/// server); a second Ctrl-C ends kdit (130).
+pub(crate) fn cancel_on_ctrl_c() -> Interrupt {
+    let (trigger, interrupt) = Interrupt::new();
+    on_ctrl_c(
+        "interrupted: cancelling the query on the server (Ctrl-C again to quit now)",
+        move || trigger.fire(),
+    );
+    interrupt
+}
+
+/// The first Ctrl-C sets the flag and cancels the query; the second ends kdit (130).
+pub(crate) fn stop_on_ctrl_c() -> Stop {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (trigger, interrupt) = Interrupt::new();
+    let f = flag.clone();
+    on_ctrl_c(
+        "stopping: cancelling the query, or letting batches in flight confirm (Ctrl-C again to quit now)",
+        move || {
+            f.store(true, Ordering::Relaxed);
+            trigger.fire();
+        },
+    );
     Stop { flag, interrupt }
 }

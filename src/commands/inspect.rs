@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
-use crate::commands::connect::Failed;
+use crate::commands::connect::{Failed, cancel_on_ctrl_c};
 use crate::job::query::StoredQuery;
 use crate::job::spec::ParamValue;
 use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
@@ -106,7 +106,7 @@ pub async fn query_run(args: &QueryRunArgs, out: &mut dyn Write) -> Result<()> {
         job: None,
         timeout: args.timeout,
         limit: Some(args.limit),
-        interrupt: Some(Interrupt::ctrl_c()),
+        interrupt: Some(cancel_on_ctrl_c()),
     };
     let started = Instant::now();
     let mut rows = source.stream(&rendered, &ctx).await?;
@@ -374,7 +374,7 @@ pub async fn preview(args: &PreviewArgs, out: &mut dyn Write) -> Result<()> {
         &source,
         args.limit,
         args.format,
-        Some(Interrupt::ctrl_c()),
+        Some(cancel_on_ctrl_c()),
         out,
     )
     .await

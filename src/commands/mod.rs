@@ -9,6 +9,7 @@ pub mod connect;
 pub mod inspect;
 pub mod query;
 pub mod run;
+pub mod sandbox;
 pub mod segment;
 pub mod tags;
 pub mod validate;
@@ -17,6 +18,6 @@ use crate::exit::ExitStatus;
 
 /// Prints `error: {msg}` on stderr: the command failed.
 pub fn fail(msg: impl std::fmt::Display) -> ExitStatus {
-    eprintln!("error: {msg}");
+    crate::output::error(msg);
     ExitStatus::Failure
 }

@@ -29,14 +29,14 @@ pub fn command(args: &QueryListArgs) -> serde_json::Result<ExitStatus> {
     let entries = match list(&args.paths) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::output::error(e);
             return Ok(ExitStatus::Usage);
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        crate::output::data_line(serde_json::to_string_pretty(&entries)?);
     } else {
-        print!("{}", render(&entries));
+        crate::output::data(render(&entries));
     }
     Ok(ExitStatus::Success)
 }

@@ -8,15 +8,20 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use crate::apply::report::Report;
+use crate::commands::connect::cancel_on_ctrl_c;
 use crate::commands::connect::{
     KlaviyoArgs, Session, connect, holder, load_job, open_state, state_schema, stop_on_ctrl_c,
 };
 use crate::commands::fail;
 use crate::exit::ExitStatus;
-use crate::rows::source::Interrupt;
+use crate::job::compile::Job;
+use crate::output;
+use crate::plan::Plan;
+use crate::plan::render::{self, Options};
 use crate::state::State;
 use crate::sync::feed::PgRows;
-use crate::sync::{self, Output};
+use crate::sync::{self, Narrate, Output};
 
 /// Options of `kdit plan`.
 #[derive(Debug, Clone, Args)]
@@ -113,7 +118,7 @@ pub async fn plan(args: PlanArgs) -> ExitStatus {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rows = match PgRows::new(&job, source.clone(), Some(Interrupt::ctrl_c())) {
+    let rows = match PgRows::new(&job, source.clone(), Some(cancel_on_ctrl_c())) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -127,16 +132,16 @@ pub async fn plan(args: PlanArgs) -> ExitStatus {
         json: args.json,
         ..Output::default()
     };
-    sync::print_plan(&plan, &out);
+    print_plan(&plan, &out);
     if let Some(path) = &args.out {
         if let Err(e) = crate::plan::file::save(&plan, path) {
             return fail(e);
         }
-        eprintln!(
+        output::say_line(format_args!(
             "plan saved to {}; apply it with `kdit apply {}`",
             path.display(),
             path.display()
-        );
+        ));
     }
     if args.detailed_exitcode && plan.has_changes() {
         ExitStatus::Changes
@@ -174,17 +179,17 @@ pub async fn run(
         Err(e) => return fail(e),
     };
     let interrupted = |e: &dyn std::fmt::Display| {
-        eprintln!("error: {e}");
-        eprintln!(
+        output::error(e);
+        output::say_line(format_args!(
             "interrupted before any write; run `kdit run {}` again to start over",
             job_path.display()
-        );
+        ));
         ExitStatus::Interrupted
     };
     if dry_run {
         return match sync::make_plan(&job, &rows, &state, &target.client, None).await {
             Ok((plan, _)) => {
-                sync::print_plan(&plan, &out);
+                print_plan(&plan, &out);
                 ExitStatus::Success
             }
             Err(e) if stop.fired() => interrupted(&e),
@@ -199,6 +204,7 @@ pub async fn run(
         &holder(),
         saved.as_ref(),
         &out,
+        &Printer,
         stop.flag.clone(),
     )
     .await;
@@ -260,20 +266,17 @@ pub async fn history(args: HistoryArgs) -> ExitStatus {
             .iter()
             .map(|(sb, r)| serde_json::json!({"sandbox": sb, "run": r}))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&runs).unwrap_or_default()
-        );
+        output::data_line(serde_json::to_string_pretty(&runs).unwrap_or_default());
         return ExitStatus::Success;
     }
     if out.is_empty() {
-        println!("no runs of `{}` yet", job.name());
+        output::data_line(format_args!("no runs of `{}` yet", job.name()));
         return ExitStatus::Success;
     }
-    println!(
+    output::data_line(format_args!(
         "{:>5}  {:<19}  {:>7}  {:<11}  {:<7}  summary",
         "run", "started (UTC)", "seconds", "status", "target"
-    );
+    ));
     for (sb, r) in &out {
         let s = &r.summary;
         let summary = if s.is_object() && s.get("created").is_some() {
@@ -286,14 +289,59 @@ pub async fn history(args: HistoryArgs) -> ExitStatus {
         } else {
             String::new()
         };
-        println!(
+        output::data_line(format_args!(
             "{:>5}  {:<19}  {:>7.1}  {:<11}  {:<7}  {summary}",
             r.id,
             r.started_at,
             r.seconds,
             r.status,
             if *sb { "sandbox" } else { "klaviyo" }
-        );
+        ));
     }
     ExitStatus::Success
+}
+
+/// Prints a plan to stdout in the chosen rendering.
+fn print_plan(plan: &Plan, out: &Output) {
+    let opts = Options {
+        show: out.show,
+        mask: out.mask,
+    };
+    if out.json {
+        output::data_line(render::json(plan, opts));
+    } else {
+        output::data(render::human(plan, opts));
+    }
+}
+
+/// What `kdit run` and `kdit apply` show as the run goes (`sync::Narrate`).
+struct Printer;
+
+impl Narrate for Printer {
+    fn plan(&self, plan: &Plan, out: &Output) {
+        print_plan(plan, out);
+    }
+
+    fn guard_tripped(&self) {
+        output::error(
+            output::Hinted::new("a guard stopped the run before any write (see Guards above)")
+                .hint("if the change is intended, raise the guard in the job file for this run"),
+        );
+    }
+
+    fn interrupted(&self, job: &Job) {
+        output::say_line(format_args!(
+            "interrupted: batches already sent were confirmed and recorded; run `kdit run {}` again to resume",
+            job.path.display()
+        ));
+    }
+
+    fn done(&self, report: &Report, out: &Output) {
+        if !out.quiet {
+            output::say(report.summary());
+            if let Some(path) = &out.report {
+                output::say_line(format_args!("report: {}", path.display()));
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::apply::audience::preview;
+use crate::output;
 
 /// `kdit segment …` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -33,10 +34,7 @@ pub struct SegmentPreviewArgs {
 pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStatus {
     let target = match crate::commands::connect::Target::new(&args.klaviyo).await {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::exit::ExitStatus::Failure;
-        }
+        Err(e) => return crate::commands::fail(e),
     };
     match preview(
         &target.client,
@@ -49,22 +47,19 @@ pub async fn preview_command(args: &SegmentPreviewArgs) -> crate::exit::ExitStat
         Ok(members) => {
             for m in &members {
                 if args.mask {
-                    println!("{}", crate::plan::mask(m));
+                    output::data_line(crate::plan::mask(m));
                 } else {
-                    println!("{m}");
+                    output::data_line(m);
                 }
             }
-            eprintln!(
+            output::say_line(format_args!(
                 "{} of segment \"{}\" shown (--limit {})",
-                crate::output::thousands(members.len() as u64),
+                output::thousands(members.len() as u64),
                 args.name,
                 args.limit
-            );
+            ));
             crate::exit::ExitStatus::Success
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            crate::exit::ExitStatus::Failure
-        }
+        Err(e) => crate::commands::fail(e),
     }
 }

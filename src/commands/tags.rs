@@ -22,6 +22,7 @@ use crate::job::compile::{Job, Project};
 use crate::job::spec::TagCatalog;
 use crate::klaviyo::Client;
 use crate::klaviyo::audience::LiveTag;
+use crate::output::{self, Hinted};
 use crate::plan::TagGroupConflict;
 
 /// Most list or segment ids sent in one tag-relationship call (Klaviyo's maximum is not
@@ -265,19 +266,19 @@ async fn matching(client: &Client, args: &BulkArgs) -> Result<Vec<Resource>, Aud
 /// `kdit tags add|remove`.
 pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
     if args.lists.is_empty() && args.segments.is_empty() {
-        eprintln!(
-            "error: say which lists or segments to {}",
-            if add { "tag" } else { "untag" }
-        );
-        eprintln!(
-            "hint: add `--lists 'Weekly*'` and/or `--segments 'PATTERN'` (globs: `*` any text, `?` one character)"
+        output::error(
+            Hinted::new(format!(
+                "say which lists or segments to {}",
+                if add { "tag" } else { "untag" }
+            ))
+            .hint("add `--lists 'Weekly*'` and/or `--segments 'PATTERN'` (globs: `*` any text, `?` one character)"),
         );
         return ExitStatus::Usage;
     }
     let project = match project(args.project.as_deref(), Path::new(".")) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            output::error(e);
             return ExitStatus::InvalidJobs;
         }
     };
@@ -290,23 +291,26 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
             .iter()
             .flat_map(|g| g.tags.iter().map(String::as_str))
             .collect();
-        eprintln!(
-            "error: tag `{}` is not in the tag catalog of {}",
-            args.tag,
-            p.path.display()
-        );
         let close = all
             .iter()
             .filter(|t| strsim::levenshtein(t, &args.tag) <= 2)
             .collect::<Vec<_>>();
-        match close.first() {
-            Some(t) => eprintln!("hint: did you mean `{t}`? (tags: {})", all.join(", ")),
-            None => eprintln!(
-                "hint: add it to a group under `tags.groups` in {} (tags now: {})",
+        let hint = match close.first() {
+            Some(t) => format!("did you mean `{t}`? (tags: {})", all.join(", ")),
+            None => format!(
+                "add it to a group under `tags.groups` in {} (tags now: {})",
                 p.path.display(),
                 all.join(", ")
             ),
-        }
+        };
+        output::error(
+            Hinted::new(format!(
+                "tag `{}` is not in the tag catalog of {}",
+                args.tag,
+                p.path.display()
+            ))
+            .hint(hint),
+        );
         return ExitStatus::InvalidJobs;
     }
     let target = match crate::commands::connect::Target::new(&args.klaviyo).await {
@@ -327,7 +331,7 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
         Err(e) => return fail(e),
     };
     let steps = plan_bulk(catalog, &args.tag, tag_id.as_deref(), add, &resources);
-    print!("{}", render_bulk(args, add, &resources, &steps, &conflicts));
+    output::data(render_bulk(args, add, &resources, &steps, &conflicts));
     let changes = steps
         .iter()
         .filter(|s| matches!(s, Step::Add { .. } | Step::Remove))
@@ -335,10 +339,10 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
     let refused = steps.iter().any(|s| matches!(s, Step::Refused(_)));
     if !args.apply {
         if changes > 0 && !args.quiet {
-            eprintln!(
-                "hint: nothing was changed; run again with --apply to {} the tag",
+            output::hint(format_args!(
+                "nothing was changed; run again with --apply to {} the tag",
                 if add { "add" } else { "remove" }
-            );
+            ));
         }
         return if args.detailed_exitcode && changes > 0 {
             ExitStatus::Changes
@@ -349,12 +353,12 @@ pub async fn bulk(args: &BulkArgs, add: bool) -> ExitStatus {
     if changes > 0 {
         match carry_out(client, catalog, &args.tag, tag_id, &resources, &steps).await {
             Ok(()) if args.quiet => {}
-            Ok(()) => eprintln!(
+            Ok(()) => output::say_line(format_args!(
                 "done: tag \"{}\" {} {}",
                 args.tag,
                 if add { "added to" } else { "removed from" },
                 changed(&resources, &steps).unwrap_or_default()
-            ),
+            )),
             Err(e) => return fail(e),
         }
     }
@@ -598,7 +602,7 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
     let validation = match crate::job::workspace::validate(&args.paths) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
+            output::error(e);
             return ExitStatus::Usage;
         }
     };
@@ -610,22 +614,26 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
     let project = match project(args.project.as_deref(), &start) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            output::error(e);
             return ExitStatus::InvalidJobs;
         }
     };
     if validation.errors() > 0 {
-        eprintln!(
-            "warning: {} problems in the job files (see `kdit validate`); jobs that do not compile are left out",
+        output::warning(format_args!(
+            "{} problems in the job files (see `kdit validate`); jobs that do not compile are left out",
             validation.errors()
-        );
+        ));
     }
     let Some((path, catalog)) = project
         .as_ref()
         .and_then(|p| p.spec.tags.as_ref().map(|c| (p.path.clone(), c)))
     else {
-        println!("No tag catalog: jobs may use any tag; kdit puts them in the tag group \"kdit\".");
-        println!("hint: declare one under `tags.groups` in kdit.yaml to fix the tags jobs may use");
+        output::data_line(
+            "No tag catalog: jobs may use any tag; kdit puts them in the tag group \"kdit\".",
+        );
+        output::data_line(
+            "hint: declare one under `tags.groups` in kdit.yaml to fix the tags jobs may use",
+        );
         return ExitStatus::Success;
     };
     let live = if args.offline {
@@ -634,11 +642,9 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
         let target = match crate::commands::connect::Target::new(&args.klaviyo).await {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
-                eprintln!(
-                    "hint: `kdit tags show --offline` shows the catalog and the job files without Klaviyo"
-                );
-                return ExitStatus::Failure;
+                return fail(e.hint(
+                    "`kdit tags show --offline` shows the catalog and the job files without Klaviyo",
+                ));
             }
         };
         match klaviyo_usage(&target.client, catalog).await {
@@ -725,7 +731,7 @@ pub async fn show(args: &ShowArgs) -> ExitStatus {
             }
         }
     }
-    print!("{o}");
+    output::data(o);
     ExitStatus::Success
 }
 

@@ -13,6 +13,7 @@ use clap::Args;
 use crate::exit::ExitStatus;
 use crate::job::diagnostic::{Format, render_github, render_human};
 use crate::job::workspace::{Validation, validate};
+use crate::output::{self, Hinted};
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -36,12 +37,14 @@ pub fn command(args: &ValidateArgs) -> std::io::Result<ExitStatus> {
     let v = match validate(&args.paths) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("hint: give job files or folders that exist (default: jobs/)");
+            output::error(
+                Hinted::new(e.to_string())
+                    .hint("give job files or folders that exist (default: jobs/)"),
+            );
             return Ok(ExitStatus::Usage);
         }
     };
-    let stdout = std::io::stdout();
+    let stdout = output::stdout();
     let mut out = stdout.lock();
     render(&v, args.format, &mut out)?;
     out.flush()?;
@@ -59,7 +62,7 @@ pub fn schema(args: &SchemaArgs) -> serde_json::Result<ExitStatus> {
     } else {
         crate::job::spec::job_schema()
     };
-    println!("{}", serde_json::to_string_pretty(&schema)?);
+    output::data_line(serde_json::to_string_pretty(&schema)?);
     Ok(ExitStatus::Success)
 }
 

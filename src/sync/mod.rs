@@ -8,9 +8,9 @@
 //! write, and the report and rejects files written.
 //!
 //! In: a compiled job, a `RowSource`, a state store, a Klaviyo client, output options. Out: a
-//! plan, or a run's exit status and `Report`. I/O through the stages it calls; it prints the
-//! plan (stdout), and on stderr the guard's refusal, the interruption notice and the run's
-//! summary.
+//! plan, or a run's exit status and `Report`. I/O through the stages it calls; what the user
+//! reads as a run goes (the plan, a guard's refusal, the interruption notice, the summary) it
+//! hands to the caller's `Narrate`, which prints it.
 
 pub mod feed;
 
@@ -28,9 +28,21 @@ use crate::exit::ExitStatus;
 use crate::job::compile::Job;
 use crate::klaviyo::Client;
 use crate::plan::diff::{Differ, RowOutcome, RowSource};
-use crate::plan::render::{self, Options};
 use crate::plan::{FORMAT_VERSION, Plan};
 use crate::state::{State, StateError};
+
+/// What a run shows the user as it goes. The caller prints it (`commands::run`, through
+/// `output`); `run` only says when.
+pub trait Narrate: Sync {
+    /// The plan is made (not called when a saved plan is being applied).
+    fn plan(&self, plan: &Plan, out: &Output);
+    /// A guard stopped the run before any write.
+    fn guard_tripped(&self);
+    /// Ctrl-C stopped the apply after the batches in flight.
+    fn interrupted(&self, job: &Job);
+    /// The run's report, at its end.
+    fn done(&self, report: &Report, out: &Output);
+}
 
 /// Output options shared by plan, run and apply.
 #[derive(Debug, Clone, Default)]
@@ -205,19 +217,6 @@ pub async fn make_plan(
     Ok((plan, removals))
 }
 
-/// Prints a plan to stdout in the chosen rendering.
-pub fn print_plan(plan: &Plan, out: &Output) {
-    let opts = Options {
-        show: out.show,
-        mask: out.mask,
-    };
-    if out.json {
-        println!("{}", render::json(plan, opts));
-    } else {
-        print!("{}", render::human(plan, opts));
-    }
-}
-
 /// Profiles written by one run from which the state's statistics are refreshed at its end.
 const ANALYZE_AFTER: u64 = 1_000;
 /// The share of the state (1 in N profiles) a run must write for `profiles` to be vacuumed at
@@ -234,10 +233,11 @@ pub async fn run(
     holder: &str,
     saved: Option<&Plan>,
     out: &Output,
+    say: &dyn Narrate,
     stop: Arc<AtomicBool>,
 ) -> Result<ExitStatus, SyncError> {
     let run_id = state.begin_run(job.name(), holder).await?;
-    let result = run_locked(job, rows, state, client, run_id, saved, out, stop).await;
+    let result = run_locked(job, rows, state, client, run_id, saved, out, say, stop).await;
     let (status, summary) = match &result {
         Ok((status, report)) => (
             match status {
@@ -266,6 +266,7 @@ async fn run_locked(
     run_id: i64,
     saved: Option<&Plan>,
     out: &Output,
+    say: &dyn Narrate,
     stop: Arc<AtomicBool>,
 ) -> Result<(ExitStatus, Option<Report>), SyncError> {
     let mut spill = Spill::create()
@@ -278,11 +279,10 @@ async fn run_locked(
             )));
         }
     } else {
-        print_plan(&plan, out);
+        say.plan(&plan, out);
     }
     if !plan.guards_ok() {
-        eprintln!("error: a guard stopped the run before any write (see Guards above)");
-        eprintln!("hint: if the change is intended, raise the guard in the job file for this run");
+        say.guard_tripped();
         return Ok((ExitStatus::GuardTripped, None));
     }
     record_fingerprints(job, state, &spill).await?;
@@ -348,10 +348,7 @@ async fn run_locked(
     let (mut report, failures) = match result {
         Ok(r) => r,
         Err(ApplyError::Interrupted) => {
-            eprintln!(
-                "interrupted: batches already sent were confirmed and recorded; run `kdit run {}` again to resume",
-                job.path.display()
-            );
+            say.interrupted(job);
             return Err(SyncError::Apply(ApplyError::Interrupted));
         }
         Err(e) => return Err(e.into()),
@@ -377,12 +374,7 @@ async fn run_locked(
     if let Some(path) = &out.rejects {
         write_rejects(path, &failures).map_err(|e| cannot_write(path, e))?;
     }
-    if !out.quiet {
-        eprint!("{}", report.summary());
-        if let Some(path) = &out.report {
-            eprintln!("report: {}", path.display());
-        }
-    }
+    say.done(&report, out);
     let status = if report.failed + report.rejected > 0 {
         ExitStatus::PartialFailure
     } else {

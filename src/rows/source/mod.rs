@@ -60,25 +60,6 @@ impl Interrupt {
         (InterruptTrigger { tx }, Interrupt { rx })
     }
 
-    /// An interrupt that fires when the user presses Ctrl-C; a second Ctrl-C exits (130).
-    pub fn ctrl_c() -> Interrupt {
-        let (trigger, interrupt) = Interrupt::new();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "interrupted: cancelling the query on the server (Ctrl-C again to quit now)"
-                );
-                trigger.fire();
-                // Once this handler is installed Ctrl-C no longer ends the process: a second
-                // one must, in case the cancel request itself hangs.
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
-        });
-        interrupt
-    }
-
     /// Resolves once fired (never, if the trigger is dropped unfired).
     async fn fired(&mut self) {
         if self.rx.wait_for(|v| *v).await.is_err() {
@@ -90,7 +71,7 @@ impl Interrupt {
 /// What a query run is part of, for messages and limits.
 #[derive(Debug, Clone, Default)]
 pub struct RunContext {
-    /// Cancels the query on the server when fired (e.g. `Interrupt::ctrl_c()`).
+    /// Cancels the query on the server when fired (e.g. on Ctrl-C: `commands::connect`).
     pub interrupt: Option<Interrupt>,
     /// The job's name, when running for a job.
     pub job: Option<String>,
