@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::commands::connect::{Failed, cancel_on_ctrl_c};
 use crate::job::query::StoredQuery;
 use crate::job::spec::ParamValue;
+use crate::output::Hinted;
 use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
 use crate::rows::transform::{ProfileRow, Reject, cell_to_json_lossy};
 use crate::rows::{RowsError, StreamedRow, prepare};
@@ -340,15 +341,14 @@ pub async fn check_job(
         } else {
             ok = false;
             for p in mine {
-                let hint = p
+                let problem = p
                     .hint
-                    .as_ref()
-                    .map(|h| format!("\nhint: {h}"))
-                    .unwrap_or_default();
+                    .iter()
+                    .fold(Hinted::new(p.message.clone()), |e, h| e.hint(h.clone()));
                 writeln!(
                     out,
                     "✗ field     {key} ← {from}: {}",
-                    indent(&format!("{}{hint}", p.message))
+                    indent(&problem.to_string())
                 )?;
             }
         }
