@@ -1,8 +1,8 @@
 //! The sandbox's Klaviyo behaviour over real HTTP: auth and headers, profiles, bulk import,
 //! lists, segments, tags, consent, rate limits, faults and the `/_sandbox` views. Every body
-//! sent and received is checked against openapi.json by the harness in `tests/sandbox/`.
+//! sent and received is checked against openapi.json by the harness in `support/api.rs`.
 
-mod sandbox;
+use crate::support::api as sandbox;
 
 use std::time::Duration;
 

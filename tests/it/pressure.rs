@@ -2,7 +2,7 @@
 //! the query mid-stream, SIGKILL at several points of a run and SIGINT. Every scenario ends
 //! with the sandbox equal to the source: no duplicates, no lost rows.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! environment, every command runs with trace logging in text and JSON, and neither canary
 //! may appear in any stdout, stderr, plan, report or rejects file.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

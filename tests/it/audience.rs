@@ -1,8 +1,8 @@
 //! End to end, the audience side: segments kept as code, Klaviyo tags on lists and segments,
 //! profile tags, with the real `kdit` binary, a real PostgreSQL database and an in-process
-//! sandbox (a copy of the small harness of tests/sync.rs).
+//! sandbox (a copy of the small harness of tests/it/sync.rs).
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 

@@ -2,13 +2,10 @@
 //! In: an HTTP method, a concrete request path (or a template), a status and a body; out:
 //! `Ok(())` or a message listing every schema violation. Reads the spec once per test binary.
 //!
-//! Use it from any integration test with `#[path = "support/openapi.rs"] mod openapi;`.
 //! OpenAPI 3.0 is not quite JSON Schema: `nullable: true` is rewritten into a `null` type
 //! alternative before compiling, and `$ref`s resolve inside the spec's `components`. Klaviyo's
 //! spec uses `oneOf` where it means `anyOf` (e.g. a numeric filter value is
 //! `oneOf: [integer, number]`, which no integer could satisfy), so `oneOf` is read as `anyOf`.
-
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

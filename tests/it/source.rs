@@ -1,7 +1,7 @@
 //! Integration tests for the source stage against a real PostgreSQL: every test gets a
 //! database of its own (see `support::pg`).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,14 +2,11 @@
 //! Every request body sent to `/api` and every response body received is checked against
 //! openapi.json; a violation fails the test.
 
-#![allow(dead_code)]
-
 use kdit::sandbox::{RateLimits, Sandbox, SandboxConfig};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-#[path = "../support/openapi.rs"]
-pub mod openapi;
+pub use super::openapi;
 
 pub const REVISION: &str = "2026-07-15";
 

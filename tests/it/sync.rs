@@ -1,7 +1,7 @@
 //! End to end: the real `kdit` binary syncing a real PostgreSQL database into an in-process
 //! sandbox, reached exactly as real Klaviyo would be (KLAVIYO_BASE_URL + KLAVIYO_API_KEY).
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

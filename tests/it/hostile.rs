@@ -6,7 +6,7 @@
 //! naming the diagnostic code it must produce) and hostile values through a real PostgreSQL
 //! table and the real binary.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

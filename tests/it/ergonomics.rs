@@ -1,6 +1,6 @@
 //! CI ergonomics: shell completions, the man page, JSON log lines, --quiet and NO_COLOR.
 
-mod support;
+use crate::support;
 
 use support::cli::{Kdit, repo};
 

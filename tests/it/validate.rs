@@ -1,7 +1,7 @@
 //! `kdit validate` and `kdit schema` through the real binary: every kind of problem, with its
 //! exact message, location and exit status.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::cli::{Kdit, repo};

@@ -1,7 +1,6 @@
 //! Shared test harness: run the real `kdit` binary against temporary files; a PostgreSQL
 //! database per test.
-#![allow(dead_code)]
-
+pub mod api;
 pub mod cli;
 pub mod openapi;
 pub mod pg;

@@ -48,6 +48,8 @@ impl Kdit {
         self
     }
 
+    /// The test folder (for tests that change a file between runs).
+    #[allow(dead_code)]
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
