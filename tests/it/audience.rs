@@ -140,6 +140,7 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
     let w = world(80).await;
     w.write("job.yaml", &job("shop", SEGMENT));
     let plan = w.ok(&["plan", "job.yaml"]).await;
+    plan.snapshot("audience/a_segment_is_created_updated_left_alone_and_previewed__plan");
     assert!(
         plan.stdout
             .contains("Segments\n  + Big spenders   created (3 conditions)\n"),
@@ -167,6 +168,7 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
 
     // Nothing differs: a no-op.
     let again = w.ok(&["run", "job.yaml"]).await;
+    again.snapshot("audience/a_segment_is_created_updated_left_alone_and_previewed__again");
     assert!(
         again.stdout.contains("    Big spenders   no change\n"),
         "{}",
@@ -187,6 +189,7 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
         ),
     );
     let plan = w.kdit(&["plan", "job.yaml", "--detailed-exitcode"]).await;
+    plan.snapshot("audience/a_segment_is_created_updated_left_alone_and_previewed__plan_2");
     assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
     assert!(
         plan.stdout.contains(
@@ -209,12 +212,14 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
         "greater-than-or-equal"
     );
     let again = w.ok(&["plan", "job.yaml", "--detailed-exitcode"]).await;
+    again.snapshot("audience/a_segment_is_created_updated_left_alone_and_previewed__again_2");
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
 
     // The preview lists exactly the members the sandbox computes.
     let preview = w
         .ok(&["segment", "preview", "Big spenders", "--limit", "1000"])
         .await;
+    preview.snapshot("audience/a_segment_is_created_updated_left_alone_and_previewed__preview");
     let shown: HashSet<String> = preview.stdout.lines().map(str::to_string).collect();
     let profiles = w.sb.profiles();
     let expected: HashSet<String> = seg
@@ -234,6 +239,7 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
             "--mask",
         ])
         .await;
+    masked.snapshot("audience/a_segment_is_created_updated_left_alone_and_previewed__masked");
     assert_eq!(masked.stdout.lines().count(), 2, "{}", masked.stdout);
     assert!(
         masked.stdout.lines().all(|l| l.starts_with("c*")),
@@ -241,6 +247,7 @@ async fn a_segment_is_created_updated_left_alone_and_previewed() {
         masked.stdout
     );
     let missing = w.kdit(&["segment", "preview", "Nobody"]).await;
+    missing.snapshot("audience/a_segment_is_created_updated_left_alone_and_previewed__missing");
     assert_eq!(missing.code, 1);
     assert!(
         missing.stderr.contains("no segment named \"Nobody\""),
@@ -255,6 +262,7 @@ async fn catalog_tags_land_on_lists_and_segments_once() {
     let tags = "tags:\n  lists: [automated]\n  segments: [vip, kdit]\n";
     w.write("job.yaml", &job("shop", &format!("{SEGMENT}{tags}")));
     let plan = w.ok(&["plan", "job.yaml"]).await;
+    plan.snapshot("audience/catalog_tags_land_on_lists_and_segments_once__plan");
     assert!(
         plan.stdout.contains(
             "Tags\n  + automated   on list \"Everyone\"\n  + vip         on segment \"Big spenders\"\n  + kdit        on segment \"Big spenders\"\n"
@@ -276,6 +284,7 @@ async fn catalog_tags_land_on_lists_and_segments_once() {
 
     let posts = w.calls("POST /api/tags");
     let again = w.ok(&["run", "job.yaml"]).await;
+    again.snapshot("audience/catalog_tags_land_on_lists_and_segments_once__again");
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     assert_eq!(w.calls("POST /api/tags"), posts, "a no-op run wrote tags");
 
@@ -288,6 +297,7 @@ async fn catalog_tags_land_on_lists_and_segments_once() {
         ),
     );
     let plan = w.ok(&["plan", "job.yaml"]).await;
+    plan.snapshot("audience/catalog_tags_land_on_lists_and_segments_once__plan_2");
     assert!(
         plan.stdout.contains(
             "  + active   on segment \"Big spenders\" (replaces \"vip\": exclusive group)\n"
@@ -333,6 +343,7 @@ async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
 
     // Unchanged tags: nothing to send. Changed tags: every profile goes again.
     let again = w.ok(&["plan", "a.yaml"]).await;
+    again.snapshot("audience/profile_tags_of_two_jobs_coexist_and_a_tag_change_resends__again");
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     w.write(
         "a.yaml",
@@ -341,6 +352,7 @@ async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
             .replace("profiles: [vip]", "profiles: [vip, kdit]"),
     );
     let plan = w.ok(&["plan", "a.yaml"]).await;
+    plan.snapshot("audience/profile_tags_of_two_jobs_coexist_and_a_tag_change_resends__plan");
     assert!(plan.stdout.contains("~ 30 to update"), "{}", plan.stdout);
     w.ok(&["run", "a.yaml", "-q"]).await;
     assert_eq!(
@@ -348,6 +360,7 @@ async fn profile_tags_of_two_jobs_coexist_and_a_tag_change_resends() {
         HashSet::from(["vip".to_string(), "active".to_string(), "kdit".to_string()])
     );
     let again = w.ok(&["plan", "a.yaml"]).await;
+    again.snapshot("audience/profile_tags_of_two_jobs_coexist_and_a_tag_change_resends__again_2");
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
 }
 
@@ -367,6 +380,7 @@ async fn validation_knows_klaviyo_segment_and_tag_limits() {
         ),
     );
     let v = w.kdit(&["validate", "job.yaml"]).await;
+    v.snapshot("audience/validation_knows_klaviyo_segment_and_tag_limits__v");
     assert_eq!(v.code, 65, "{}\n{}", v.stdout, v.stderr);
     let text = format!("{}{}", v.stdout, v.stderr);
     assert!(
@@ -384,6 +398,7 @@ async fn consent_changes_only_when_a_job_asks() {
     let w = world(10).await;
     w.write("plain.yaml", &job("plain", ""));
     let plain = w.ok(&["run", "plain.yaml"]).await;
+    plain.snapshot("audience/consent_changes_only_when_a_job_asks__plain");
     assert!(!plain.stdout.contains("Consent"), "{}", plain.stdout);
     assert!(w.sb.profiles().iter().all(|p| p.subscriptions.is_none()));
     assert_eq!(w.calls("POST /api/profile-subscription"), 0);
@@ -396,6 +411,7 @@ async fn consent_changes_only_when_a_job_asks() {
             .replace("from customers", "from customers where id > 10"),
     );
     let plan = w.ok(&["plan", "consent.yaml"]).await;
+    plan.snapshot("audience/consent_changes_only_when_a_job_asks__plan");
     assert!(
         plan.stdout.contains(
             "Consent\n  + 2 to subscribe to email marketing (the profiles this run creates)\n"
@@ -431,6 +447,7 @@ async fn consent_changes_only_when_a_job_asks() {
         1
     );
     let again = w.ok(&["run", "consent.yaml"]).await;
+    again.snapshot("audience/consent_changes_only_when_a_job_asks__again");
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     assert_eq!(
         w.calls("POST /api/profile-subscription-bulk-create-jobs"),
@@ -455,6 +472,7 @@ async fn the_daily_segment_cap_stops_the_run_with_a_clear_error() {
     let run = w
         .kdit(&["run", "job.yaml", "-q", "--rate-limits", "off"])
         .await;
+    run.snapshot("audience/the_daily_segment_cap_stops_the_run_with_a_clear_error__run");
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stderr
@@ -497,6 +515,9 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         &with("consent:\n  subscribe: [email]\n  consented_at: opted_in_at\n"),
     );
     let plan = w.ok(&["plan", "job.yaml"]).await;
+    plan.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__plan",
+    );
     assert!(
         plan.stdout.contains(
             "Consent\n  + 4 to subscribe to email marketing (historical import, consented_at from column `opted_in_at`)\n"
@@ -537,10 +558,16 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
 
     // Re-run: nothing to do. A customer consenting later is subscribed on the next run.
     let again = w.ok(&["run", "job.yaml"]).await;
+    again.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__again",
+    );
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     w.db.execute("update customers set opted_in_at = '2023-05-06 07:08:09+00' where id = 7")
         .await;
     let plan = w.ok(&["plan", "job.yaml"]).await;
+    plan.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__plan_2",
+    );
     assert!(
         plan.stdout
             .contains("  + 1 to subscribe to email marketing (historical import"),
@@ -566,6 +593,9 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         &with("consent:\n  subscribe: [email]\n  unsubscribe_column: opted_out\n"),
     );
     let v = w.kdit(&["validate", "half.yaml"]).await;
+    v.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__v",
+    );
     assert_eq!(v.code, 65, "{}\n{}", v.stdout, v.stderr);
     assert!(
         format!("{}{}", v.stdout, v.stderr).contains(
@@ -576,6 +606,9 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         v.stderr
     );
     let refused = w.kdit(&["run", "half.yaml"]).await;
+    refused.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__refused",
+    );
     assert_eq!(refused.code, 65, "{}", refused.stderr);
     assert_eq!(
         w.calls("POST /api/profile-subscription-bulk-delete-jobs"),
@@ -589,6 +622,9 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         &with("consent:\n  subscribe: [email]\n  consented_at: opted_in_at\n  unsubscribe: [email]\n  unsubscribe_column: opted_out\n"),
     );
     let plan = w.ok(&["plan", "job.yaml"]).await;
+    plan.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__plan_3",
+    );
     assert!(
         plan.stdout.contains(
             "Consent\n  - 1 to unsubscribe from email marketing (rows where `opted_out` is true)\n"
@@ -609,6 +645,9 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         1
     );
     let again = w.ok(&["run", "job.yaml"]).await;
+    again.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__again_2",
+    );
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     assert_eq!(
         w.calls("POST /api/profile-subscription-bulk-delete-jobs"),
@@ -624,6 +663,9 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
     w.db.execute("alter table customers alter column opted_in_at type text; update customers set opted_in_at = 'soon' where id = 9")
         .await;
     let bad = w.kdit(&["plan", "job.yaml"]).await;
+    bad.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__bad",
+    );
     assert_eq!(bad.code, 0, "{}\n{}", bad.stdout, bad.stderr);
     assert!(
         bad.stdout.contains("consent.consented_at (opted_in_at)"),
@@ -636,6 +678,9 @@ async fn historical_consent_and_unsubscribe_follow_their_columns_only_when_asked
         &with("consent:\n  subscribe: [email]\n  consented_at: opted_at\n"),
     );
     let missing = w.kdit(&["plan", "missing.yaml"]).await;
+    missing.snapshot(
+        "audience/historical_consent_and_unsubscribe_follow_their_columns_only_when_asked__missing",
+    );
     assert_eq!(missing.code, 1, "{}", missing.stderr);
     assert!(
         missing.stderr.contains(
@@ -679,6 +724,7 @@ async fn a_dropped_tag_comes_off_and_a_dropped_segment_is_reported() {
         &job("shop", &format!("{SEGMENT}tags:\n  segments: [vip]\n")),
     );
     let plan = w.kdit(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    plan.snapshot("audience/a_dropped_tag_comes_off_and_a_dropped_segment_is_reported__plan");
     assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
     assert!(
         plan.stdout.contains("Tags\n  ! tag group \"lifecycle\" is exclusive in the catalog but not exclusive in Klaviyo; Klaviyo cannot change `exclusive` after a group is created"),
@@ -708,6 +754,7 @@ async fn a_dropped_tag_comes_off_and_a_dropped_segment_is_reported() {
     let run = w
         .ok(&["run", "shop.yaml", "-q", "--report", "r.json"])
         .await;
+    run.snapshot("audience/a_dropped_tag_comes_off_and_a_dropped_segment_is_reported__run");
     assert_eq!(run.code, 0);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
@@ -715,12 +762,14 @@ async fn a_dropped_tag_comes_off_and_a_dropped_segment_is_reported() {
     assert_eq!(tags_on(&w, &list), set(&["kdit"]));
     assert_eq!(tags_on(&w, &seg), set(&["vip"]));
     let again = w.ok(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    again.snapshot("audience/a_dropped_tag_comes_off_and_a_dropped_segment_is_reported__again");
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
 
     // shop no longer declares its segment: the plan says so, the run leaves it in Klaviyo
     // (taking off the tag shop put there) and stops managing it.
     w.write("shop.yaml", &job("shop", ""));
     let plan = w.kdit(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    plan.snapshot("audience/a_dropped_tag_comes_off_and_a_dropped_segment_is_reported__plan_2");
     assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
     assert!(
         plan.stdout.contains("Segments\n  ! Big spenders   no longer declared by this job: left in Klaviyo (kdit never deletes segments), no longer managed after this run\n"),
@@ -738,6 +787,7 @@ async fn a_dropped_tag_comes_off_and_a_dropped_segment_is_reported() {
     assert!(tags_on(&w, &seg).is_empty());
     assert_eq!(tags_on(&w, &list), set(&["kdit"]));
     let again = w.ok(&["plan", "shop.yaml", "--detailed-exitcode"]).await;
+    again.snapshot("audience/a_dropped_tag_comes_off_and_a_dropped_segment_is_reported__again_2");
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     assert!(!again.stdout.contains("Big spenders"), "{}", again.stdout);
     spec_checked(&w, "");
@@ -791,6 +841,9 @@ tags:
         "Weekly*",
     ];
     let plan = w.ok(&args).await;
+    plan.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__plan",
+    );
     assert_eq!(
         plan.stdout,
         "tag      \"automated\"\nmatched  2 lists `Weekly*` match; 1 segment `Weekly*` match\n\nTags\n  + list    \"Weekly Active\"         gets \"automated\"\n  + list    \"Weekly Lapsed\"         gets \"automated\"\n  + segment \"Weekly big spenders\"   gets \"automated\"\n\nPlan: tag \"automated\" to add to 2 lists and 1 segment.\n"
@@ -807,9 +860,15 @@ tags:
     let pending = w
         .kdit(&[&args[..], &["--detailed-exitcode"]].concat())
         .await;
+    pending.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__pending",
+    );
     assert_eq!(pending.code, 2);
     // `-q`: the same plan on stdout, no hint on stderr.
     let quiet = w.ok(&[&["-q"], &args[..]].concat()).await;
+    quiet.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__quiet",
+    );
     assert_eq!(
         (quiet.stdout.as_str(), quiet.stderr.as_str()),
         (plan.stdout.as_str(), "")
@@ -817,6 +876,9 @@ tags:
 
     // --apply lands it; a second --apply is a no-op.
     let applied = w.ok(&[&args[..], &["--apply"]].concat()).await;
+    applied.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__applied",
+    );
     assert!(
         applied
             .stderr
@@ -831,6 +893,9 @@ tags:
     assert!(tags_on(&w, &other).is_empty());
     let writes = w.calls("POST /api/tags") + w.calls("DELETE /api/tags");
     let again = w.ok(&[&args[..], &["--apply"]].concat()).await;
+    again.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__again",
+    );
     assert!(
         again.stdout.ends_with("\nNo changes.\n"),
         "{}",
@@ -844,6 +909,9 @@ tags:
 
     // `show`: the catalog, the jobs using each tag, and what Klaviyo holds.
     let show = w.ok(&["tags", "show", "."]).await;
+    show.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__show",
+    );
     assert!(
         show.stdout.contains("  automated    no job uses it\n               in Klaviyo: lists \"Weekly Active\", \"Weekly Lapsed\"; segments \"Weekly big spenders\"\n"),
         "{}",
@@ -861,11 +929,17 @@ tags:
         show.stdout
     );
     let offline = w.ok(&["tags", "show", ".", "--offline"]).await;
+    offline.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__offline",
+    );
     assert!(!offline.stdout.contains("in Klaviyo"), "{}", offline.stdout);
 
     // Removing: a plan, then --apply, then nothing left to do.
     let remove = ["tags", "remove", "automated", "--lists", "Weekly*"];
     let plan = w.ok(&remove).await;
+    plan.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__plan_2",
+    );
     assert!(
         plan.stdout.contains("  - list    \"Weekly Active\"   loses \"automated\"\n  - list    \"Weekly Lapsed\"   loses \"automated\"\n"),
         "{}",
@@ -887,6 +961,9 @@ tags:
         "segments were not named"
     );
     let again = w.ok(&[&remove[..], &["--apply"]].concat()).await;
+    again.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__again_2",
+    );
     assert!(
         again.stdout.ends_with("\nNo changes.\n"),
         "{}",
@@ -906,6 +983,9 @@ tags:
     let plan = w
         .ok(&["tags", "add", "lapsed", "--lists", "Weekly ?ctive"])
         .await;
+    plan.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__plan_3",
+    );
     assert!(
         plan.stdout.contains("  + list    \"Weekly Active\"   gets \"lapsed\" (replaces \"active\": exclusive group)\n"),
         "{}",
@@ -917,6 +997,9 @@ tags:
 
     // Bad input: a tag outside the catalog, no pattern.
     let unknown = w.kdit(&["tags", "add", "activ", "--lists", "*"]).await;
+    unknown.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__unknown",
+    );
     assert_eq!(unknown.code, 65, "{}", unknown.stderr);
     assert!(
         unknown.stderr.contains("error: tag `activ` is not in the tag catalog of kdit.yaml\nhint: did you mean `active`?"),
@@ -924,6 +1007,9 @@ tags:
         unknown.stderr
     );
     let nothing = w.kdit(&["tags", "add", "active"]).await;
+    nothing.snapshot(
+        "audience/kdit_tags_plans_then_applies_a_tag_across_matching_lists_and_segments__nothing",
+    );
     assert_eq!(nothing.code, 64, "{}", nothing.stderr);
     assert!(
         nothing.stderr.contains("hint: add `--lists 'Weekly*'`"),

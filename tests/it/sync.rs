@@ -65,6 +65,7 @@ async fn first_sync_creates_everything_and_a_rerun_changes_nothing() {
     let run = w
         .kdit(&["run", "job.yaml", "--report", "report.json"])
         .await;
+    run.snapshot("sync/first_sync_creates_everything_and_a_rerun_changes_nothing__run");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("+ 250 to create"), "{}", run.stdout);
     assert!(
@@ -89,6 +90,7 @@ async fn first_sync_creates_everything_and_a_rerun_changes_nothing() {
 
     let bulk_before = w.calls("POST /api/profile-bulk-import-jobs");
     let again = w.kdit(&["run", "job.yaml"]).await;
+    again.snapshot("sync/first_sync_creates_everything_and_a_rerun_changes_nothing__again");
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
     assert!(again.stdout.contains("No changes."), "{}", again.stdout);
     assert_eq!(
@@ -102,6 +104,7 @@ async fn first_sync_creates_everything_and_a_rerun_changes_nothing() {
     );
 
     let history = w.kdit(&["history", "job.yaml"]).await;
+    history.snapshot("sync/first_sync_creates_everything_and_a_rerun_changes_nothing__history");
     assert_eq!(history.code, 0, "{}", history.stderr);
     assert!(history.stdout.contains("250 created"), "{}", history.stdout);
 }
@@ -146,6 +149,7 @@ async fn a_large_run_refreshes_the_state_statistics() {
     }
     let w = world(1_200).await;
     let run = w.kdit(&["run", "job.yaml"]).await;
+    run.snapshot("sync/a_large_run_refreshes_the_state_statistics__run");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(believed_rows(&w).await, 1_200.0);
     // A run that wrote the whole state vacuums it too.
@@ -153,6 +157,7 @@ async fn a_large_run_refreshes_the_state_statistics() {
 
     let small = world(10).await;
     let run = small.kdit(&["run", "job.yaml"]).await;
+    run.snapshot("sync/a_large_run_refreshes_the_state_statistics__run_2");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
         believed_rows(&small).await <= 0.0,
@@ -171,6 +176,9 @@ async fn changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mi
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     w.db.execute("update customers set first_name = 'Renamed' where id in (3, 4); update customers set gone = true where id = 5;").await;
     let plan = w.kdit(&["plan", "job.yaml", "--detailed-exitcode"]).await;
+    plan.snapshot(
+        "sync/changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mirror__plan",
+    );
     assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
     assert!(
         plan.stdout.contains("  ~   2 to update\n"),
@@ -198,6 +206,9 @@ async fn changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mi
 
     let bulk_before = w.calls("POST /api/profile-bulk-import-jobs");
     let run = w.kdit(&["run", "job.yaml", "--report", "r.json"]).await;
+    run.snapshot(
+        "sync/changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mirror__run",
+    );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(w.path("r.json")).unwrap()).unwrap();
@@ -231,13 +242,16 @@ async fn changed_rows_are_sent_with_field_level_diffs_and_left_rows_leave_the_mi
 async fn a_saved_plan_applies_and_a_stale_one_is_refused() {
     let w = world(50).await;
     let plan = w.kdit(&["plan", "job.yaml", "-o", "plan.json"]).await;
+    plan.snapshot("sync/a_saved_plan_applies_and_a_stale_one_is_refused__plan");
     assert_eq!(plan.code, 0, "{}", plan.stderr);
     let applied = w.kdit(&["apply", "plan.json"]).await;
+    applied.snapshot("sync/a_saved_plan_applies_and_a_stale_one_is_refused__applied");
     assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
     assert_eq!(w.emails().len(), 50);
 
     // The same plan again: the state moved (it was applied).
     let again = w.kdit(&["apply", "plan.json"]).await;
+    again.snapshot("sync/a_saved_plan_applies_and_a_stale_one_is_refused__again");
     assert_eq!(again.code, 1);
     assert!(
         again
@@ -257,6 +271,7 @@ async fn a_saved_plan_applies_and_a_stale_one_is_refused() {
     w.db.execute("update customers set first_name = 'Later' where id = 2")
         .await;
     let stale = w.kdit(&["apply", "plan2.json"]).await;
+    stale.snapshot("sync/a_saved_plan_applies_and_a_stale_one_is_refused__stale");
     assert_eq!(stale.code, 1);
     assert!(
         stale
@@ -359,6 +374,7 @@ async fn rejected_rows_and_import_errors_land_in_the_rejects_file() {
     // The failed profiles were not recorded as synced: the next run sends them again.
     w.sb.set_faults(FaultSpec::none(), None);
     let again = w.kdit(&["run", "job.yaml", "--report", "r2.json"]).await;
+    again.snapshot("sync/rejected_rows_and_import_errors_land_in_the_rejects_file__again");
     assert_eq!(again.code, 67, "{}", again.stderr);
     let r2: Value =
         serde_json::from_str(&std::fs::read_to_string(w.path("r2.json")).unwrap()).unwrap();
@@ -373,6 +389,7 @@ async fn a_second_concurrent_run_is_refused_with_who_holds_the_lock() {
     let state = kdit::state::State::open(&client, "kdit").await.unwrap();
     let run_id = state.begin_run("shop-sync", "ci-host:4242").await.unwrap();
     let second = w.kdit(&["run", "job.yaml"]).await;
+    second.snapshot("sync/a_second_concurrent_run_is_refused_with_who_holds_the_lock__second");
     assert_eq!(second.code, 1);
     assert!(
         second.stderr.contains(&format!(
@@ -458,6 +475,7 @@ async fn a_guard_stops_a_mass_removal_before_any_write() {
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     w.db.execute("update customers set gone = true where id <= 20; update customers set first_name = 'X' where id = 50;").await;
     let run = w.kdit(&["run", "job.yaml"]).await;
+    run.snapshot("sync/a_guard_stops_a_mass_removal_before_any_write__run");
     assert_eq!(run.code, 66, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("✗ STOP"), "{}", run.stdout);
     assert!(
@@ -513,6 +531,7 @@ async fn state_is_kept_per_klaviyo_account() {
     .await
     .unwrap();
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot("sync/state_is_kept_per_klaviyo_account__plan");
     assert!(plan.stdout.contains("+ 30 to create"), "{}", plan.stdout);
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     assert_eq!(w.emails().len(), 30);
@@ -536,6 +555,7 @@ async fn every_request_kdit_sends_matches_klaviyos_spec() {
     let run = w
         .kdit(&["run", "job.yaml", "-q", "--report", "r.json"])
         .await;
+    run.snapshot("sync/every_request_kdit_sends_matches_klaviyos_spec__run");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         w.sb.profile_by_email("customer2@example.com")
@@ -597,6 +617,7 @@ async fn a_mirror_keyed_by_external_id_removes_exactly_the_rows_that_left() {
     w.db.execute("update customers set gone = true where id in (7, 8, 9)")
         .await;
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot("sync/a_mirror_keyed_by_external_id_removes_exactly_the_rows_that_left__plan");
     assert!(
         plan.stdout.contains("- 3 remove (rows left the query)"),
         "{}",
@@ -665,6 +686,9 @@ async fn unchanged_rows_are_recognised_by_fingerprint_without_being_transformed(
     );
     let bulk = w.calls("POST /api/profile-bulk-import-jobs");
     let run = w.ok(&["run", "job.yaml"]).await;
+    run.snapshot(
+        "sync/unchanged_rows_are_recognised_by_fingerprint_without_being_transformed__run",
+    );
     assert!(run.stdout.contains("No changes."), "{}", run.stdout);
     assert_eq!(w.calls("POST /api/profile-bulk-import-jobs"), bulk);
     let p = plan_json(&w, "job.yaml").await;
@@ -776,6 +800,7 @@ async fn a_version_3_state_migrates_and_still_diffs_fields_and_lists() {
     // The next run migrates, and finds nothing to do: every row is still recognised by its
     // fingerprint, and still a member of the list.
     let again = w.kdit(&["plan", "job.yaml", "--json"]).await;
+    again.snapshot("sync/a_version_3_state_migrates_and_still_diffs_fields_and_lists__again");
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
     let p: Value = serde_json::from_str(&again.stdout).expect("plan JSON");
     assert_eq!(
@@ -816,6 +841,7 @@ async fn a_version_3_state_migrates_and_still_diffs_fields_and_lists() {
     w.db.execute("update customers set first_name = 'Renamed' where id = 7;")
         .await;
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot("sync/a_version_3_state_migrates_and_still_diffs_fields_and_lists__plan");
     assert!(
         plan.stdout.contains("  ~   1 to update\n"),
         "{}",
@@ -827,6 +853,7 @@ async fn a_version_3_state_migrates_and_still_diffs_fields_and_lists() {
         plan.stdout
     );
     let run = w.kdit(&["run", "job.yaml", "-q"]).await;
+    run.snapshot("sync/a_version_3_state_migrates_and_still_diffs_fields_and_lists__run");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let confirmed: String = db
         .query_one(
@@ -849,6 +876,7 @@ async fn a_version_3_state_migrates_and_still_diffs_fields_and_lists() {
     w.db.execute("update customers set gone = true where id = 9;")
         .await;
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot("sync/a_version_3_state_migrates_and_still_diffs_fields_and_lists__plan_2");
     assert!(
         plan.stdout
             .contains("~ Everyone   - 1 remove (rows left the query)"),
@@ -858,6 +886,7 @@ async fn a_version_3_state_migrates_and_still_diffs_fields_and_lists() {
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     assert_eq!(w.list_members("Everyone"), 119);
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot("sync/a_version_3_state_migrates_and_still_diffs_fields_and_lists__plan_3");
     assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
 }
 
@@ -877,6 +906,9 @@ async fn a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken() 
     )
     .await;
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot(
+        "sync/a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken__plan",
+    );
     assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
 
     w.job(&JOB.replace(
@@ -884,6 +916,9 @@ async fn a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken() 
         "lists:\n  - name: Newcomers\n    mode: mirror\n",
     ));
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot(
+        "sync/a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken__plan_2",
+    );
     assert!(
         plan.stdout.contains("+ Newcomers   created, + 40 add"),
         "{}",
@@ -912,9 +947,13 @@ async fn a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken() 
     assert_eq!((bits, old, members_of_new), (64, 62, 0));
 
     let run = w.kdit(&["run", "job.yaml", "-q"]).await;
+    run.snapshot("sync/a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken__run");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(w.list_members("Newcomers"), 40);
     let plan = w.kdit(&["plan", "job.yaml"]).await;
+    plan.snapshot(
+        "sync/a_new_list_takes_back_the_bit_of_a_dropped_one_when_all_64_are_taken__plan_3",
+    );
     assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
 }
 
@@ -923,6 +962,7 @@ async fn a_saved_plan_is_stale_after_a_run_that_only_updated_profiles() {
     let w = world(30).await;
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     let plan = w.kdit(&["plan", "job.yaml", "-o", "plan.json"]).await;
+    plan.snapshot("sync/a_saved_plan_is_stale_after_a_run_that_only_updated_profiles__plan");
     assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
     // Two runs in between: one updates a profile, one puts it back. The rows are as they
     // were when the plan was made and the state holds as many profiles; only the latest
@@ -934,6 +974,7 @@ async fn a_saved_plan_is_stale_after_a_run_that_only_updated_profiles() {
         .await;
     assert_eq!(w.kdit(&["run", "job.yaml", "-q"]).await.code, 0);
     let stale = w.kdit(&["apply", "plan.json"]).await;
+    stale.snapshot("sync/a_saved_plan_is_stale_after_a_run_that_only_updated_profiles__stale");
     assert_eq!(stale.code, 1, "{}\n{}", stale.stdout, stale.stderr);
     assert!(
         stale
@@ -948,5 +989,6 @@ async fn a_saved_plan_is_stale_after_a_run_that_only_updated_profiles() {
         0
     );
     let applied = w.kdit(&["apply", "plan2.json"]).await;
+    applied.snapshot("sync/a_saved_plan_is_stale_after_a_run_that_only_updated_profiles__applied");
     assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
 }

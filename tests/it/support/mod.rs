@@ -4,4 +4,5 @@ pub mod api;
 pub mod cli;
 pub mod openapi;
 pub mod pg;
+pub mod snap;
 pub mod world;

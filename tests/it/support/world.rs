@@ -23,6 +23,16 @@ pub struct Out {
     pub stderr: String,
 }
 
+impl Out {
+    /// Compares the whole output (code, stdout, stderr) with the snapshot `name`
+    /// (`support::snap`).
+    #[track_caller]
+    pub fn snapshot(&self, name: &str) -> &Out {
+        super::snap::check(name, self.code, &self.stdout, &self.stderr);
+        self
+    }
+}
+
 impl World {
     /// Runs `setup_sql` in a fresh database and starts a sandbox with `config`.
     pub async fn start(setup_sql: &str, config: SandboxConfig) -> World {
