@@ -1,8 +1,0 @@
-//! Shared test harness: run the real `kdit` binary against temporary files; a PostgreSQL
-//! database per test.
-#![allow(dead_code)]
-
-pub mod cli;
-pub mod openapi;
-pub mod pg;
-pub mod world;
