@@ -37,11 +37,11 @@ impl PgRows {
     /// Prepares the job's query and mapping; fails on problems `validate` would also find.
     pub fn new(job: &Job, source: Source, interrupt: Option<Interrupt>) -> Result<PgRows, String> {
         let defaults = job.project.as_ref().and_then(|p| p.spec.defaults.as_ref());
-        // Consent columns ride along as hidden fields (see `consent`).
-        let spec = crate::plan::consent::with_carrier(&job.spec);
-        let query = rows::prepare(&spec, &job.path, defaults).map_err(|e| e.to_string())?;
+        // The job's mapping carries the consent columns as hidden fields (see `consent`).
+        let query = rows::prepare(job).map_err(|e| e.to_string())?;
         // The hidden consent fields are part of the recipe: adding consent columns to a job
         // must not leave its rows "known".
+        let spec = crate::job::profiles::with_carrier(&job.spec);
         let recipe = serde_json::to_vec(&(
             &spec.profiles,
             defaults,
