@@ -243,12 +243,6 @@ pub(crate) struct Stop {
     pub interrupt: Interrupt,
 }
 
-impl Stop {
-    pub(crate) fn fired(&self) -> bool {
-        self.flag.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
 /// The first Ctrl-C sets the flag and cancels the query; the second ends the process (130).
 pub(crate) fn stop_on_ctrl_c() -> Stop {
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

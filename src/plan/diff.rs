@@ -2,47 +2,16 @@
 //! memory holds the state's fingerprints, never the rows.
 //!
 //! In: the job's desired profiles (from `transform`), rejects, and the `Snapshot` from
-//! `state`. Out: a `RowDecision` per row (what to send) and, at the end, the `Plan`. Also the
-//! diff's input port, `RowSource`: what feeds it rows (`sync::feed` adapts PostgreSQL to it).
-
-use std::sync::Arc;
+//! `state`. Out: a `RowDecision` per row (what to send) and, at the end, the `Plan`. What
+//! feeds it rows (`RowSource`, `Feed`) is `sync::feed`'s, which reads them from PostgreSQL.
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::digest::{Fingerprint, Hash, hash_payload, hex, row_mix};
 use crate::plan::{Action, FieldChange, ListChange, Plan, RejectCount, Rejected, UpdateSample};
-use crate::state::snapshot::{KnownRows, Snapshot};
-
-/// Rows flowing from the source: outcomes on a bounded channel, in batches (one hand-over per
-/// row would cost as much as a no-change run's diff), and the task producing them (which
-/// reports the row count and query time, or the error that stopped it). An error ends the
-/// outcomes: every row before it has been handed over.
-pub type Feed = (
-    mpsc::Receiver<Result<Vec<RowOutcome>, String>>,
-    JoinHandle<Result<QueryDone, String>>,
-);
-
-/// How a query went.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueryDone {
-    pub rows: u64,
-    pub seconds: f64,
-}
-
-/// Something that can run the job's query (again) and feed its rows.
-pub trait RowSource: Send + Sync {
-    /// Starts the query at once; its rows are read once `known` arrives (the state is read
-    /// meanwhile, while the server works towards the first row). Rows whose fingerprint is in
-    /// `known` may come as `RowOutcome::Known` (unchanged, not transformed). If `known` never
-    /// arrives (its sender dropped), the feed ends with an error.
-    fn feed(&self, known: oneshot::Receiver<Arc<KnownRows>>) -> Feed;
-    /// The query as shown in plans: file name (or "inline SQL") and parameters.
-    fn label(&self) -> String;
-}
+use crate::state::snapshot::Snapshot;
 
 /// A profile as the job wants it.
 #[derive(Debug, Clone)]
