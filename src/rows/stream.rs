@@ -251,10 +251,29 @@ impl ProfileStream {
     /// come out one at a time, in row order. `fingerprint_rows` and `skip_known` must be
     /// called before the first `next`.
     pub async fn next(&mut self) -> Option<Result<StreamedRow, SourceError>> {
-        loop {
-            if let Some(o) = self.ready.pop_front() {
-                return Some(Ok(o));
-            }
+        if self.ready.is_empty()
+            && let Err(e) = self.fill().await?
+        {
+            return Some(Err(e));
+        }
+        self.ready.pop_front().map(Ok)
+    }
+
+    /// `next` a batch at a time: the outcomes of the rows of one transformed batch (up to
+    /// `BATCH`), in row order, as the transform threads made them; the error that ended the
+    /// rows after the batches before it.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<StreamedRow>, SourceError>> {
+        if self.ready.is_empty()
+            && let Err(e) = self.fill().await?
+        {
+            return Some(Err(e));
+        }
+        Some(Ok(Vec::from(std::mem::take(&mut self.ready))))
+    }
+
+    /// Waits until outcomes are ready: `None` when the rows ended, the error that ended them.
+    async fn fill(&mut self) -> Option<Result<(), SourceError>> {
+        while self.ready.is_empty() {
             // Keep every thread busy, with batches waiting, while reading goes on.
             while !self.exhausted && self.in_flight.len() < IN_FLIGHT_PER_THREAD * self.threads {
                 self.read_batch().await;
@@ -276,6 +295,7 @@ impl ProfileStream {
                 }
             }
         }
+        Some(Ok(()))
     }
 
     /// Reads up to `BATCH` rows and hands them to the threads.
@@ -319,6 +339,7 @@ impl ProfileStream {
 
     /// Turns a transformed batch into outcomes: duplicate keys are settled here, in row order.
     fn absorb(&mut self, first: u64, built: Vec<BuiltRow>, rows: &[Row]) {
+        self.ready.reserve(built.len());
         // The batch's keys are looked up together: their places in the set are fetched first.
         for b in &built {
             if let BuiltRow::Transformed(Ok(p)) = b {

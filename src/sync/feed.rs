@@ -87,8 +87,6 @@ pub trait RowSource: Send + Sync {
     fn label(&self) -> String;
 }
 
-/// Rows handed to the diff at a time.
-const FEED_BATCH: usize = 512;
 /// Batches in flight between the query and the diff.
 const CHANNEL_BATCHES: usize = 8;
 
@@ -192,55 +190,41 @@ async fn produce(
     stream.restart_clock();
     stream.fingerprint_rows(recipe);
     stream.skip_known(known);
-    let mut batch = Vec::with_capacity(FEED_BATCH);
-    while let Some(next) = stream.next().await {
-        let next = match next {
-            Ok(next) => next,
-            Err(e) => {
-                // The rows before the error still go (then the error, from the caller).
-                if !batch.is_empty() {
-                    let _ = tx.send(Ok(batch)).await;
-                }
-                return Err(e.into());
-            }
-        };
-        let outcome = match next {
-            rows::StreamedRow::Profile(p) => RowOutcome::Profile(Desired {
-                row: p.row_number,
-                key: p.key,
-                attributes: p.attributes,
-                unset: p.unset.iter().map(|f| f.to_string()).collect(),
-                source: p.source,
-            }),
-            rows::StreamedRow::Known { row_number, known } => RowOutcome::Known {
-                row: row_number,
-                index: known.index,
-                mix: known.mix,
-            },
-            rows::StreamedRow::Rejected(r) => RowOutcome::Reject(Rejected {
-                row: r.row_number,
-                key: r.key.unwrap_or_default(),
-                field: r
-                    .field
-                    .map(|f| crate::plan::consent::author_field(spec, &f).unwrap_or(f))
-                    .unwrap_or_default(),
-                rule: r.rule.as_str().to_string(),
-                message: r.message,
-            }),
-        };
-        batch.push(outcome);
-        if batch.len() == FEED_BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(FEED_BATCH));
-            if tx.send(Ok(full)).await.is_err() {
-                // The consumer stopped (Ctrl-C or an error of its own): end the query.
-                batch.clear();
-                break;
-            }
+    // The stream's batches go to the diff as they are (up to 512 rows each).
+    while let Some(next) = stream.next_batch().await {
+        // The rows before an error went in earlier batches (then the error, from the caller).
+        let rows = next?;
+        let mut batch = Vec::with_capacity(rows.len());
+        for next in rows {
+            batch.push(match next {
+                rows::StreamedRow::Profile(p) => RowOutcome::Profile(Desired {
+                    row: p.row_number,
+                    key: p.key,
+                    attributes: p.attributes,
+                    unset: p.unset.iter().map(|f| f.to_string()).collect(),
+                    source: p.source,
+                }),
+                rows::StreamedRow::Known { row_number, known } => RowOutcome::Known {
+                    row: row_number,
+                    index: known.index,
+                    mix: known.mix,
+                },
+                rows::StreamedRow::Rejected(r) => RowOutcome::Reject(Rejected {
+                    row: r.row_number,
+                    key: r.key.unwrap_or_default(),
+                    field: r
+                        .field
+                        .map(|f| crate::plan::consent::author_field(spec, &f).unwrap_or(f))
+                        .unwrap_or_default(),
+                    rule: r.rule.as_str().to_string(),
+                    message: r.message,
+                }),
+            });
         }
-    }
-    if !batch.is_empty() {
-        // A consumer that stopped needs no more; the query is over anyway.
-        let _ = tx.send(Ok(batch)).await;
+        if tx.send(Ok(batch)).await.is_err() {
+            // The consumer stopped (Ctrl-C or an error of its own): end the query.
+            break;
+        }
     }
     let totals = stream.finish().await?;
     Ok(QueryDone {
