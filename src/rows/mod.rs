@@ -16,4 +16,5 @@ pub mod stream;
 mod testing;
 pub mod transform;
 
-pub use stream::{JobQuery, ProfileStream, RowTotals, RowsError, StreamedRow, prepare};
+pub use stream::{JobQuery, ProfileStream, RowTotals, RowsError, prepare};
+pub use transform::StreamedRow;

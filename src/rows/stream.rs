@@ -25,9 +25,10 @@ use crate::rows::source::decode::{RowDecoder, Undecodable, decode_row};
 use crate::rows::source::error::SourceError;
 use crate::rows::source::{Interrupt, Rows, RunContext, Source};
 use crate::rows::transform::{
-    ColumnProblem, InvalidGuard, Mapping, ProfileRow, Reject, Transformer, check_invalid,
+    ColumnProblem, InvalidGuard, Mapping, ProfileRow, Reject, StreamedRow, Transformer,
+    check_invalid,
 };
-use crate::state::snapshot::{KnownRows, Recognised};
+use crate::state::snapshot::KnownRows;
 
 /// Why a job's rows cannot be produced.
 #[derive(Debug, thiserror::Error)]
@@ -139,19 +140,6 @@ fn assert_send_static() {
 const BATCH: usize = 512;
 /// Batches kept in flight per transform thread, so a thread never waits for the reader.
 const IN_FLIGHT_PER_THREAD: usize = 4;
-
-/// One row's fate.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StreamedRow {
-    Profile(ProfileRow),
-    Rejected(Reject),
-    /// A row whose fingerprint the state knows (see `ProfileStream::skip_known`): its profile
-    /// is unchanged, so it was not transformed.
-    Known {
-        row_number: u64,
-        known: Recognised,
-    },
-}
 
 /// Profiles (and rejects) of a running query, in row order.
 pub struct ProfileStream {
@@ -353,8 +341,11 @@ impl ProfileStream {
                 BuiltRow::Known(known)
                     if self.transformer.first_sight_of_state_key(known.index) =>
                 {
-                    self.ready
-                        .push_back(StreamedRow::Known { row_number, known });
+                    self.ready.push_back(StreamedRow::Known {
+                        row_number,
+                        index: known.index,
+                        mix: known.mix,
+                    });
                     self.profiles += 1;
                     continue;
                 }

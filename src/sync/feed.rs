@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use crate::job::compile::Job;
 use crate::job::spec::JobSpec;
 use crate::plan::Rejected;
-use crate::plan::diff::{Desired, RowOutcome};
 use crate::rows::source::error::SourceError;
 use crate::rows::source::{Interrupt, Source};
+use crate::rows::transform::{Reject, StreamedRow};
 use crate::rows::{self, JobQuery, RowsError};
 use crate::state::snapshot::KnownRows;
 
@@ -26,7 +26,7 @@ use crate::state::snapshot::KnownRows;
 /// reports the row count and query time, or the error that stopped it). An error ends the
 /// outcomes: every row before it has been handed over.
 pub type Feed = (
-    mpsc::Receiver<Result<Vec<RowOutcome>, FeedError>>,
+    mpsc::Receiver<Result<Vec<StreamedRow>, FeedError>>,
     JoinHandle<Result<QueryDone, FeedError>>,
 );
 
@@ -80,7 +80,7 @@ impl From<RowsError> for FeedError {
 pub trait RowSource: Send + Sync {
     /// Starts the query at once; its rows are read once `known` arrives (the state is read
     /// meanwhile, while the server works towards the first row). Rows whose fingerprint is in
-    /// `known` may come as `RowOutcome::Known` (unchanged, not transformed). If `known` never
+    /// `known` may come as `StreamedRow::Known` (unchanged, not transformed). If `known` never
     /// arrives (its sender dropped), the feed ends with an error.
     fn feed(&self, known: oneshot::Receiver<Arc<KnownRows>>) -> Feed;
     /// The query as shown in plans: file name (or "inline SQL") and parameters.
@@ -168,7 +168,7 @@ async fn produce(
     interrupt: Option<Interrupt>,
     recipe: &[u8],
     known: oneshot::Receiver<Arc<KnownRows>>,
-    tx: &mpsc::Sender<Result<Vec<RowOutcome>, FeedError>>,
+    tx: &mpsc::Sender<Result<Vec<StreamedRow>, FeedError>>,
 ) -> Result<QueryDone, FeedError> {
     let mut stream = match query.open(source, None, interrupt).await {
         Ok(s) => s,
@@ -193,35 +193,7 @@ async fn produce(
     // The stream's batches go to the diff as they are (up to 512 rows each).
     while let Some(next) = stream.next_batch().await {
         // The rows before an error went in earlier batches (then the error, from the caller).
-        let rows = next?;
-        let mut batch = Vec::with_capacity(rows.len());
-        for next in rows {
-            batch.push(match next {
-                rows::StreamedRow::Profile(p) => RowOutcome::Profile(Desired {
-                    row: p.row_number,
-                    key: p.key,
-                    attributes: p.attributes,
-                    unset: p.unset.iter().map(|f| f.to_string()).collect(),
-                    source: p.source,
-                }),
-                rows::StreamedRow::Known { row_number, known } => RowOutcome::Known {
-                    row: row_number,
-                    index: known.index,
-                    mix: known.mix,
-                },
-                rows::StreamedRow::Rejected(r) => RowOutcome::Reject(Rejected {
-                    row: r.row_number,
-                    key: r.key.unwrap_or_default(),
-                    field: r
-                        .field
-                        .map(|f| crate::plan::consent::author_field(spec, &f).unwrap_or(f))
-                        .unwrap_or_default(),
-                    rule: r.rule.as_str().to_string(),
-                    message: r.message,
-                }),
-            });
-        }
-        if tx.send(Ok(batch)).await.is_err() {
+        if tx.send(Ok(next?)).await.is_err() {
             // The consumer stopped (Ctrl-C or an error of its own): end the query.
             break;
         }
@@ -231,4 +203,19 @@ async fn produce(
         rows: totals.rows,
         seconds: totals.elapsed.as_secs_f64(),
     })
+}
+
+/// A rejected row as the plan and the work file keep it: a hidden consent field is named as
+/// the job file names it.
+pub fn rejected(spec: &JobSpec, r: Reject) -> Rejected {
+    Rejected {
+        row: r.row_number,
+        key: r.key.unwrap_or_default(),
+        field: r
+            .field
+            .map(|f| crate::plan::consent::author_field(spec, &f).unwrap_or(f))
+            .unwrap_or_default(),
+        rule: r.rule.as_str().to_string(),
+        message: r.message,
+    }
 }

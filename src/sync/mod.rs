@@ -27,9 +27,10 @@ use crate::apply::{ApplyError, Settings, apply, record_fingerprints, resolve_lis
 use crate::exit::ExitStatus;
 use crate::job::compile::Job;
 use crate::klaviyo::Client;
-use crate::plan::diff::{Differ, RowOutcome};
+use crate::plan::diff::Differ;
 use crate::plan::render::{self, Options};
 use crate::plan::{FORMAT_VERSION, Plan};
+use crate::rows::transform::StreamedRow;
 use crate::state::{State, StateError};
 use crate::sync::feed::{FeedError, RowSource};
 
@@ -151,40 +152,46 @@ pub async fn make_plan(
     while let Some(batch) = rx.recv().await {
         for next in batch? {
             match next {
-                RowOutcome::Profile(d) => {
-                    let decision = differ.observe(&d);
-                    let consent = consent.decide(&d.key, decision.action, &d.attributes);
+                StreamedRow::Profile(p) => {
+                    let unset: Vec<String> = p.unset.iter().map(|f| f.to_string()).collect();
+                    let decision = differ.observe(&p, &unset);
+                    let consent = consent.decide(&p.key, decision.action, &p.attributes);
                     let Some(spill) = spill.as_deref_mut() else {
                         continue;
                     };
                     if decision.sends() {
                         spill
                             .send(ToSend {
-                                row: d.row,
-                                key: d.key,
+                                row: p.row_number,
+                                key: p.key,
                                 hash: decision.hash,
                                 action: decision.action,
                                 adds: decision.add_lists,
-                                unset: d.unset,
+                                unset,
                                 consent,
-                                attributes: d.attributes,
-                                source: d.source,
+                                attributes: p.attributes,
+                                source: p.source,
                             })
                             .map_err(spill_error)?;
-                    } else if let Some(source) = d.source {
+                    } else if let Some(source) = p.source {
                         // Unchanged, but the state lacks this row's fingerprint (the mapping
                         // changed, or kdit did): record it so the next run can skip the row.
                         spill
-                            .refresh(Refresh { key: d.key, source })
+                            .refresh(Refresh { key: p.key, source })
                             .map_err(spill_error)?;
                     }
                 }
-                RowOutcome::Known { row, index, mix } => {
+                StreamedRow::Known {
+                    row_number,
+                    index,
+                    mix,
+                } => {
                     if !differ.observe_known(index, mix) {
-                        return Err(SyncError::StateChanged { row });
+                        return Err(SyncError::StateChanged { row: row_number });
                     }
                 }
-                RowOutcome::Reject(r) => {
+                StreamedRow::Rejected(r) => {
+                    let r = feed::rejected(&job.spec, r);
                     differ.reject(&r);
                     if let Some(spill) = spill.as_deref_mut() {
                         spill.reject(&r).map_err(spill_error)?;

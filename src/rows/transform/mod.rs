@@ -77,6 +77,21 @@ pub struct ProfileRow {
     pub key_hash: u64,
 }
 
+/// One row's fate, as the stream hands it to the diff (`plan::diff::Differ` reads it as is).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamedRow {
+    Profile(ProfileRow),
+    Rejected(Reject),
+    /// A row whose fingerprint the state knows (`ProfileStream::skip_known`): its profile is
+    /// unchanged and already in every list, so it was not transformed. `index` is its state
+    /// entry's (`Snapshot::see_index`), `mix` its share of the rows digest (`digest::row_mix`).
+    Known {
+        row_number: u64,
+        index: u32,
+        mix: u128,
+    },
+}
+
 impl PartialEq for ProfileRow {
     fn eq(&self, other: &ProfileRow) -> bool {
         self.row_number == other.row_number
