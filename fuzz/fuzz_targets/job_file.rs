@@ -69,8 +69,7 @@ fuzz_target!(|bytes: &[u8]| {
         {
             // What `plan` does next, offline. It may refuse (e.g. a parameter the query
             // cannot bind), but never panic.
-            let defaults = project.and_then(|p| p.spec.defaults.as_ref());
-            let _ = kdit::rows::prepare(&job.spec, &job.path, defaults);
+            let _ = kdit::rows::prepare(job);
         }
         let errors = diagnostics
             .iter()

@@ -253,12 +253,6 @@ pub(crate) struct Stop {
     pub interrupt: Interrupt,
 }
 
-impl Stop {
-    pub(crate) fn fired(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
-    }
-}
-
 /// Told by the listener of the second Ctrl-C; `main` waits for it (`second_ctrl_c`).
 static QUIT: LazyLock<tokio::sync::Notify> = LazyLock::new(tokio::sync::Notify::new);
 

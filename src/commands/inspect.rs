@@ -9,17 +9,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Result, anyhow};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 use crate::commands::connect::{Failed, cancel_on_ctrl_c};
+use crate::job::compile::Job;
 use crate::job::query::StoredQuery;
 use crate::job::spec::ParamValue;
 use crate::output::Hinted;
 use crate::rows::source::{Cell, Interrupt, RunContext, Source, SourceConfig};
 use crate::rows::transform::{ProfileRow, Reject, cell_to_json_lossy};
-use crate::rows::{RowsError, StreamedRow, prepare};
+use crate::rows::{JobQuery, RowsError, StreamedRow, prepare};
 
 /// Output format for rows and previews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -93,8 +94,13 @@ async fn connect() -> Result<Source> {
 /// `kdit query run`: the first rows of a stored query.
 pub async fn query_run(args: &QueryRunArgs, out: &mut dyn Write) -> Result<()> {
     let path = resolve_query_path(&args.query);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read query file {}", path.display()))?;
+    let text = crate::job::load::read_query(&path).map_err(|e| match e {
+        // As `fs::read_to_string` said it, with the path.
+        crate::job::load::ReadQueryError::Io(e) => {
+            anyhow::Error::new(e).context(format!("cannot read query file {}", path.display()))
+        }
+        e => anyhow!("cannot read query file {}: {e}", path.display()),
+    })?;
     let query = StoredQuery::parse(path.display().to_string(), &text)?;
     let params: IndexMap<String, ParamValue> = args
         .params
@@ -222,13 +228,13 @@ pub fn write_table(out: &mut dyn Write, header: &[String], rows: &[Vec<String>])
 pub async fn check(args: &CheckArgs, out: &mut dyn Write) -> Result<bool> {
     let job = checked_job(&args.job)?;
     let config = SourceConfig::from_env();
-    check_job(&job.spec, &args.job, config, out).await
+    check_job(&job, config, out).await
 }
 
-/// Loads a job through `validate`'s loader (problems printed with `file:line:col`), and
-/// makes the project's defaults part of it so the query sees them.
-fn checked_job(path: &Path) -> Result<crate::job::compile::Job> {
-    let mut job = crate::commands::connect::load_job(path).map_err(|failed| match failed {
+/// Loads a job through `validate`'s loader (problems printed with `file:line:col`); the
+/// compiled job has the project's defaults merged.
+fn checked_job(path: &Path) -> Result<Job> {
+    let job = crate::commands::connect::load_job(path).map_err(|failed| match failed {
         // Refused as a usage error (exit 64), already said: `main` prints nothing more.
         Failed::SeveralJobs => anyhow::Error::new(failed),
         Failed::Path | Failed::Invalid => anyhow::anyhow!(
@@ -236,32 +242,25 @@ fn checked_job(path: &Path) -> Result<crate::job::compile::Job> {
             path.display()
         ),
     })?;
-    if let Some(defaults) = job.project.as_ref().and_then(|p| p.spec.defaults.clone()) {
-        apply_defaults(&mut job.spec, &defaults);
-    }
     Ok(job)
 }
 
-/// Fills a job's unset settings from the project's defaults.
-fn apply_defaults(spec: &mut crate::job::spec::JobSpec, d: &crate::job::spec::Defaults) {
-    spec.profiles.default_region = spec
-        .profiles
-        .default_region
-        .take()
-        .or(d.default_region.clone());
-    spec.profiles.on_null = spec.profiles.on_null.or(d.on_null);
-    spec.query.timeout = spec.query.timeout.or(d.timeout);
+/// What `preview` and `check` read a job's rows with: its query, and its mapping as the job
+/// file writes it (no hidden consent fields).
+fn shown_query(job: &Job) -> Result<JobQuery, RowsError> {
+    let mut jq = prepare(job)?;
+    jq.mapping = job.shown_mapping.clone();
+    Ok(jq)
 }
 
-/// The checks of `kdit check` for a loaded job.
+/// The checks of `kdit check` for a compiled job.
 pub async fn check_job(
-    job: &crate::job::spec::JobSpec,
-    job_path: &Path,
+    job: &Job,
     config: Result<SourceConfig, crate::rows::source::SourceError>,
     out: &mut dyn Write,
 ) -> Result<bool> {
     let mut ok = true;
-    let jq = match prepare(job, job_path, None) {
+    let jq = match shown_query(job) {
         Ok(jq) => {
             let params = jq.rendered.describe_params();
             writeln!(
@@ -321,7 +320,7 @@ pub async fn check_job(
         Ok(_) => Vec::new(),
         Err(p) => p,
     };
-    for (key, source) in &job.profiles.fields {
+    for (key, source) in &job.spec.profiles.fields {
         let m = source.mapping();
         let mine: Vec<_> = problems.iter().filter(|p| &p.field == key).collect();
         let from = if let Some(c) = &m.column {
@@ -366,11 +365,10 @@ fn indent(s: &str) -> String {
 
 /// `kdit preview JOB`: the first profiles and any rejects.
 pub async fn preview(args: &PreviewArgs, out: &mut dyn Write) -> Result<()> {
-    let job = checked_job(&args.job)?.spec;
+    let job = checked_job(&args.job)?;
     let source = connect().await?;
     preview_job(
         &job,
-        &args.job,
         &source,
         args.limit,
         args.format,
@@ -382,15 +380,14 @@ pub async fn preview(args: &PreviewArgs, out: &mut dyn Write) -> Result<()> {
 
 /// `kdit preview` for a loaded job and a connected source.
 pub async fn preview_job(
-    job: &crate::job::spec::JobSpec,
-    job_path: &Path,
+    job: &Job,
     source: &Source,
     limit: u64,
     format: RowsFormat,
     interrupt: Option<Interrupt>,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let jq = prepare(job, job_path, None)?;
+    let jq = shown_query(job)?;
     let mut stream = jq.open(source, Some(limit), interrupt).await?;
     let mut profiles: Vec<ProfileRow> = Vec::new();
     let mut rejects: Vec<Reject> = Vec::new();
@@ -403,7 +400,7 @@ pub async fn preview_job(
         }
     }
     let totals = stream.finish().await?;
-    write_preview(out, format, &job.profiles.fields, &profiles, &rejects)?;
+    write_preview(out, format, &job.spec.profiles.fields, &profiles, &rejects)?;
     if format == RowsFormat::Table {
         writeln!(
             out,

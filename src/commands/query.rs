@@ -83,7 +83,7 @@ pub fn list(paths: &[PathBuf]) -> Result<Vec<QueryEntry>, PathError> {
     let mut out = Vec::new();
     for (file, mut used_by) in by_file {
         used_by.sort();
-        let (params, problem) = match std::fs::read_to_string(&file) {
+        let (params, problem) = match crate::job::load::read_query(&file) {
             Err(e) => (Vec::new(), Some(format!("cannot read: {e}"))),
             Ok(text) => match StoredQuery::parse(file.display().to_string(), &text) {
                 Err(e) => (Vec::new(), Some(e.to_string())),

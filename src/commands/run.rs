@@ -192,7 +192,7 @@ pub async fn run(
                 print_plan(&plan, &out);
                 ExitStatus::Success
             }
-            Err(e) if stop.fired() => interrupted(&e),
+            Err(e) if e.is_cancelled() => interrupted(&e),
             Err(e) => fail(e),
         };
     }
@@ -215,7 +215,7 @@ pub async fn run(
             ExitStatus::Interrupted
         }
         // Ctrl-C while the query streamed: it was cancelled; nothing was written.
-        Err(e) if stop.fired() => interrupted(&e),
+        Err(e) if e.is_cancelled() => interrupted(&e),
         Err(e) => fail(e),
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! In: a loaded job file (typed spec + source map) and its project, if any. Out: a `Job` and
 //! every problem found, each located in the job file (or in the stored query file). Reads the
-//! stored query file (through `load::read_query`); otherwise pure.
+//! stored query file (through `load::read_query`; nothing else reads it); otherwise pure.
+//! The `Job` holds everything the rows need: the parsed query, the compiled profile mapping
+//! (`profiles`), the timeout and guards, the project's defaults merged in here once.
 //!
 //! `compile` runs one `Compiler` section after another (query, profile fields, lists, tags,
 //! exclusive tag groups, segments, consent, batch and guards); the diagnostics come out in
@@ -10,14 +12,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::job::attributes::FieldPath;
-use crate::job::diagnostic::Diagnostic;
+use crate::job::diagnostic::{Diagnostic, Severity};
 use crate::job::load::{Loaded, MAX_FILE_BYTES, ReadQueryError, pointer_join, read_query};
-use crate::job::query::{QueryProblem, StoredQuery};
+use crate::job::profiles::{Mapping, with_carrier};
+use crate::job::query::{QueryError, QueryProblem, StoredQuery};
 use crate::job::spec::{
-    Defaults, FieldMapping, GuardsSpec, JobSpec, ListMode, NullPolicy, ProfileKey, ProjectSpec,
-    Transform,
+    Defaults, GuardsSpec, JobSpec, ListMode, ProfileKey, ProjectSpec, Threshold, Transform,
 };
 
 /// Klaviyo's cap on profiles per bulk import job.
@@ -48,17 +52,6 @@ impl Project {
     }
 }
 
-/// One mapped profile field.
-#[derive(Debug, Clone)]
-pub struct FieldRule {
-    pub key: String,
-    pub path: FieldPath,
-    pub mapping: FieldMapping,
-    pub on_null: NullPolicy,
-    /// Region for `e164`, resolved from the field, the job, then the project.
-    pub region: Option<String>,
-}
-
 /// A checked job, ready for the source and the diff.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -68,8 +61,21 @@ pub struct Job {
     pub query_file: Option<PathBuf>,
     /// The query's text (a minijinja template for structure).
     pub query_text: String,
+    /// The query parsed, labelled as the job file names it (its file, or `inline SQL`); an
+    /// error only for what `validate` lets through (an empty query file).
+    pub query: Result<StoredQuery, QueryError>,
+    /// The profile mapping the rows are read with: the job's fields, project defaults
+    /// merged, `query.columns` required, plus the hidden consent fields when the job reads
+    /// consent from columns (`profiles::with_carrier`).
+    pub mapping: Arc<Mapping>,
+    /// The mapping as the job file writes it (no hidden consent fields), for `preview` and
+    /// `check`; the same mapping when the job reads no consent columns.
+    pub shown_mapping: Arc<Mapping>,
+    /// `query.timeout`, else the project's default.
+    pub timeout: Option<Duration>,
+    /// `guards.max_invalid`, else the project's default's.
+    pub max_invalid: Option<Threshold>,
     pub key: ProfileKey,
-    pub fields: Vec<FieldRule>,
     pub batch_size: u64,
     pub concurrency: u64,
     pub guards: GuardsSpec,
@@ -102,8 +108,9 @@ pub fn compile(
         return (None, Vec::new());
     };
     let mut c = Compiler::new(loaded, spec, project);
-    let (query_file, query_text) = c.query();
-    let fields = c.profile_fields();
+    let (query_file, query_text, query) = c.query();
+    c.profile_fields();
+    let mappings = c.mappings();
     c.lists();
     c.tags();
     c.exclusive_groups();
@@ -112,22 +119,36 @@ pub fn compile(
     let (batch_size, concurrency, guards, tag_property) = c.batch_and_guards();
 
     let out = c.out;
-    let has_errors = out
-        .iter()
-        .any(|d| d.severity == crate::job::diagnostic::Severity::Error);
-    let job = (!has_errors).then(|| Job {
-        spec: spec.clone(),
-        path: loaded.file.path.clone(),
-        query_file,
-        query_text,
-        key: spec.profiles.key,
-        fields,
-        batch_size,
-        concurrency,
-        guards,
-        tag_property,
-        project: project.cloned(),
-    });
+    let has_errors = out.iter().any(|d| d.severity == Severity::Error);
+    let defaults = project.and_then(|p| p.spec.defaults.as_ref());
+    let job = (!has_errors)
+        .then_some(mappings)
+        .flatten()
+        .map(|(mapping, shown_mapping)| Job {
+            spec: spec.clone(),
+            path: loaded.file.path.clone(),
+            query_file,
+            query_text,
+            query,
+            mapping,
+            shown_mapping,
+            timeout: spec
+                .query
+                .timeout
+                .or(defaults.and_then(|d| d.timeout))
+                .map(|d| d.0),
+            max_invalid: spec
+                .guards
+                .as_ref()
+                .and_then(|g| g.max_invalid)
+                .or(defaults.and_then(|d| d.guards.as_ref().and_then(|g| g.max_invalid))),
+            key: spec.profiles.key,
+            batch_size,
+            concurrency,
+            guards,
+            tag_property,
+            project: project.cloned(),
+        });
     (job, out)
 }
 
@@ -161,8 +182,8 @@ impl<'a> Compiler<'a> {
     }
 
     /// The query: its source (file or inline SQL), timeout, and the stored query's own
-    /// problems with the job's parameters. Gives the query file and text.
-    fn query(&mut self) -> (Option<PathBuf>, String) {
+    /// problems with the job's parameters. Gives the query file, text and parsed query.
+    fn query(&mut self) -> (Option<PathBuf>, String, Result<StoredQuery, QueryError>) {
         let (loaded, spec) = (self.loaded, self.spec);
         let path = loaded.file.path.as_path();
         let mut query_file = None;
@@ -242,12 +263,12 @@ impl<'a> Compiler<'a> {
                 ),
             );
         }
+        let parsed = match &query_file {
+            Some(f) => StoredQuery::parse(f.display().to_string(), &query_text),
+            None => StoredQuery::inline(&query_text),
+        };
         if !query_text.is_empty() {
-            let parsed = match &query_file {
-                Some(f) => StoredQuery::parse(f.display().to_string(), &query_text),
-                None => StoredQuery::inline(&query_text),
-            };
-            let problems = match parsed {
+            let problems = match &parsed {
                 Ok(q) => q.check(&spec.query.params),
                 Err(e) => e.problems().to_vec(),
             };
@@ -260,14 +281,25 @@ impl<'a> Compiler<'a> {
                 ));
             }
         }
-        (query_file, query_text)
+        // The rows' query is labelled as the job file names it.
+        let parsed = match (&spec.query.file, parsed) {
+            (Some(file), Ok(mut q)) => {
+                q.label = file.clone();
+                Ok(q)
+            }
+            (Some(file), Err(QueryError::Invalid { problems, .. })) => Err(QueryError::Invalid {
+                label: file.clone(),
+                problems,
+            }),
+            (None, parsed) => parsed,
+        };
+        (query_file, query_text, parsed)
     }
 
     /// The profile fields: names, sources, templates, phone regions, null policy, and the key.
-    fn profile_fields(&mut self) -> Vec<FieldRule> {
+    fn profile_fields(&mut self) {
         let (loaded, spec) = (self.loaded, self.spec);
         let defaults = &self.defaults;
-        let mut fields = Vec::new();
         let mut columns: BTreeSet<String> = spec.query.columns.iter().cloned().collect();
         for source in spec.profiles.fields.values() {
             if let Some(c) = &source.mapping().column {
@@ -364,18 +396,6 @@ impl<'a> Compiler<'a> {
                     ),
                 );
             }
-            let on_null = mapping
-                .on_null
-                .or(spec.profiles.on_null)
-                .or(defaults.on_null)
-                .unwrap_or_default();
-            fields.push(FieldRule {
-                key: key.clone(),
-                path: fpath,
-                mapping,
-                on_null,
-                region,
-            });
         }
         let key = spec.profiles.key;
         if !spec.profiles.fields.contains_key(key.field()) {
@@ -390,7 +410,48 @@ impl<'a> Compiler<'a> {
                 ),
             );
         }
-        fields
+    }
+
+    /// The profile mapping, compiled once (`profiles::Mapping::compile`) when the checks so
+    /// far found no error: the one the rows are read with (hidden consent fields included)
+    /// and the one the job file writes. What only the compiler catches (an empty column name)
+    /// is reported at its field.
+    fn mappings(&mut self) -> Option<(Arc<Mapping>, Arc<Mapping>)> {
+        if self.out.iter().any(|d| d.severity == Severity::Error) {
+            return None;
+        }
+        let (loaded, spec) = (self.loaded, self.spec);
+        let defaults = self.project.and_then(|p| p.spec.defaults.as_ref());
+        let compile = |profiles| {
+            Mapping::compile(profiles, defaults)
+                .map(|m| Arc::new(m.with_extra_columns(&spec.query.columns)))
+        };
+        let carried = with_carrier(spec);
+        let both = compile(&carried.profiles).and_then(|mapping| {
+            if carried.profiles.fields.len() == spec.profiles.fields.len() {
+                Ok((mapping.clone(), mapping))
+            } else {
+                Ok((mapping, compile(&spec.profiles)?))
+            }
+        });
+        match both {
+            Ok(both) => Some(both),
+            Err(errors) => {
+                for e in errors {
+                    let pointer = if e.field == "default_region" {
+                        "/profiles/default_region".to_string()
+                    } else {
+                        pointer_join("/profiles/fields", &e.field)
+                    };
+                    let mut d = self.err("field-source", e.message);
+                    if let Some(h) = e.hint {
+                        d = d.hint(h);
+                    }
+                    self.out.push(loaded.at_key(d, &pointer));
+                }
+                None
+            }
+        }
     }
 
     /// Lists: names present and unique, and at most 64.

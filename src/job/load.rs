@@ -148,6 +148,28 @@ pub enum ReadQueryError {
     TooLarge(u64),
 }
 
+impl std::fmt::Display for ReadQueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadQueryError::Io(e) => write!(f, "{e}"),
+            ReadQueryError::NotAFile => write!(f, "not a regular file"),
+            ReadQueryError::TooLarge(bytes) => write!(
+                f,
+                "{bytes} bytes or more; kdit reads stored queries of at most {MAX_FILE_BYTES} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReadQueryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadQueryError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Reads a stored query file: a regular file of at most `MAX_FILE_BYTES`, as job files are,
 /// so that no job file can make validation wait forever or exhaust memory.
 pub fn read_query(path: &Path) -> Result<String, ReadQueryError> {

@@ -5,6 +5,7 @@ pub mod attributes;
 pub mod compile;
 pub mod diagnostic;
 pub mod load;
+pub mod profiles;
 pub mod query;
 pub mod segment;
 pub mod spec;

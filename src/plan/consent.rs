@@ -21,12 +21,11 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::job::compile::Job;
-use crate::job::spec::{FieldMapping, FieldSource, JobSpec, NullPolicy, ValueType};
+use crate::job::spec::JobSpec;
 use crate::plan::Action;
 
 use crate::job::attributes::CONSENT_CARRIER as CARRIER;
-const AT: &str = "consented_at";
-const UNSUBSCRIBE: &str = "unsubscribe";
+use crate::job::profiles::{CONSENTED_AT as AT, UNSUBSCRIBE};
 
 /// Whether the job reads consent values from columns (so rows carry them).
 pub fn reads_columns(spec: &JobSpec) -> bool {
@@ -35,35 +34,7 @@ pub fn reads_columns(spec: &JobSpec) -> bool {
     })
 }
 
-/// The job spec the rows are read with: the job's own, plus the hidden consent fields when
-/// the job reads consent from columns.
-pub fn with_carrier(spec: &JobSpec) -> JobSpec {
-    let mut spec = spec.clone();
-    let Some(c) = spec.consent.clone() else {
-        return spec;
-    };
-    let hidden = |column: &str, ty: ValueType| {
-        FieldSource::Mapping(Box::new(FieldMapping {
-            column: Some(column.to_string()),
-            value_type: Some(ty),
-            on_null: Some(NullPolicy::Keep),
-            ..FieldMapping::default()
-        }))
-    };
-    if let Some(col) = &c.consented_at {
-        spec.profiles.fields.insert(
-            format!("properties.{CARRIER}.{AT}"),
-            hidden(col, ValueType::Datetime),
-        );
-    }
-    if let (false, Some(col)) = (c.unsubscribe.is_empty(), &c.unsubscribe_column) {
-        spec.profiles.fields.insert(
-            format!("properties.{CARRIER}.{UNSUBSCRIBE}"),
-            hidden(col, ValueType::Boolean),
-        );
-    }
-    spec
-}
+pub use crate::job::profiles::with_carrier;
 
 /// A field key of the hidden consent fields as the job author knows it (for rejects).
 pub fn author_field(job: &JobSpec, field: &str) -> Option<String> {

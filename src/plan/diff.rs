@@ -1,79 +1,17 @@
 //! Rows vs state → what must change. Pure and streaming: rows go through one at a time, so
 //! memory holds the state's fingerprints, never the rows.
 //!
-//! In: the job's desired profiles (from `transform`), rejects, and the `Snapshot` from
-//! `state`. Out: a `RowDecision` per row (what to send) and, at the end, the `Plan`. Also the
-//! diff's input port, `RowSource`: what feeds it rows (`sync::feed` adapts PostgreSQL to it).
-
-use std::sync::Arc;
+//! In: the rows as the stream hands them over (`rows::transform::StreamedRow`: profiles,
+//! recognised rows, rejects as `Rejected`), and the `Snapshot` from `state`. Out: a `RowDecision` per row (what to send) and, at the end, the `Plan`. What
+//! feeds it rows (`RowSource`, `Feed`) is `sync::feed`'s, which reads them from PostgreSQL.
 
 use serde_json::Value;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
-use crate::digest::{Fingerprint, Hash, hash_payload, hex, row_mix};
+use crate::digest::{Hash, hash_payload, hex, row_mix};
 use crate::plan::{Action, FieldChange, ListChange, Plan, RejectCount, Rejected, UpdateSample};
-use crate::state::snapshot::{KnownRows, Snapshot};
-
-/// Rows flowing from the source: outcomes on a bounded channel, in batches (one hand-over per
-/// row would cost as much as a no-change run's diff), and the task producing them (which
-/// reports the row count and query time, or the error that stopped it). An error ends the
-/// outcomes: every row before it has been handed over.
-pub type Feed = (
-    mpsc::Receiver<Result<Vec<RowOutcome>, String>>,
-    JoinHandle<Result<QueryDone, String>>,
-);
-
-/// How a query went.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueryDone {
-    pub rows: u64,
-    pub seconds: f64,
-}
-
-/// Something that can run the job's query (again) and feed its rows.
-pub trait RowSource: Send + Sync {
-    /// Starts the query at once; its rows are read once `known` arrives (the state is read
-    /// meanwhile, while the server works towards the first row). Rows whose fingerprint is in
-    /// `known` may come as `RowOutcome::Known` (unchanged, not transformed). If `known` never
-    /// arrives (its sender dropped), the feed ends with an error.
-    fn feed(&self, known: oneshot::Receiver<Arc<KnownRows>>) -> Feed;
-    /// The query as shown in plans: file name (or "inline SQL") and parameters.
-    fn label(&self) -> String;
-}
-
-/// A profile as the job wants it.
-#[derive(Debug, Clone)]
-pub struct Desired {
-    /// 1-based row number in the query's result.
-    pub row: u64,
-    /// The job's key value (email, phone number or external id).
-    pub key: String,
-    /// Klaviyo profile attributes (standard, `location`, `properties`), serialised once:
-    /// hashed as is, sent as is.
-    pub attributes: Box<RawValue>,
-    /// Fields to clear (`on_null: unset`), as field keys (`first_name`, `properties.plan`).
-    pub unset: Vec<String>,
-    /// The fingerprint of the source row, when the source makes them.
-    pub source: Option<Fingerprint>,
-}
-
-/// What the source hands the diff for each row.
-#[derive(Debug, Clone)]
-pub enum RowOutcome {
-    Profile(Desired),
-    Reject(Rejected),
-    /// A row the state knows by its fingerprint (`KnownRows`): its profile is unchanged and
-    /// already in every list, so it was not transformed. `index` is its entry's
-    /// (`Snapshot::see_index`), `mix` its share of the rows digest (`digest::row_mix`).
-    Known {
-        row: u64,
-        index: u32,
-        mix: u128,
-    },
-}
+use crate::rows::transform::ProfileRow;
+use crate::state::snapshot::Snapshot;
 
 /// The diff's verdict on one row.
 #[derive(Debug, Clone, Copy)]
@@ -143,9 +81,10 @@ impl<'s> Differ<'s> {
         self
     }
 
-    /// Classifies one desired profile.
-    pub fn observe(&mut self, d: &Desired) -> RowDecision {
-        let mut hash = hash_payload(&d.attributes, &d.unset);
+    /// Classifies one desired profile. `unset` is `p.unset` as field keys (`first_name`,
+    /// `properties.plan`), as the caller also sends them.
+    pub fn observe(&mut self, d: &ProfileRow, unset: &[String]) -> RowDecision {
+        let mut hash = hash_payload(&d.attributes, unset);
         if !self.salt.is_empty() {
             use sha2::Digest as _;
             let mut h = sha2::Sha256::new();
@@ -153,7 +92,7 @@ impl<'s> Differ<'s> {
             h.update(&self.salt);
             hash.copy_from_slice(&h.finalize()[..16]);
         }
-        self.mix(crate::digest::key_hash(&d.key), &hash);
+        self.mix(d.key_hash, &hash);
         self.plan.rows += 1;
         let (action, add_lists) = match self.snapshot.see(&d.key) {
             None => (Action::Create, self.all_lists),
@@ -181,7 +120,7 @@ impl<'s> Differ<'s> {
                     self.update_new.push((
                         d.key.clone(),
                         serde_json::from_str(d.attributes.get()).unwrap_or(Value::Null),
-                        d.unset.clone(),
+                        unset.to_vec(),
                     ));
                 }
             }
@@ -372,14 +311,15 @@ mod tests {
     use crate::state::snapshot::Entry;
     use serde_json::json;
 
-    fn desired(row: u64, key: &str, name: &str) -> Desired {
-        Desired {
-            row,
+    fn desired(row: u64, key: &str, name: &str) -> ProfileRow {
+        ProfileRow {
+            row_number: row,
             key: key.into(),
             attributes: serde_json::value::to_raw_value(&json!({"email": key, "first_name": name}))
                 .unwrap(),
             unset: vec![],
             source: None,
+            key_hash: crate::digest::key_hash(key),
         }
     }
 
@@ -411,12 +351,12 @@ mod tests {
         snap.seal();
         let lists = vec![("VIP".to_string(), true)];
         let mut d = Differ::new(&mut snap, &lists, Plan::default());
-        assert_eq!(d.observe(&same).action, Action::Unchanged);
+        assert_eq!(d.observe(&same, &[]).action, Action::Unchanged);
         assert_eq!(
-            d.observe(&desired(2, "b@x.com", "B")).action,
+            d.observe(&desired(2, "b@x.com", "B"), &[]).action,
             Action::Update
         );
-        let c = d.observe(&desired(3, "c@x.com", "C"));
+        let c = d.observe(&desired(3, "c@x.com", "C"), &[]);
         assert_eq!((c.action, c.add_lists), (Action::Create, 1));
         let plan = d.finish(&Default::default(), &[true]);
         assert_eq!((plan.creates, plan.updates, plan.unchanged), (1, 1, 1));
@@ -435,7 +375,7 @@ mod tests {
             let mut snap = Snapshot::default();
             let mut d = Differ::new(&mut snap, &[], Plan::default());
             for i in order {
-                d.observe(&rows[*i]);
+                d.observe(&rows[*i], &[]);
             }
             d.finish(&Default::default(), &[]).rows_digest
         };
@@ -467,7 +407,7 @@ mod tests {
         assert!(snap.seen("a@x.com"));
         let by_row = {
             let mut d = Differ::new(&mut snap, &lists, Plan::default());
-            assert_eq!(d.observe(&row).action, Action::Unchanged);
+            assert_eq!(d.observe(&row, &[]).action, Action::Unchanged);
             d.finish(&Default::default(), &[true])
         };
         assert_eq!(by_known.rows_digest, by_row.rows_digest);

@@ -1,16 +1,14 @@
 //! A job's rows as profiles: the source, the transform threads and the transform joined,
 //! for `plan`, `run`, `preview` and `check`.
 //!
-//! In: a job file's `JobSpec` (its query and `profiles` section) and project `Defaults`;
-//! a `Source`. Out: a `JobQuery` (the stored query rendered with its parameters, the
-//! compiled mapping, the timeout) and, once opened, a `ProfileStream` yielding one
+//! In: a compiled `Job` (its parsed query, compiled mapping, timeout and guard, project
+//! defaults merged); a `Source`. Out: a `JobQuery` (the stored query rendered with its
+//! parameters, the mapping, the timeout) and, once opened, a `ProfileStream` yielding one
 //! `StreamedRow` (a `ProfileRow`, a `Reject`, or a row the state knows) per row, in query
-//! order, with bounded memory. `prepare` reads the query file from disk; `open` talks to
-//! PostgreSQL.
+//! order, with bounded memory. `prepare` reads no file; `open` talks to PostgreSQL.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,28 +16,25 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
+use crate::job::compile::Job;
 use crate::job::query::{QueryError, RenderedQuery, StoredQuery};
-use crate::job::spec::{Defaults, JobSpec, Threshold};
+use crate::job::spec::Threshold;
 use crate::rows::cell::Column;
 use crate::rows::pool::{BatchBuilder, BuiltBatch, BuiltRow, Pool};
 use crate::rows::source::decode::{RowDecoder, Undecodable, decode_row};
 use crate::rows::source::error::SourceError;
 use crate::rows::source::{Interrupt, Rows, RunContext, Source};
 use crate::rows::transform::{
-    ColumnProblem, InvalidGuard, Mapping, MappingError, ProfileRow, Reject, Transformer,
+    ColumnProblem, InvalidGuard, Mapping, ProfileRow, Reject, StreamedRow, Transformer,
     check_invalid,
 };
-use crate::state::snapshot::{KnownRows, Recognised};
+use crate::state::snapshot::KnownRows;
 
 /// Why a job's rows cannot be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum RowsError {
-    #[error("{}: {message}", .path.display())]
-    Job { path: PathBuf, message: String },
     #[error("{0}")]
     Query(#[from] QueryError),
-    #[error("{}", join(.0))]
-    Mapping(Vec<MappingError>),
     #[error("{}", join(.0))]
     Columns(Vec<ColumnProblem>),
     #[error(transparent)]
@@ -67,51 +62,18 @@ pub struct JobQuery {
     pub max_invalid: Option<Threshold>,
 }
 
-/// Reads the job's query (a file relative to the job file, or inline SQL), renders it with
-/// the job's parameters and compiles the profile mapping.
-pub fn prepare(
-    job: &JobSpec,
-    job_path: &Path,
-    defaults: Option<&Defaults>,
-) -> Result<JobQuery, RowsError> {
-    let query = match (&job.query.file, &job.query.sql) {
-        (Some(file), None) => {
-            let path = job_path.parent().unwrap_or(Path::new(".")).join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| RowsError::Job {
-                path: job_path.to_path_buf(),
-                message: format!("cannot read query file {}: {e}", path.display()),
-            })?;
-            StoredQuery::parse(file.clone(), &text)?
-        }
-        (None, Some(sql)) => StoredQuery::inline(sql)?,
-        _ => {
-            return Err(RowsError::Job {
-                path: job_path.to_path_buf(),
-                message: "`query` needs exactly one of `file` or `sql`".into(),
-            });
-        }
-    };
-    let rendered = query.render(&job.query.params)?;
-    let mapping = Arc::new(
-        Mapping::compile(&job.profiles, defaults)
-            .map_err(RowsError::Mapping)?
-            .with_extra_columns(&job.query.columns),
-    );
+/// Renders the compiled job's query with its parameters; the mapping, timeout and guard
+/// are the job's (`job::compile` made them; nothing is read from disk here).
+pub fn prepare(job: &Job) -> Result<JobQuery, RowsError> {
+    let query = job.query.clone()?;
+    let rendered = query.render(&job.spec.query.params)?;
     Ok(JobQuery {
-        job_name: job.name.clone(),
+        job_name: job.name().to_string(),
         query,
         rendered,
-        mapping,
-        timeout: job
-            .query
-            .timeout
-            .or(defaults.and_then(|d| d.timeout))
-            .map(|d| d.0),
-        max_invalid: job
-            .guards
-            .as_ref()
-            .and_then(|g| g.max_invalid)
-            .or(defaults.and_then(|d| d.guards.as_ref().and_then(|g| g.max_invalid))),
+        mapping: job.mapping.clone(),
+        timeout: job.timeout,
+        max_invalid: job.max_invalid,
     })
 }
 
@@ -178,19 +140,6 @@ fn assert_send_static() {
 const BATCH: usize = 512;
 /// Batches kept in flight per transform thread, so a thread never waits for the reader.
 const IN_FLIGHT_PER_THREAD: usize = 4;
-
-/// One row's fate.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StreamedRow {
-    Profile(ProfileRow),
-    Rejected(Reject),
-    /// A row whose fingerprint the state knows (see `ProfileStream::skip_known`): its profile
-    /// is unchanged, so it was not transformed.
-    Known {
-        row_number: u64,
-        known: Recognised,
-    },
-}
 
 /// Profiles (and rejects) of a running query, in row order.
 pub struct ProfileStream {
@@ -290,10 +239,29 @@ impl ProfileStream {
     /// come out one at a time, in row order. `fingerprint_rows` and `skip_known` must be
     /// called before the first `next`.
     pub async fn next(&mut self) -> Option<Result<StreamedRow, SourceError>> {
-        loop {
-            if let Some(o) = self.ready.pop_front() {
-                return Some(Ok(o));
-            }
+        if self.ready.is_empty()
+            && let Err(e) = self.fill().await?
+        {
+            return Some(Err(e));
+        }
+        self.ready.pop_front().map(Ok)
+    }
+
+    /// `next` a batch at a time: the outcomes of the rows of one transformed batch (up to
+    /// `BATCH`), in row order, as the transform threads made them; the error that ended the
+    /// rows after the batches before it.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<StreamedRow>, SourceError>> {
+        if self.ready.is_empty()
+            && let Err(e) = self.fill().await?
+        {
+            return Some(Err(e));
+        }
+        Some(Ok(Vec::from(std::mem::take(&mut self.ready))))
+    }
+
+    /// Waits until outcomes are ready: `None` when the rows ended, the error that ended them.
+    async fn fill(&mut self) -> Option<Result<(), SourceError>> {
+        while self.ready.is_empty() {
             // Keep every thread busy, with batches waiting, while reading goes on.
             while !self.exhausted && self.in_flight.len() < IN_FLIGHT_PER_THREAD * self.threads {
                 self.read_batch().await;
@@ -315,6 +283,7 @@ impl ProfileStream {
                 }
             }
         }
+        Some(Ok(()))
     }
 
     /// Reads up to `BATCH` rows and hands them to the threads.
@@ -358,6 +327,7 @@ impl ProfileStream {
 
     /// Turns a transformed batch into outcomes: duplicate keys are settled here, in row order.
     fn absorb(&mut self, first: u64, built: Vec<BuiltRow>, rows: &[Row]) {
+        self.ready.reserve(built.len());
         // The batch's keys are looked up together: their places in the set are fetched first.
         for b in &built {
             if let BuiltRow::Transformed(Ok(p)) = b {
@@ -371,8 +341,11 @@ impl ProfileStream {
                 BuiltRow::Known(known)
                     if self.transformer.first_sight_of_state_key(known.index) =>
                 {
-                    self.ready
-                        .push_back(StreamedRow::Known { row_number, known });
+                    self.ready.push_back(StreamedRow::Known {
+                        row_number,
+                        index: known.index,
+                        mix: known.mix,
+                    });
                     self.profiles += 1;
                     continue;
                 }

@@ -27,9 +27,11 @@ use crate::apply::{ApplyError, Settings, apply, record_fingerprints, resolve_lis
 use crate::exit::ExitStatus;
 use crate::job::compile::Job;
 use crate::klaviyo::Client;
-use crate::plan::diff::{Differ, RowOutcome, RowSource};
+use crate::plan::diff::Differ;
 use crate::plan::{FORMAT_VERSION, Plan};
+use crate::rows::transform::StreamedRow;
 use crate::state::{State, StateError};
+use crate::sync::feed::{FeedError, RowSource};
 
 /// What a run shows the user as it goes. The caller prints it (`commands::run`, through
 /// `output`); `run` only says when.
@@ -66,8 +68,40 @@ pub enum SyncError {
     Klaviyo(#[from] crate::klaviyo::KlaviyoError),
     #[error(transparent)]
     Audience(#[from] crate::apply::audience::AudienceError),
-    #[error("{0}")]
-    Other(String),
+    /// The rows stopped (or never started); `FeedError::Cancelled` when Ctrl-C cancelled the
+    /// query.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// The task reading the rows panicked or was cancelled.
+    #[error("the query task failed: {0}")]
+    QueryTask(#[from] tokio::task::JoinError),
+    /// A row the state recognised has no entry any more.
+    #[error("row {row}: the state changed while the plan was made; run again")]
+    StateChanged { row: u64 },
+    /// A saved plan no longer matches the rows or the state.
+    #[error("the saved plan is stale: {why}; run `kdit plan` again")]
+    StalePlan { why: String },
+    /// The plan's work file (`doing`: "cannot create the plan's work file", …).
+    #[error("{doing}: {source}")]
+    WorkFile {
+        doing: &'static str,
+        source: std::io::Error,
+    },
+    /// A file the run writes (`--report`, `--rejects`).
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Report(#[from] serde_json::Error),
+}
+
+impl SyncError {
+    /// Whether Ctrl-C cancelled the query (nothing was written).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, SyncError::Feed(FeedError::Cancelled { .. }))
+    }
 }
 
 /// Runs the query through the diff: the plan and, per mirrored list, the keys to remove.
@@ -123,47 +157,53 @@ pub async fn make_plan(
     );
     let feeding = std::time::Instant::now();
     let mut differ = Differ::new(&mut snapshot, &lists, base).with_salt(job.profile_tags_salt());
-    let spill_error =
-        |e: std::io::Error| SyncError::Other(format!("cannot write the plan's work file: {e}"));
+    let spill_error = |source| SyncError::WorkFile {
+        doing: "cannot write the plan's work file",
+        source,
+    };
     while let Some(batch) = rx.recv().await {
-        for next in batch.map_err(SyncError::Other)? {
+        for next in batch? {
             match next {
-                RowOutcome::Profile(d) => {
-                    let decision = differ.observe(&d);
-                    let consent = consent.decide(&d.key, decision.action, &d.attributes);
+                StreamedRow::Profile(p) => {
+                    let unset: Vec<String> = p.unset.iter().map(|f| f.to_string()).collect();
+                    let decision = differ.observe(&p, &unset);
+                    let consent = consent.decide(&p.key, decision.action, &p.attributes);
                     let Some(spill) = spill.as_deref_mut() else {
                         continue;
                     };
                     if decision.sends() {
                         spill
                             .send(ToSend {
-                                row: d.row,
-                                key: d.key,
+                                row: p.row_number,
+                                key: p.key,
                                 hash: decision.hash,
                                 action: decision.action,
                                 adds: decision.add_lists,
-                                unset: d.unset,
+                                unset,
                                 consent,
-                                attributes: d.attributes,
-                                source: d.source,
+                                attributes: p.attributes,
+                                source: p.source,
                             })
                             .map_err(spill_error)?;
-                    } else if let Some(source) = d.source {
+                    } else if let Some(source) = p.source {
                         // Unchanged, but the state lacks this row's fingerprint (the mapping
                         // changed, or kdit did): record it so the next run can skip the row.
                         spill
-                            .refresh(Refresh { key: d.key, source })
+                            .refresh(Refresh { key: p.key, source })
                             .map_err(spill_error)?;
                     }
                 }
-                RowOutcome::Known { row, index, mix } => {
+                StreamedRow::Known {
+                    row_number,
+                    index,
+                    mix,
+                } => {
                     if !differ.observe_known(index, mix) {
-                        return Err(SyncError::Other(format!(
-                            "row {row}: the state changed while the plan was made; run again"
-                        )));
+                        return Err(SyncError::StateChanged { row: row_number });
                     }
                 }
-                RowOutcome::Reject(r) => {
+                StreamedRow::Rejected(r) => {
+                    let r = feed::rejected(&job.spec, r);
                     differ.reject(&r);
                     if let Some(spill) = spill.as_deref_mut() {
                         spill.reject(&r).map_err(spill_error)?;
@@ -175,10 +215,7 @@ pub async fn make_plan(
     if let Some(spill) = spill {
         spill.close().map_err(spill_error)?;
     }
-    let done = task
-        .await
-        .map_err(|e| SyncError::Other(format!("the query task failed: {e}")))?
-        .map_err(SyncError::Other)?;
+    let done = task.await??;
     tracing::debug!(
         "rows: read, matched and diffed in {:.2} s",
         feeding.elapsed().as_secs_f64()
@@ -269,14 +306,14 @@ async fn run_locked(
     say: &dyn Narrate,
     stop: Arc<AtomicBool>,
 ) -> Result<(ExitStatus, Option<Report>), SyncError> {
-    let mut spill = Spill::create()
-        .map_err(|e| SyncError::Other(format!("cannot create the plan's work file: {e}")))?;
+    let mut spill = Spill::create().map_err(|source| SyncError::WorkFile {
+        doing: "cannot create the plan's work file",
+        source,
+    })?;
     let (plan, removals) = make_plan(job, rows, state, client, Some(&mut spill)).await?;
     if let Some(saved) = saved {
         if let Some(why) = crate::plan::file::stale_reason(saved, &plan) {
-            return Err(SyncError::Other(format!(
-                "the saved plan is stale: {why}; run `kdit plan` again"
-            )));
+            return Err(SyncError::StalePlan { why });
         }
     } else {
         say.plan(&plan, out);
@@ -288,8 +325,10 @@ async fn run_locked(
     record_fingerprints(job, state, &spill).await?;
     if !plan.has_changes() {
         if let Some(path) = &out.rejects {
-            let rejects = spilled_rejects(&spill)
-                .map_err(|e| SyncError::Other(format!("reading the plan's work file: {e}")))?;
+            let rejects = spilled_rejects(&spill).map_err(|source| SyncError::WorkFile {
+                doing: "reading the plan's work file",
+                source,
+            })?;
             write_rejects(path, &rejects).map_err(|e| cannot_write(path, e))?;
         }
         // Nothing to send; the ledger still records what the run saw.
@@ -383,12 +422,15 @@ async fn run_locked(
     Ok((status, Some(report)))
 }
 
-fn cannot_write(path: &Path, e: std::io::Error) -> SyncError {
-    SyncError::Other(format!("cannot write {}: {e}", path.display()))
+fn cannot_write(path: &Path, source: std::io::Error) -> SyncError {
+    SyncError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes the run's report (`--report`).
 fn save_report(path: &Path, report: &Report) -> Result<(), SyncError> {
-    let text = serde_json::to_string_pretty(report).map_err(|e| SyncError::Other(e.to_string()))?;
+    let text = serde_json::to_string_pretty(report)?;
     std::fs::write(path, text).map_err(|e| cannot_write(path, e))
 }

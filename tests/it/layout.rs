@@ -625,6 +625,62 @@ fn every_folder_has_a_rule_and_every_rule_a_folder() {
     }
 }
 
+/// Files that may read a file's contents whole (`fs::read`, `read_to_string`, `File::open`),
+/// and what they read: stored query files only the job loader reads (`job::load::read_query`,
+/// a regular file of at most 1 MiB), so a job that validates cannot be made to read a device
+/// or a huge file at run time.
+const FILE_READERS: &[(&str, &str)] = &[
+    (
+        "job/load.rs",
+        "job and project files, stored queries (`read_query`)",
+    ),
+    ("plan/file.rs", "plan files"),
+    ("apply/spill.rs", "its own work file"),
+    ("commands/connect.rs", "/etc/hostname"),
+    ("commands/bench/scratch.rs", "/proc/self"),
+    ("commands/bench/sync.rs", "/proc and its own report"),
+    ("commands/sandbox.rs", "/proc/self (the sandbox bench)"),
+    ("sandbox/ratelimit.rs", "its own test fixtures"),
+    ("sandbox/store/persist.rs", "the sandbox's --state-file"),
+];
+
+#[test]
+fn only_the_job_loader_reads_query_files() {
+    let mut found = Vec::new();
+    for f in sources() {
+        let rel = f.path.strip_prefix(src_dir()).unwrap_or(&f.path);
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        let code = without_comments(&f.code);
+        for (n, line) in code.lines().enumerate() {
+            let reads = ["read_to_string(", "fs::read(", "File::open("]
+                .iter()
+                .any(|r| line.contains(r));
+            if reads && !FILE_READERS.iter().any(|(file, _)| *file == rel) {
+                found.push(format!("src/{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "files read outside the readers this test allows (query files: `job::load::read_query`):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_rows_take_the_compiled_job_not_the_spec() {
+    let named: Vec<String> = sources()
+        .iter()
+        .filter(|f| f.module.first().map(String::as_str) == Some("rows"))
+        .filter(|f| without_comments(&f.code).contains("JobSpec"))
+        .map(|f| f.path.display().to_string())
+        .collect();
+    assert!(
+        named.is_empty(),
+        "rows/ names `JobSpec`; it takes the compiled `job::compile::Job`: {named:?}"
+    );
+}
+
 /// The checker itself: paths in groups, `super::`, children and test code.
 #[test]
 fn the_checker_reads_paths_as_rust_does() {

@@ -653,18 +653,43 @@ async fn tls_modes_connect_or_explain() {
 
 // ---- rows → profiles -------------------------------------------------------------------
 
+use kdit::job::compile::Job;
+use kdit::job::load::{Kind, parse_text};
 use kdit::job::spec::JobSpec;
-use kdit::rows::transform::{ProfileRow, Reject, Rule};
+use kdit::rows::transform::{Mapping, ProfileRow, Reject, Rule};
 use kdit::rows::{RowsError, StreamedRow, prepare};
 use serde_json::json;
 
-fn make_job(profiles_yaml: &str, sql: &str) -> JobSpec {
+fn job_yaml(profiles_yaml: &str, sql: &str) -> String {
     let indented: String = profiles_yaml.lines().map(|l| format!("  {l}\n")).collect();
     let sql_block: String = sql.lines().map(|l| format!("    {l}\n")).collect();
-    let yaml = format!(
+    format!(
         "version: 1\nname: test-job\nquery:\n  sql: |\n{sql_block}  timeout: 10s\nprofiles:\n{indented}guards:\n  max_invalid: 1\n"
-    );
-    yaml_serde::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    )
+}
+
+/// A compiled job (as `kdit run` gets it) with an inline query.
+fn make_job(profiles_yaml: &str, sql: &str) -> Job {
+    compile_job(
+        std::path::Path::new("jobs/test.yaml"),
+        job_yaml(profiles_yaml, sql),
+    )
+}
+
+fn compile_job(path: &std::path::Path, yaml: String) -> Job {
+    let loaded = parse_text::<JobSpec>(path, yaml.clone(), Kind::Job);
+    let (job, problems) = kdit::job::compile::compile(&loaded, None);
+    job.unwrap_or_else(|| panic!("{:?}{problems:?}\n{yaml}", loaded.diagnostics))
+}
+
+/// A job `validate` may refuse for its mapping (a template reading an undeclared column),
+/// with the mapping compiled all the same (the rows check the columns themselves).
+fn unchecked_job(profiles_yaml: &str, sql: &str) -> Job {
+    let mut job = make_job("key: email\nfields:\n  email: email", sql);
+    let spec: JobSpec = yaml_serde::from_str(&job_yaml(profiles_yaml, sql)).unwrap();
+    job.mapping = std::sync::Arc::new(Mapping::compile(&spec.profiles, None).unwrap());
+    job.spec = spec;
+    job
 }
 
 async fn profiles_of(
@@ -673,8 +698,10 @@ async fn profiles_of(
     sql: &str,
 ) -> (Vec<ProfileRow>, Vec<Reject>) {
     let src = source(db).await;
-    let job = make_job(profiles_yaml, sql);
-    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    // Some mappings here read columns in templates that no field maps (which `validate`
+    // would have declared under `query.columns`): the rows take them all the same.
+    let job = unchecked_job(profiles_yaml, sql);
+    let jq = prepare(&job).unwrap();
     let mut stream = jq.open(&src, None, None).await.unwrap();
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     while let Some(r) = stream.next().await {
@@ -843,7 +870,7 @@ async fn rows_in_many_batches_come_out_in_order_with_duplicates_across_batches()
         "key: email\nfields:\n  email: { column: email, transform: email }\n  properties.n: n",
         "select g as n, 'u' || (g % 7000) || '@example.com' as email from generate_series(1, 20000) g",
     );
-    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let jq = prepare(&job).unwrap();
     for threads in [1, 3] {
         let mut stream = jq.open(&src, None, None).await.unwrap();
         stream.set_threads(threads);
@@ -880,7 +907,7 @@ async fn rows_in_many_batches_come_out_in_order_with_duplicates_across_batches()
 async fn unread_columns_change_no_outcome() {
     let db = TestDb::new().await;
     let src = source(&db).await;
-    let job = make_job(
+    let job = unchecked_job(
         "key: email\nfields:\n  email: { column: email, transform: [trim, email] }\n  first_name: first\n  properties.n: n\n  properties.label: { template: \"{{ plan | upper }}\" }\n  properties.note: { template: \"{{ note }}!\" }\n  last_name: { column: nick, transform: trim }\n  properties.memo: memo",
         "select g as n, 'spare ' || g as spare, case when g % 97 = 0 then 'bad' else ' U' || (g % 900) || '@Example.com' end as email,
            null::text as nothing, 'Zoë' || g as first, g::numeric / 7 as ratio, (array['free', 'pro'])[g % 2 + 1] as plan,
@@ -889,7 +916,7 @@ async fn unread_columns_change_no_outcome() {
            case when g % 5 = 0 then null when g % 7 = 0 then repeat('long memo ', 500 + g % 3) else 'm' || g end as memo
          from generate_series(1, 3000) g order by g",
     );
-    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let jq = prepare(&job).unwrap();
     let mut stream = jq.open(&src, None, None).await.unwrap();
     stream.set_threads(2);
     let mut fast = Vec::new();
@@ -976,7 +1003,7 @@ async fn phone_keys_and_guards() {
         "key: phone_number\nfields:\n  phone_number: { column: phone, transform: e164, default_region: US }",
         "select * from (values ('201-555-0123'), ('+1 201 555 0124'), ('555'), ('+1 (201) 555-0123')) v(phone)",
     );
-    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let jq = prepare(&job).unwrap();
     let mut stream = jq.open(&src, None, None).await.unwrap();
     let mut outcomes = Vec::new();
     while let Some(r) = stream.next().await {
@@ -1000,11 +1027,11 @@ async fn phone_keys_and_guards() {
 async fn a_mapped_column_the_query_lacks_fails_before_rows() {
     let db = TestDb::new().await;
     let src = source(&db).await;
-    let job = make_job(
+    let job = unchecked_job(
         "key: email\nfields:\n  email: email\n  first_name: frist_name\n  properties.x: { template: \"{{ nope }}\" }",
         "select 'a@example.com' as email, 'Ana' as first_name",
     );
-    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let jq = prepare(&job).unwrap();
     let err = jq.open(&src, None, None).await.err().expect("fails");
     let RowsError::Columns(problems) = &err else {
         panic!("{err}")
@@ -1025,7 +1052,7 @@ async fn a_mapped_column_the_query_lacks_fails_before_rows() {
         "key: email\nfields:\n  email: email",
         "select 'a@example.com' as email, 'b@example.com' as email",
     );
-    let jq = prepare(&job3, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let jq = prepare(&job3).unwrap();
     let msg = jq
         .open(&src, None, None)
         .await
@@ -1041,7 +1068,7 @@ async fn a_mapped_column_the_query_lacks_fails_before_rows() {
         "key: email\nfields:\n  email: email\n  first_name: names",
         "select 'a@example.com' as email, array['Ana'] as names",
     );
-    let jq = prepare(&job2, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let jq = prepare(&job2).unwrap();
     let msg = jq
         .open(&src, None, None)
         .await
@@ -1056,12 +1083,18 @@ async fn a_mapped_column_the_query_lacks_fails_before_rows() {
 
 #[tokio::test]
 async fn mapping_errors_are_all_reported() {
-    let job = make_job(
+    // The one profiles compiler (`job::compile` calls it; `validate` finds these first).
+    let job: JobSpec = yaml_serde::from_str(&job_yaml(
         "key: external_id\ndefault_region: XX\nfields:\n  email: email\n  frist_name: a\n  properties.t: { template: \"{{ x \" }\n  properties.y: { column: a, value: 1 }",
         "select 1",
-    );
-    let err = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap_err();
-    let msg = err.to_string();
+    ))
+    .unwrap();
+    let errors = Mapping::compile(&job.profiles, None).unwrap_err();
+    let msg = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
     for expected in [
         "default_region: `XX` is not an ISO 3166",
         "frist_name: `frist_name` is not a Klaviyo profile attribute",
@@ -1081,7 +1114,7 @@ async fn batches_on_several_threads_match_one_thread() {
         "key: email\nfields:\n  email: { column: email, transform: [trim, lowercase] }\n  properties.n: n\n  properties.label: { template: \"{{ n }}-{{ email }}\" }",
         "select g as n, case when g % 777 = 0 then 'bad' else ' U' || (g % 3000) || '@Example.com' end as email from generate_series(1, 9000) g order by g",
     );
-    let jq = prepare(&job, std::path::Path::new("jobs/test.yaml"), None).unwrap();
+    let jq = prepare(&job).unwrap();
     let mut runs = Vec::new();
     for threads in [1, 2, 4] {
         let mut stream = jq.open(&src, None, None).await.unwrap();
@@ -1137,16 +1170,15 @@ async fn check_prints_one_line_per_check() {
         "-- @param min numeric = 0\nselect id, email, tags, ltv from customers where ltv >= {{ min }}\n",
     )
     .unwrap();
-    let job: JobSpec = yaml_serde::from_str(
-        "version: 1\nname: weekly\nquery:\n  file: queries/active.sql\n  timeout: 5s\nprofiles:\n  key: email\n  fields:\n    email: email\n    external_id: id\n    first_name: tags\n    last_name: surname\n    properties.ltv: { column: ltv, type: number }\n",
-    )
-    .unwrap();
     let job_path = dir.path().join("weekly.yaml");
+    let job = compile_job(
+        &job_path,
+        "version: 1\nname: weekly\nquery:\n  file: queries/active.sql\n  timeout: 5s\nprofiles:\n  key: email\n  fields:\n    email: email\n    external_id: id\n    first_name: tags\n    last_name: surname\n    properties.ltv: { column: ltv, type: number }\n".into(),
+    );
     let mut out = Vec::new();
-    let ok =
-        kdit::commands::inspect::check_job(&job, &job_path, SourceConfig::parse(&db.url), &mut out)
-            .await
-            .unwrap();
+    let ok = kdit::commands::inspect::check_job(&job, SourceConfig::parse(&db.url), &mut out)
+        .await
+        .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(!ok, "{text}");
     let lines: Vec<&str> = text.lines().collect();
@@ -1176,7 +1208,6 @@ async fn check_prints_one_line_per_check() {
     let mut out = Vec::new();
     let ok = kdit::commands::inspect::check_job(
         &job,
-        &job_path,
         SourceConfig::parse("postgres://u:pw@127.0.0.1:1/x?sslmode=disable&connect_timeout=1"),
         &mut out,
     )
@@ -1200,11 +1231,9 @@ async fn preview_shows_profiles_and_rejects() {
         "key: email\nfields:\n  email: { column: email, transform: [trim, lowercase] }\n  properties.n: n",
         "select g as n, case when g = 2 then 'nope' else 'u' || g || '@example.com' end as email from generate_series(1, 100) g",
     );
-    let path = std::path::Path::new("jobs/test.yaml");
     let mut out = Vec::new();
     kdit::commands::inspect::preview_job(
         &job,
-        path,
         &src,
         3,
         kdit::commands::inspect::RowsFormat::Table,
@@ -1229,7 +1258,6 @@ Rejected
     let mut out = Vec::new();
     kdit::commands::inspect::preview_job(
         &job,
-        path,
         &src,
         1,
         kdit::commands::inspect::RowsFormat::Json,

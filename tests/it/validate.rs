@@ -738,3 +738,75 @@ hint: give the file of the one job to act on, e.g. jobs/a.yaml
 ",
         );
 }
+
+/// A job that validated cannot be made to read a device or a huge file at run time: the query
+/// file is read once, by the job loader's checked reader, and `plan` refuses it with the words
+/// `validate` uses.
+#[test]
+fn a_query_file_replaced_after_validation_is_refused_at_run_time() {
+    use support::cli::bin;
+    let t = Kdit::new()
+        .file(
+            "jobs/q.yaml",
+            "version: 1\nname: q\nquery: { file: queries/q.sql }\nprofiles:\n  key: email\n  fields:\n    email: email\n",
+        )
+        .file("jobs/queries/q.sql", "select 'a@example.com' as email\n");
+    let kdit = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .current_dir(t.path())
+            .env("NO_COLOR", "1")
+            .env(
+                "DATABASE_URL",
+                "postgres://kdit@127.0.0.1:1/none?connect_timeout=1",
+            )
+            .output()
+            .expect("run kdit");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = kdit(&["validate", "jobs/q.yaml"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let query = t.path().join("jobs/queries/q.sql");
+
+    let big = format!(
+        "select 'a@example.com' as email -- {}\n",
+        "x".repeat(2 << 20)
+    );
+    let device = || {
+        std::fs::remove_file(&query).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &query).unwrap();
+    };
+    let huge = || {
+        std::fs::remove_file(&query).unwrap();
+        std::fs::write(&query, &big).unwrap();
+    };
+    for (replace, error) in [
+        (
+            &device as &dyn Fn(),
+            "error[query-file-missing]: query file `queries/q.sql` cannot be read: not a regular file".to_string(),
+        ),
+        (
+            &huge as &dyn Fn(),
+            format!(
+                "error[file-too-large]: query file `queries/q.sql` is {} bytes or more",
+                big.len()
+            ),
+        ),
+    ] {
+        replace();
+        let (code, stdout, stderr) = kdit(&["validate", "jobs/q.yaml"]);
+        assert_eq!(code, 65, "{stdout}{stderr}");
+        let said = format!("{stdout}{stderr}");
+        assert!(said.contains(&error), "{said}");
+        let (code, stdout, plan_said) = kdit(&["plan", "--sandbox", "jobs/q.yaml"]);
+        assert_eq!(code, 65, "{stdout}{plan_said}");
+        assert_eq!(stdout, "");
+        assert!(plan_said.contains(&error), "{plan_said}");
+        // Word for word what `validate` says about the job.
+        assert_eq!(plan_said, said, "plan:\n{plan_said}\nvalidate:\n{said}");
+    }
+}

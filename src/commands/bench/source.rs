@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::commands::bench::scratch::{QUERY, Scratch, cpu_seconds, peak_rss, seed, time_copy};
-use crate::job::spec::JobSpec;
+use crate::job::compile::Job;
 use crate::rows::source::SourceConfig;
 use crate::rows::{StreamedRow, prepare};
 
@@ -31,12 +31,13 @@ pub struct BenchSourceArgs {
     pub threads: Option<usize>,
 }
 
-fn bench_job(phone: bool) -> Result<JobSpec> {
+fn bench_job(phone: bool) -> Result<Job> {
     let yaml = format!(
         r#"version: 1
 name: bench
 query:
   sql: "{QUERY}"
+  columns: [plan]
 profiles:
   key: email
   default_region: US
@@ -62,7 +63,23 @@ profiles:
             .collect::<Vec<_>>()
             .join("\n")
     };
-    Ok(yaml_serde::from_str(&yaml)?)
+    let loaded = crate::job::load::parse_text::<crate::job::spec::JobSpec>(
+        std::path::Path::new("bench.yaml"),
+        yaml,
+        crate::job::load::Kind::Job,
+    );
+    match crate::job::compile::compile(&loaded, None) {
+        (Some(job), _) => Ok(job),
+        (None, problems) => anyhow::bail!(
+            "the bench job does not compile: {}",
+            problems
+                .iter()
+                .chain(&loaded.diagnostics)
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 /// Runs the benchmark and writes its figures.
@@ -77,7 +94,7 @@ async fn run(args: &BenchSourceArgs, cfg: &SourceConfig, out: &mut dyn Write) ->
     let source = seed(cfg, args.rows, out).await?;
 
     let job = bench_job(!args.no_phone)?;
-    let jq = prepare(&job, std::path::Path::new("bench.yaml"), None)?;
+    let jq = prepare(&job)?;
     let rss_before = peak_rss().unwrap_or(0);
     let cpu_before = cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();

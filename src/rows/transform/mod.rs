@@ -1,7 +1,7 @@
 //! Rows → Klaviyo profile payloads, or precise rejections.
 //!
-//! In: a job's `ProfilesSpec` (+ project `Defaults`), compiled once into a `Mapping`
-//! (`mapping`); the query's columns (bound once, before any row is read: a mapped column the
+//! In: a job's `Mapping` (compiled once, by `job::profiles`, with the project's defaults);
+//! the query's columns (bound by `mapping` once, before any row is read: a mapped column the
 //! query lacks is an error then); then each row's `Cell`s. Out: per row a `ProfileRow` (the
 //! key, the attributes payload with nested `location` and `properties`, the fields to unset)
 //! or a `Reject` (`reject`) naming the row, field, rule and a masked value. Pure: no I/O.
@@ -39,7 +39,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use self::keyset::{KeySet, StateKeyBits};
-use self::mapping::BoundOrigin;
+use self::mapping::{BoundField, BoundOrigin};
 use self::payload::Payload;
 use self::reject::{BoxedFailure, FieldFailure, fail};
 use self::value::field_value;
@@ -48,9 +48,10 @@ use crate::job::spec::{NullPolicy, Threshold};
 use crate::rows::cell::{Cell, Column};
 
 pub use self::email::{MAX_EMAIL, normalise_email, to_e164, valid_email};
-pub use self::mapping::{ColumnProblem, Mapping, MappingError};
+pub use self::mapping::ColumnProblem;
 pub use self::reject::{Reject, Rule, mask, mask_email, mask_phone};
 pub use self::value::{MAX_PROPERTY_DEPTH, cell_to_json_lossy, decimal_to_json};
+pub use crate::job::profiles::{Mapping, MappingError};
 
 /// Largest serialised profile Klaviyo accepts (bulk import: 100 KB per profile).
 pub const MAX_PROFILE_BYTES: usize = 100 * 1024;
@@ -74,6 +75,21 @@ pub struct ProfileRow {
     /// `digest::key_hash` of `key`, worked out on the thread that built the row.
     #[serde(skip)]
     pub key_hash: u64,
+}
+
+/// One row's fate, as the stream hands it to the diff (`plan::diff::Differ` reads it as is).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamedRow {
+    Profile(ProfileRow),
+    Rejected(Reject),
+    /// A row whose fingerprint the state knows (`ProfileStream::skip_known`): its profile is
+    /// unchanged and already in every list, so it was not transformed. `index` is its state
+    /// entry's (`Snapshot::see_index`), `mix` its share of the rows digest (`digest::row_mix`).
+    Known {
+        row_number: u64,
+        index: u32,
+        mix: u128,
+    },
 }
 
 impl PartialEq for ProfileRow {
@@ -217,8 +233,8 @@ impl Transformer {
 /// thread. The duplicate check, which needs every key seen so far, is `Transformer::dedup`.
 pub struct RowBuilder {
     mapping: Arc<Mapping>,
-    /// Index into `mapping.fields`, and where the field's value comes from in a row.
-    fields: Vec<(usize, BoundOrigin)>,
+    /// Index into `mapping.fields`, where the field's value comes from in a row, its default.
+    fields: Vec<BoundField>,
 }
 
 impl RowBuilder {
@@ -235,7 +251,7 @@ impl RowBuilder {
                 *r = true;
             }
         };
-        for (_, origin) in &self.fields {
+        for (_, origin, _) in &self.fields {
             match origin {
                 BoundOrigin::Column(i, _) => mark(*i),
                 BoundOrigin::Template(_, cols, simple) => {
@@ -283,13 +299,14 @@ impl RowBuilder {
         let mut key: Option<String> = None;
         let key_field = self.mapping.key.field();
         let mut pending: Option<(String, BoxedFailure)> = None;
-        for (i, origin) in &self.fields {
+        for (i, origin, default) in &self.fields {
             let f = &self.mapping.fields[*i];
             let mut text = None;
             match field_value(
                 &self.mapping.env,
                 f,
                 origin,
+                default.as_ref(),
                 cells,
                 &mut attributes,
                 &mut text,

@@ -20,10 +20,11 @@ use minijinja::value::{Serde, Value as JValue};
 use serde_json::Value;
 
 use super::email::{MAX_EMAIL, normalise_email_owned, to_e164, valid_email};
-use super::mapping::{BoundOrigin, MappedField};
+use super::mapping::BoundOrigin;
 use super::payload::{Payload, write_datetime_json};
 use super::reject::{BoxedFailure, Rule, fail};
 use crate::job::attributes::{FieldPath, MAX_PROPERTY_NAME};
+use crate::job::profiles::MappedField;
 use crate::job::spec::{Transform, ValueType};
 use crate::rows::cell::{Cell, format_datetime, json_to_cell};
 
@@ -36,6 +37,7 @@ pub(super) fn field_value<'m>(
     env: &Environment<'static>,
     f: &'m MappedField,
     origin: &BoundOrigin,
+    default: Option<&Cell>,
     cells: &mut [Cell],
     payload: &mut Payload<'m, '_>,
     text: &mut Option<String>,
@@ -83,7 +85,7 @@ pub(super) fn field_value<'m>(
         }
     };
     if v.is_null()
-        && let Some(d) = &f.default
+        && let Some(d) = default
     {
         v = d.clone();
     }
@@ -547,8 +549,8 @@ fn cell_to_template(v: &Cell) -> JValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::profiles::Origin;
     use crate::job::spec::NullPolicy;
-    use crate::rows::transform::mapping::Origin;
 
     #[test]
     fn decimals_with_zero_fractions_are_integers() {
