@@ -138,8 +138,8 @@ fn jobs() -> &'static [Compiled] {
                 let (job, diags) = kdit::job::compile::compile(&loaded, None);
                 assert!(diags.is_empty(), "{diags:?}");
                 let job = job.expect("the job compiles");
-                let prepared = kdit::rows::prepare(&job)
-                    .unwrap_or_else(|e| panic!("the job prepares: {e}"));
+                let prepared =
+                    kdit::rows::prepare(&job).unwrap_or_else(|e| panic!("the job prepares: {e}"));
                 let columns: Vec<Column> = columns
                     .iter()
                     .map(|(name, t)| Column {
