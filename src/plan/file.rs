@@ -79,8 +79,8 @@ pub fn stale_reason(saved: &Plan, fresh: &Plan) -> Option<String> {
     if saved.rows_digest != fresh.rows_digest {
         return Some(format!(
             "the query's result changed since the plan was made ({} rows then, {} now)",
-            crate::output::thousands(saved.rows),
-            crate::output::thousands(fresh.rows)
+            crate::output::words::thousands(saved.rows),
+            crate::output::words::thousands(fresh.rows)
         ));
     }
     None

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::output::{plural, thousands};
+use crate::output::words::{plural, thousands};
 use crate::plan::{Plan, SegmentAction, mask};
 
 /// How to show a plan.

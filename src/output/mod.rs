@@ -15,6 +15,9 @@
 use std::fmt::{self, Display};
 use std::io::IsTerminal;
 
+pub mod words;
+pub use words::{plural, thousands};
+
 /// Data a script may read, on stdout, as is (no newline added).
 pub fn data(text: impl Display) {
     print!("{text}");
@@ -125,24 +128,6 @@ impl From<String> for Hinted {
     fn from(message: String) -> Hinted {
         Hinted::new(message)
     }
-}
-
-/// `1234567` → `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// `n` with its noun, singular for one: `1 profile`, `1,204 profiles`.
-pub fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
 #[cfg(test)]
