@@ -21,7 +21,8 @@ use crate::job::load::{Loaded, MAX_FILE_BYTES, ReadQueryError, pointer_join, rea
 use crate::job::profiles::{Mapping, with_carrier};
 use crate::job::query::{QueryError, QueryProblem, StoredQuery};
 use crate::job::spec::{
-    Defaults, GuardsSpec, JobSpec, ListMode, ProfileKey, ProjectSpec, Threshold, Transform,
+    Defaults, GuardsSpec, JobSpec, ListMode, ProfileKey, ProfilesSpec, ProjectSpec, Threshold,
+    Transform,
 };
 
 /// Klaviyo's cap on profiles per bulk import job.
@@ -59,8 +60,6 @@ pub struct Job {
     pub path: PathBuf,
     /// The stored query file, when the job uses one.
     pub query_file: Option<PathBuf>,
-    /// The query's text (a minijinja template for structure).
-    pub query_text: String,
     /// The query parsed, labelled as the job file names it (its file, or `inline SQL`); an
     /// error only for what `validate` lets through (an empty query file).
     pub query: Result<StoredQuery, QueryError>,
@@ -68,6 +67,9 @@ pub struct Job {
     /// merged, `query.columns` required, plus the hidden consent fields when the job reads
     /// consent from columns (`profiles::with_carrier`).
     pub mapping: Arc<Mapping>,
+    /// The `profiles` section `mapping` was compiled from (the hidden consent fields
+    /// included): part of the row-fingerprint recipe.
+    pub read_profiles: ProfilesSpec,
     /// The mapping as the job file writes it (no hidden consent fields), for `preview` and
     /// `check`; the same mapping when the job reads no consent columns.
     pub shown_mapping: Arc<Mapping>,
@@ -108,7 +110,7 @@ pub fn compile(
         return (None, Vec::new());
     };
     let mut c = Compiler::new(loaded, spec, project);
-    let (query_file, query_text, query) = c.query();
+    let (query_file, query) = c.query();
     c.profile_fields();
     let mappings = c.mappings();
     c.lists();
@@ -121,15 +123,13 @@ pub fn compile(
     let out = c.out;
     let has_errors = out.iter().any(|d| d.severity == Severity::Error);
     let defaults = project.and_then(|p| p.spec.defaults.as_ref());
-    let job = (!has_errors)
-        .then_some(mappings)
-        .flatten()
-        .map(|(mapping, shown_mapping)| Job {
+    let job = (!has_errors).then_some(mappings).flatten().map(
+        |(read_profiles, mapping, shown_mapping)| Job {
             spec: spec.clone(),
             path: loaded.file.path.clone(),
             query_file,
-            query_text,
             query,
+            read_profiles,
             mapping,
             shown_mapping,
             timeout: spec
@@ -148,7 +148,8 @@ pub fn compile(
             guards,
             tag_property,
             project: project.cloned(),
-        });
+        },
+    );
     (job, out)
 }
 
@@ -182,8 +183,8 @@ impl<'a> Compiler<'a> {
     }
 
     /// The query: its source (file or inline SQL), timeout, and the stored query's own
-    /// problems with the job's parameters. Gives the query file, text and parsed query.
-    fn query(&mut self) -> (Option<PathBuf>, String, Result<StoredQuery, QueryError>) {
+    /// problems with the job's parameters. Gives the query file and the parsed query.
+    fn query(&mut self) -> (Option<PathBuf>, Result<StoredQuery, QueryError>) {
         let (loaded, spec) = (self.loaded, self.spec);
         let path = loaded.file.path.as_path();
         let mut query_file = None;
@@ -293,7 +294,7 @@ impl<'a> Compiler<'a> {
             }),
             (None, parsed) => parsed,
         };
-        (query_file, query_text, parsed)
+        (query_file, parsed)
     }
 
     /// The profile fields: names, sources, templates, phone regions, null policy, and the key.
@@ -416,7 +417,7 @@ impl<'a> Compiler<'a> {
     /// far found no error: the one the rows are read with (hidden consent fields included)
     /// and the one the job file writes. What only the compiler catches (an empty column name)
     /// is reported at its field.
-    fn mappings(&mut self) -> Option<(Arc<Mapping>, Arc<Mapping>)> {
+    fn mappings(&mut self) -> Option<(ProfilesSpec, Arc<Mapping>, Arc<Mapping>)> {
         if self.out.iter().any(|d| d.severity == Severity::Error) {
             return None;
         }
@@ -426,16 +427,17 @@ impl<'a> Compiler<'a> {
             Mapping::compile(profiles, defaults)
                 .map(|m| Arc::new(m.with_extra_columns(&spec.query.columns)))
         };
-        let carried = with_carrier(spec);
-        let both = compile(&carried.profiles).and_then(|mapping| {
-            if carried.profiles.fields.len() == spec.profiles.fields.len() {
-                Ok((mapping.clone(), mapping))
+        let read = with_carrier(spec).profiles;
+        let both = compile(&read).and_then(|mapping| {
+            let shown = if read.fields.len() == spec.profiles.fields.len() {
+                mapping.clone()
             } else {
-                Ok((mapping, compile(&spec.profiles)?))
-            }
+                compile(&spec.profiles)?
+            };
+            Ok((mapping, shown))
         });
         match both {
-            Ok(both) => Some(both),
+            Ok((mapping, shown)) => Some((read, mapping, shown)),
             Err(errors) => {
                 for e in errors {
                     let pointer = if e.field == "default_region" {

@@ -3,7 +3,7 @@
 //! `unsubscribe_column`.
 //!
 //! In: the job's consent settings, each row's consent values, what kdit last confirmed for
-//! the row. Out: the job spec the rows are read with (`with_carrier`), per profile to send
+//! the row (the hidden fields that carry them: `job::profiles::with_carrier`). Out: per profile to send
 //! the consent change it carries (`ConsentAction`), and the plan's counts. Pure: the
 //! subscription calls are `apply::consent`'s, after Klaviyo confirmed the profile.
 //!
@@ -33,8 +33,6 @@ pub fn reads_columns(spec: &JobSpec) -> bool {
         c.consented_at.is_some() || (!c.unsubscribe.is_empty() && c.unsubscribe_column.is_some())
     })
 }
-
-pub use crate::job::profiles::with_carrier;
 
 /// A field key of the hidden consent fields as the job author knows it (for rejects).
 pub fn author_field(job: &JobSpec, field: &str) -> Option<String> {

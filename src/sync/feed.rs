@@ -113,9 +113,8 @@ impl PgRows {
         let query = rows::prepare(job)?;
         // The hidden consent fields are part of the recipe: adding consent columns to a job
         // must not leave its rows "known".
-        let spec = crate::job::profiles::with_carrier(&job.spec);
         let recipe = serde_json::to_vec(&(
-            &spec.profiles,
+            &job.read_profiles,
             defaults,
             &job.spec.query.columns,
             job.profile_tags_salt(),

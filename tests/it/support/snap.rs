@@ -28,7 +28,6 @@ pub fn check(name: &str, code: i32, stdout: &str, stderr: &str) {
         std::fs::create_dir_all(path.parent().expect("a folder"))
             .expect("create the snapshot folder");
         std::fs::write(&path, &actual).expect("write the snapshot");
-        return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
         panic!(
